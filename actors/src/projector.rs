@@ -1,0 +1,192 @@
+//! The projection runner: loads a read model with its checkpoint, folds every committed event
+//! after it, and saves changed rows and the new checkpoint in one transaction.
+//!
+//! Several nodes may run the same projection: the checkpoint is compare-and-set, so only one
+//! fold of each event lands; a loser reloads. A rebuild (new generation) makes running folds
+//! reload the same way.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::IntGauge;
+use revo_events::store::wait_for_change;
+use revo_events::{EventStore, Projection, ProjectionError, StoreError};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProjectorState {
+    Starting,
+    Running {
+        position: i64,
+    },
+    /// Halted on an event it cannot fold; never skipped. Fix the code and restart.
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Clone)]
+pub struct ProjectorMetrics {
+    pub lag_events: IntGauge,
+}
+
+#[derive(Clone)]
+pub struct ProjectorHandle {
+    pub name: &'static str,
+    pub state: watch::Receiver<ProjectorState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+}
+
+/// Folds into `projection`, from zero, every event in commit order up to and including the
+/// event at `stop_at` (all committed events if `None`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FoldStats {
+    pub events: u64,
+    pub position: i64,
+}
+
+pub async fn fold_from_zero(
+    store: &dyn EventStore,
+    projection: &mut dyn Projection,
+    stop_at: Option<i64>,
+    batch: usize,
+) -> Result<FoldStats, ReplayError> {
+    let mut stats = FoldStats::default();
+    if stop_at == Some(0) {
+        return Ok(stats);
+    }
+    let mut dirty = BTreeSet::new();
+    loop {
+        let events = store.read_all(stats.position, batch).await?;
+        if events.is_empty() {
+            if let Some(target) = stop_at {
+                return Err(StoreError::UnknownPosition(target).into());
+            }
+            return Ok(stats);
+        }
+        for ev in &events {
+            projection.apply(ev, &mut dirty)?;
+            dirty.clear();
+            stats.events += 1;
+            stats.position = ev.position;
+            if Some(ev.position) == stop_at {
+                return Ok(stats);
+            }
+        }
+    }
+}
+
+pub struct Projector {
+    pub store: Arc<dyn EventStore>,
+    pub projection: Box<dyn Projection>,
+    pub metrics: ProjectorMetrics,
+    pub batch: usize,
+    pub poll: Duration,
+}
+
+impl Projector {
+    pub fn spawn(
+        self,
+        tracker: &tokio_util::task::TaskTracker,
+        cancel: CancellationToken,
+    ) -> ProjectorHandle {
+        let (tx, rx) = watch::channel(ProjectorState::Starting);
+        let name = self.projection.name();
+        tracker.spawn(self.run(tx, cancel));
+        ProjectorHandle { name, state: rx }
+    }
+
+    async fn run(mut self, state: watch::Sender<ProjectorState>, cancel: CancellationToken) {
+        let name = self.projection.name();
+        let mut backoff = Duration::from_millis(100);
+        while !cancel.is_cancelled() {
+            match self.follow(&state, &cancel).await {
+                Ok(()) => backoff = Duration::from_millis(100),
+                Err(ReplayError::Projection(e)) => {
+                    tracing::error!(projection = name, error = %e, "projection halted");
+                    let _ = state.send(ProjectorState::Failed {
+                        reason: e.to_string(),
+                    });
+                    return;
+                }
+                Err(ReplayError::Store(e)) => {
+                    tracing::warn!(projection = name, error = %e, "projection: store error, retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Follows the store until cancelled (Ok) or until the stored model moved under us (Ok, the
+    /// caller reloads).
+    async fn follow(
+        &mut self,
+        state: &watch::Sender<ProjectorState>,
+        cancel: &CancellationToken,
+    ) -> Result<(), ReplayError> {
+        let name = self.projection.name();
+        let stored = self.store.load_read_model(name).await?;
+        self.projection.load(stored.rows)?;
+        let (generation, mut position) = (stored.generation, stored.position);
+        let _ = state.send(ProjectorState::Running { position });
+        let mut dirty = BTreeSet::new();
+        let mut signal = self.store.append_signal();
+        while !cancel.is_cancelled() {
+            signal.borrow_and_update();
+            let events = self.store.read_all(position, self.batch).await?;
+            let Some(last) = events.last() else {
+                self.metrics.lag_events.set(0);
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = wait_for_change(&mut signal, self.poll) => {}
+                }
+                continue;
+            };
+            let to = last.position;
+            for ev in &events {
+                self.projection.apply(ev, &mut dirty)?;
+            }
+            let changes = std::mem::take(&mut dirty)
+                .into_iter()
+                .map(|k| {
+                    let doc = self.projection.row(&k);
+                    (k, doc)
+                })
+                .collect();
+            if !self
+                .store
+                .save_read_model(name, generation, position, to, changes)
+                .await?
+            {
+                tracing::info!(
+                    projection = name,
+                    "read model moved (rebuild or another node); reloading"
+                );
+                return Ok(());
+            }
+            position = to;
+            let _ = state.send(ProjectorState::Running { position });
+            if events.len() == self.batch {
+                if let Ok(head) = self.store.head_position().await {
+                    self.metrics.lag_events.set((head - position).max(0));
+                }
+            } else {
+                self.metrics.lag_events.set(0);
+            }
+        }
+        Ok(())
+    }
+}

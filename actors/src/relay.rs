@@ -1,0 +1,268 @@
+//! The relay: publishes every committed event to `<prefix>.evt.<stream_type>.<stream_id>` with
+//! `Nats-Msg-Id` = event id, in commit order (so per stream in version order).
+//!
+//! Exactly one relay is active per store: it must hold the store's `relay` lease. Progress is a
+//! stored checkpoint advanced only past events the bus acknowledged, so a crash at any point
+//! republishes at most one batch, which the bus deduplicates.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use prometheus::{Gauge, IntCounter, IntGauge};
+use revo_events::codec::encode_wire;
+use revo_events::store::{wait_for_change, Lease};
+use revo_events::{EventStore, RecordedEvent};
+use revo_nats::{Bus, OutgoingEvent, Subjects};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Events read and published per round.
+    pub batch: usize,
+    /// Longest sleep between reads when no append wakes the relay.
+    pub poll: Duration,
+    /// How often a standby tries to take the lease, and the leader re-checks it.
+    pub lease_check: Duration,
+    /// Longest back-off after a failed publish.
+    pub max_backoff: Duration,
+    /// How long shutdown keeps publishing what is already committed.
+    pub drain_timeout: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            batch: 512,
+            poll: Duration::from_millis(200),
+            lease_check: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RelayMetrics {
+    pub lag_events: IntGauge,
+    pub lag_seconds: Gauge,
+    pub published: IntCounter,
+    pub publish_errors: IntCounter,
+    pub leader: IntGauge,
+}
+
+pub const CHECKPOINT: &str = "relay";
+pub const LEASE: &str = "relay";
+
+pub struct Relay {
+    pub store: Arc<dyn EventStore>,
+    pub bus: Arc<dyn Bus>,
+    pub subjects: Subjects,
+    pub config: RelayConfig,
+    pub metrics: RelayMetrics,
+}
+
+enum Round {
+    /// Published at least one event.
+    Published,
+    Idle,
+    Failed,
+}
+
+impl Relay {
+    /// Runs until `cancel` fires, then drains what is committed (bounded by `drain_timeout`).
+    pub async fn run(self, cancel: CancellationToken) {
+        while !cancel.is_cancelled() {
+            let Some(lease) = self.acquire(&cancel).await else {
+                return;
+            };
+            self.metrics.leader.set(1);
+            tracing::info!("relay: leader");
+            self.lead(lease.as_ref(), &cancel).await;
+            self.metrics.leader.set(0);
+        }
+    }
+
+    async fn acquire(&self, cancel: &CancellationToken) -> Option<Box<dyn Lease>> {
+        loop {
+            match self.store.try_lease(LEASE).await {
+                Ok(Some(lease)) => return Some(lease),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "relay: cannot ask for the lease"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return None,
+                _ = tokio::time::sleep(self.config.lease_check) => {}
+            }
+        }
+    }
+
+    async fn lead(&self, lease: &dyn Lease, cancel: &CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        let mut ensured = false;
+        let mut checkpoint = None;
+        let mut last_lease_check = Instant::now();
+        let mut signal = self.store.append_signal();
+        loop {
+            if cancel.is_cancelled() {
+                if let Some(cp) = checkpoint {
+                    self.drain(cp).await;
+                }
+                return;
+            }
+            if last_lease_check.elapsed() >= self.config.lease_check {
+                if !lease.still_held().await {
+                    tracing::warn!("relay: lease lost, standing by");
+                    return;
+                }
+                last_lease_check = Instant::now();
+            }
+            if !ensured {
+                match self.bus.ensure().await {
+                    Ok(()) => ensured = true,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay: bus not ready");
+                        self.metrics.publish_errors.inc();
+                        self.pause(&mut backoff, cancel).await;
+                        continue;
+                    }
+                }
+            }
+            let cp = match checkpoint {
+                Some(cp) => cp,
+                None => match self.store.load_checkpoint(CHECKPOINT).await {
+                    Ok(cp) => *checkpoint.insert(cp),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "relay: cannot load checkpoint");
+                        self.pause(&mut backoff, cancel).await;
+                        continue;
+                    }
+                },
+            };
+            signal.borrow_and_update();
+            match self.round(cp).await {
+                (Round::Published, new_cp) => {
+                    checkpoint = Some(new_cp);
+                    backoff = Duration::from_millis(50);
+                }
+                (Round::Idle, _) => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = wait_for_change(&mut signal, self.config.poll) => {}
+                    }
+                }
+                (Round::Failed, new_cp) => {
+                    checkpoint = Some(new_cp);
+                    // The stream may have been deleted or NATS restarted without it.
+                    ensured = false;
+                    self.pause(&mut backoff, cancel).await;
+                }
+            }
+        }
+    }
+
+    async fn pause(&self, backoff: &mut Duration, cancel: &CancellationToken) {
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = tokio::time::sleep(*backoff) => {}
+        }
+        *backoff = (*backoff * 2).min(self.config.max_backoff);
+    }
+
+    /// Publishes what is committed at shutdown, so a clean stop leaves nothing for the next
+    /// leader.
+    async fn drain(&self, mut cp: i64) {
+        let deadline = Instant::now() + self.config.drain_timeout;
+        while Instant::now() < deadline {
+            match self.round(cp).await {
+                (Round::Published, new_cp) => cp = new_cp,
+                _ => return,
+            }
+        }
+        tracing::warn!("relay: drain timed out; the next leader publishes the rest");
+    }
+
+    /// One read-publish-checkpoint round from `cp`; returns the new checkpoint.
+    async fn round(&self, cp: i64) -> (Round, i64) {
+        let events = match self.store.read_all(cp, self.config.batch).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!(error = %e, "relay: cannot read events");
+                return (Round::Failed, cp);
+            }
+        };
+        if events.is_empty() {
+            self.metrics.lag_events.set(0);
+            self.metrics.lag_seconds.set(0.0);
+            return (Round::Idle, cp);
+        }
+        let full = events.len() == self.config.batch;
+        let outgoing = match self.outgoing(&events) {
+            Ok(o) => o,
+            Err(e) => {
+                // Never skip an event: stay on it, loudly, until an operator fixes it.
+                tracing::error!(error = %e, "relay: cannot encode an event; relay halted on it");
+                self.metrics.publish_errors.inc();
+                return (Round::Failed, cp);
+            }
+        };
+        let outcome = self.bus.publish_events(outgoing).await;
+        let mut new_cp = cp;
+        if outcome.acked > 0 {
+            let last = &events[outcome.acked - 1];
+            new_cp = last.position;
+            if let Err(e) = self.store.save_checkpoint(CHECKPOINT, new_cp).await {
+                // Harmless for correctness: the next round republishes and the bus dedupes.
+                tracing::warn!(error = %e, "relay: cannot save checkpoint");
+            }
+            self.metrics.published.inc_by(outcome.acked as u64);
+            let age = chrono::Utc::now() - last.envelope.occurred_at;
+            self.update_lag(full && outcome.error.is_none(), new_cp, age)
+                .await;
+        }
+        match outcome.error {
+            Some(e) => {
+                tracing::warn!(error = %e, acked = outcome.acked, "relay: publish failed");
+                self.metrics.publish_errors.inc();
+                (Round::Failed, new_cp)
+            }
+            None => (Round::Published, new_cp),
+        }
+    }
+
+    async fn update_lag(&self, backlog: bool, cp: i64, age: chrono::TimeDelta) {
+        if !backlog {
+            self.metrics.lag_events.set(0);
+            self.metrics.lag_seconds.set(0.0);
+            return;
+        }
+        // Positions are assigned before commit, so this counts in-flight appends too: an
+        // estimate, exact once the store is quiet.
+        if let Ok(head) = self.store.head_position().await {
+            self.metrics.lag_events.set((head - cp).max(0));
+        }
+        self.metrics
+            .lag_seconds
+            .set(age.num_microseconds().unwrap_or(0) as f64 / 1e6);
+    }
+
+    fn outgoing(&self, events: &[RecordedEvent]) -> Result<Vec<OutgoingEvent>, String> {
+        events
+            .iter()
+            .map(|ev| {
+                let env = &ev.envelope;
+                let subject = self
+                    .subjects
+                    .event(&env.stream_type, &env.stream_id)
+                    .map_err(|e| format!("event {} at {}: {e}", env.event_id, ev.position))?;
+                let payload = encode_wire(env)
+                    .map_err(|e| format!("event {} at {}: {e}", env.event_id, ev.position))?;
+                Ok(OutgoingEvent {
+                    subject,
+                    msg_id: env.event_id.to_string(),
+                    payload: Bytes::from(payload),
+                })
+            })
+            .collect()
+    }
+}

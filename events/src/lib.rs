@@ -1,0 +1,22 @@
+//! `revo-events`: the vocabulary of Revo's event-sourced core.
+//!
+//! Owns the event envelope, the MessagePack codec (named fields), typed event families with their
+//! schema versions and upcasters, pure projections (folds over envelopes), and the `EventStore`
+//! seam that the Postgres and SQLite adapters implement.
+//!
+//! Must not do I/O: no database, network or file access lives here. The store trait is only the
+//! contract; its implementations live in the `revo` crate (`src/store/`).
+
+pub mod codec;
+pub mod envelope;
+pub mod family;
+pub mod projection;
+pub mod store;
+pub mod system;
+
+pub use codec::{CodecError, DecodeError};
+pub use envelope::{Envelope, EventMeta, NewEvent, RecordedEvent};
+pub use family::EventFamily;
+pub use projection::{Projection, ProjectionError, Rows};
+pub use store::{AppendRequest, Appended, EventStore, ExpectedVersion, StoreError};
+pub use system::SystemEvent;

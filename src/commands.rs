@@ -1,0 +1,81 @@
+//! Dispatch of `revo` subcommands.
+
+use std::sync::Arc;
+
+use anyhow::bail;
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, EventsCommand, ReplayCommand};
+use crate::config::{Config, LogFormat, Mode};
+use crate::metrics::Metrics;
+use crate::{node, replay, serve, store};
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("REVO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests calling in-process) is harmless; ignore it.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let listen = match &cli.command {
+        Command::Serve(a) => a.listen.as_deref(),
+        _ => None,
+    };
+    let config = Config::load(&cli.global, listen)?;
+    init_logging(config.log_format);
+    let store_metrics = Metrics::new()?.store;
+    match cli.command {
+        Command::Serve(_) => serve::run(config).await.map(|()| 0),
+        Command::Migrate => match &config.mode {
+            Mode::Cluster { database_url, .. } => {
+                store::postgres::migrate(database_url).await?;
+                println!("Postgres schema is current");
+                Ok(0)
+            }
+            Mode::Embedded { .. } => {
+                // Opening the SQLite store applies its migrations.
+                let s = node::open_store(&config, store_metrics, false).await?;
+                s.close().await;
+                println!("SQLite schema is current");
+                Ok(0)
+            }
+        },
+        Command::Replay { command } => {
+            let s = node::open_store(&config, store_metrics, false).await?;
+            let mut out = std::io::stdout().lock();
+            let code = match command {
+                ReplayCommand::List => replay::list(s.as_ref(), &mut out).await.map(|()| 0),
+                ReplayCommand::Rebuild { projection } => {
+                    replay::rebuild(s.as_ref(), &projection, &mut out)
+                        .await
+                        .map(|()| 0)
+                }
+                ReplayCommand::Verify { projection } => {
+                    replay::verify(s.as_ref(), &projection, &mut out)
+                        .await
+                        .map(|ok| if ok { 0 } else { 1 })
+                }
+            };
+            s.close().await;
+            code
+        }
+        Command::Events {
+            command: EventsCommand::Tail(args),
+        } => {
+            if args.from < 0 {
+                bail!("--from must be 0 or a position");
+            }
+            let s = node::open_store(&config, store_metrics, false).await?;
+            let mut out = std::io::stdout().lock();
+            let r = replay::tail(Arc::clone(&s), &args, &mut out).await;
+            s.close().await;
+            r.map(|()| 0)
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Health and metrics: `/health/live`, `/health/ready`, `/health`, `/metrics`.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use revo_actors::ProjectorState;
+use revo_nats::BusHealth;
+use serde_json::json;
+
+use super::AppState;
+
+/// Longest a readiness probe waits on the database.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "live"}))
+}
+
+struct Check {
+    name: &'static str,
+    problem: Option<String>,
+}
+
+async fn checks(state: &AppState) -> Vec<Check> {
+    let store = match tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+    };
+    let migrations = if store.is_some() {
+        Some("store unreachable".to_owned())
+    } else {
+        match tokio::time::timeout(PROBE_TIMEOUT, state.store.schema_status()).await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+        }
+    };
+    let bus = match state.bus.health() {
+        BusHealth::Connected => None,
+        BusHealth::Degraded(why) => Some(why),
+    };
+    vec![
+        Check {
+            name: "store",
+            problem: store,
+        },
+        Check {
+            name: "migrations",
+            problem: migrations,
+        },
+        Check {
+            name: "bus",
+            problem: bus,
+        },
+    ]
+}
+
+/// 200 only when the store and bus are reachable and the schema is current.
+pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    let problems: Vec<String> = checks(&state)
+        .await
+        .into_iter()
+        .filter_map(|c| c.problem.map(|p| format!("{}: {p}", c.name)))
+        .collect();
+    if problems.is_empty() {
+        HttpResponse::Ok().json(json!({"status": "ready"}))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({
+            "status": "not_ready",
+            "error": {"code": "not_ready", "message": problems.join("; ")},
+            "reasons": problems,
+        }))
+    }
+}
+
+/// A JSON summary of every component.
+pub async fn summary(state: web::Data<AppState>) -> HttpResponse {
+    let mut components = serde_json::Map::new();
+    let mut healthy = true;
+    for c in checks(&state).await {
+        healthy &= c.problem.is_none();
+        let v = match c.problem {
+            None => json!({"status": "ok"}),
+            Some(p) => json!({"status": "degraded", "detail": p}),
+        };
+        components.insert(c.name.into(), v);
+    }
+    let relay = &state.metrics.relay;
+    components.insert(
+        "relay".into(),
+        json!({
+            "leader": relay.leader.get() == 1,
+            "published": relay.published.get(),
+            "lag_events": relay.lag_events.get(),
+            "lag_seconds": relay.lag_seconds.get(),
+            "publish_errors": relay.publish_errors.get(),
+        }),
+    );
+    let projections: Vec<_> = state
+        .projectors
+        .iter()
+        .map(|p| {
+            let s = p.state.borrow().clone();
+            match s {
+                ProjectorState::Starting => json!({"name": p.name, "status": "starting"}),
+                ProjectorState::Running { position } => {
+                    json!({"name": p.name, "status": "running", "position": position})
+                }
+                ProjectorState::Failed { reason } => {
+                    healthy = false;
+                    json!({"name": p.name, "status": "failed", "detail": reason})
+                }
+            }
+        })
+        .collect();
+    components.insert("projections".into(), json!(projections));
+    HttpResponse::Ok().json(json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "node_id": state.node_id,
+        "mode": state.mode,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "components": components,
+    }))
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

@@ -1,0 +1,16 @@
+//! The `revo` binary's library: configuration, CLI, storage adapters, the HTTP edge and wiring.
+//!
+//! Domain logic lives in the library crates: `revo-events` (events, projections, the store
+//! contract), `revo-nats` (subjects and the bus) and `revo-actors` (relay, projection runner).
+//! This crate connects them to Postgres, SQLite, NATS and HTTP.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod projections;
+pub mod replay;
+pub mod serve;
+pub mod store;

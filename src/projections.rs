@@ -1,0 +1,18 @@
+//! The projections this build runs and can rebuild (`revo replay list`).
+
+use revo_events::projection::NodesProjection;
+use revo_events::Projection;
+
+/// A fresh instance of every projection.
+pub fn all() -> Vec<Box<dyn Projection>> {
+    vec![Box::new(NodesProjection::default())]
+}
+
+/// A fresh instance of the projection called `name`.
+pub fn by_name(name: &str) -> Option<Box<dyn Projection>> {
+    all().into_iter().find(|p| p.name() == name)
+}
+
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|p| p.name()).collect()
+}

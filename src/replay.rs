@@ -1,0 +1,180 @@
+//! `revo replay list | rebuild | verify` and `revo events tail`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use revo_actors::fold_from_zero;
+use revo_events::codec::envelope_to_json;
+use revo_events::projection::diff_rows;
+use revo_events::store::wait_for_change;
+use revo_events::system::PROJECTION_STREAM;
+use revo_events::{
+    AppendRequest, EventFamily, EventMeta, EventStore, ExpectedVersion, SystemEvent,
+};
+
+use crate::cli::TailArgs;
+use crate::projections;
+
+const BATCH: usize = 4096;
+
+fn projection(name: &str) -> anyhow::Result<Box<dyn revo_events::Projection>> {
+    projections::by_name(name).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown projection `{name}`; this build has: {}",
+            projections::names().join(", ")
+        )
+    })
+}
+
+pub async fn list(store: &dyn EventStore, out: &mut impl Write) -> anyhow::Result<()> {
+    let stored = store.list_read_models().await?;
+    let head = store.head_position().await?;
+    writeln!(
+        out,
+        "{:<16} {:>10} {:>12} {:>10}  updated",
+        "projection", "generation", "position", "rows"
+    )?;
+    for name in projections::names() {
+        match stored.iter().find(|s| s.name == name) {
+            Some(s) => writeln!(
+                out,
+                "{:<16} {:>10} {:>12} {:>10}  {}",
+                s.name,
+                s.generation,
+                s.position,
+                s.rows,
+                s.updated_at.to_rfc3339()
+            )?,
+            None => writeln!(
+                out,
+                "{name:<16} {:>10} {:>12} {:>10}  never run",
+                "-", "-", "-"
+            )?,
+        }
+    }
+    writeln!(out, "event log head position: {head}")?;
+    Ok(())
+}
+
+pub async fn rebuild(
+    store: &dyn EventStore,
+    name: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut p = projection(name)?;
+    let started = Instant::now();
+    let stats = fold_from_zero(store, p.as_mut(), None, BATCH)
+        .await
+        .with_context(|| format!("rebuilding `{name}` stopped"))?;
+    let rows = p.rows();
+    let generation = store
+        .replace_read_model(name, &rows, stats.position)
+        .await?;
+    let event = SystemEvent::ProjectionRebuilt {
+        projection: name.to_owned(),
+        generation,
+        position: stats.position,
+        rows: rows.len() as u64,
+        events: stats.events,
+    };
+    let meta = EventMeta {
+        actor: Some("system".into()),
+        ..Default::default()
+    };
+    store
+        .append(AppendRequest::new(
+            PROJECTION_STREAM,
+            name,
+            ExpectedVersion::Any,
+            vec![event.to_new_event(meta)?],
+        ))
+        .await?;
+    writeln!(
+        out,
+        "rebuilt `{name}`: generation {generation}, {} events folded in {:.2?}, {} rows, checkpoint {}",
+        stats.events,
+        started.elapsed(),
+        rows.len(),
+        stats.position
+    )?;
+    Ok(())
+}
+
+/// Returns whether the live read model matches a rebuild (printing the diff if not).
+pub async fn verify(
+    store: &dyn EventStore,
+    name: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<bool> {
+    let mut p = projection(name)?;
+    let live = store.load_read_model(name).await?;
+    let stats = fold_from_zero(store, p.as_mut(), Some(live.position), BATCH)
+        .await
+        .with_context(|| format!("rebuilding `{name}` into scratch stopped"))?;
+    let diff = diff_rows(&live.rows, &p.rows());
+    if diff.is_empty() {
+        writeln!(
+            out,
+            "`{name}` verified: {} rows match a rebuild of {} events (checkpoint {}, generation {})",
+            live.rows.len(),
+            stats.events,
+            live.position,
+            live.generation
+        )?;
+        return Ok(true);
+    }
+    writeln!(
+        out,
+        "`{name}` has DRIFTED: {} of its rows differ from a rebuild of {} events (checkpoint {}):",
+        diff.len(),
+        stats.events,
+        live.position
+    )?;
+    for d in diff {
+        writeln!(out, "{d}")?;
+    }
+    Ok(false)
+}
+
+pub async fn tail(
+    store: Arc<dyn EventStore>,
+    args: &TailArgs,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut after = args.from;
+    let mut signal = store.append_signal();
+    loop {
+        signal.borrow_and_update();
+        let events = store.read_all(after, BATCH).await?;
+        if events.is_empty() {
+            if !args.follow {
+                return Ok(());
+            }
+            out.flush()?;
+            wait_for_change(&mut signal, Duration::from_millis(250)).await;
+            continue;
+        }
+        for ev in &events {
+            after = ev.position;
+            let env = &ev.envelope;
+            if args
+                .stream_type
+                .as_deref()
+                .is_some_and(|t| t != env.stream_type)
+                || args
+                    .stream_id
+                    .as_deref()
+                    .is_some_and(|i| i != env.stream_id)
+            {
+                continue;
+            }
+            let json = match envelope_to_json(ev.position, env) {
+                Ok(j) => j,
+                Err(e) => bail!("event {} at position {}: {e}", env.event_id, ev.position),
+            };
+            writeln!(out, "{json}")?;
+        }
+    }
+}
