@@ -113,7 +113,8 @@ pub fn encode_wire(env: &Envelope) -> Result<Vec<u8>, CodecError> {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireEnvelope {
-    event_id: Uuid,
+    // Ids travel as strings (portable to every language); MessagePack serde would want bytes.
+    event_id: String,
     stream_type: String,
     stream_id: String,
     version: i64,
@@ -121,9 +122,13 @@ struct WireEnvelope {
     schema: u32,
     occurred_at: DateTime<Utc>,
     actor: Option<String>,
-    correlation_id: Option<Uuid>,
-    causation_id: Option<Uuid>,
+    correlation_id: Option<String>,
+    causation_id: Option<String>,
     payload: rmpv::Value,
+}
+
+fn parse_id(s: &str, what: &str) -> Result<Uuid, CodecError> {
+    Uuid::parse_str(s).map_err(|e| CodecError::Envelope(format!("{what} `{s}`: {e}")))
 }
 
 /// Decodes an envelope from its NATS wire form.
@@ -134,7 +139,7 @@ pub fn decode_wire(bytes: &[u8]) -> Result<Envelope, CodecError> {
     rmpv::encode::write_value(&mut payload, &w.payload)
         .map_err(|e| CodecError::Envelope(e.to_string()))?;
     Ok(Envelope {
-        event_id: w.event_id,
+        event_id: parse_id(&w.event_id, "event_id")?,
         stream_type: w.stream_type,
         stream_id: w.stream_id,
         version: w.version,
@@ -143,8 +148,16 @@ pub fn decode_wire(bytes: &[u8]) -> Result<Envelope, CodecError> {
         occurred_at: w.occurred_at,
         meta: EventMeta {
             actor: w.actor,
-            correlation_id: w.correlation_id,
-            causation_id: w.causation_id,
+            correlation_id: w
+                .correlation_id
+                .as_deref()
+                .map(|s| parse_id(s, "correlation_id"))
+                .transpose()?,
+            causation_id: w
+                .causation_id
+                .as_deref()
+                .map(|s| parse_id(s, "causation_id"))
+                .transpose()?,
         },
         payload,
     })

@@ -1,0 +1,329 @@
+//! Test harness: every test gets its own Postgres database, its own NATS subject prefix (and so
+//! its own JetStream stream) and its own temporary directory, all removed afterwards.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use revo::store::postgres::{self, PgStoreConfig};
+use revo::store::sqlite::SqliteStoreConfig;
+use revo::store::{PgStore, SqliteStore, StoreMetrics};
+use revo_events::{AppendRequest, EventMeta, EventStore, ExpectedVersion, NewEvent};
+use revo_nats::{JetStreamBus, JetStreamConfig, Subjects};
+use sqlx::Connection;
+use uuid::Uuid;
+
+pub fn pg_base() -> String {
+    std::env::var("TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn nats_url() -> String {
+    std::env::var("TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A fresh Postgres database, dropped (with its connections) when this is dropped.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("revo_t_{}", Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_base()))
+            .await
+            .expect("Postgres must run on 127.0.0.1:5432 (scripts/test.sh starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let url = format!("{}/{name}", pg_base());
+        TestDb { name, url }
+    }
+
+    pub async fn migrated() -> TestDb {
+        let db = TestDb::new().await;
+        postgres::migrate(&db.url).await.unwrap();
+        db
+    }
+
+    pub async fn store(&self) -> Arc<PgStore> {
+        PgStore::open(
+            PgStoreConfig::new(self.url.clone()),
+            StoreMetrics::unregistered().unwrap(),
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn conn(&self) -> sqlx::PgConnection {
+        sqlx::PgConnection::connect(&self.url).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside any runtime guarantee: use a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(mut admin) =
+                    sqlx::PgConnection::connect(&format!("{}/postgres", pg_base())).await
+                {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut admin)
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(format!("revo-test-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub async fn sqlite_store(dir: &TempDir) -> Arc<SqliteStore> {
+    SqliteStore::open(
+        SqliteStoreConfig::in_dir(dir.path()),
+        StoreMetrics::unregistered().unwrap(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A unique subject prefix (and so a unique JetStream stream); the stream is deleted on drop.
+pub struct TestNats {
+    pub subjects: Subjects,
+    pub dedup: Duration,
+}
+
+impl TestNats {
+    pub fn new() -> TestNats {
+        TestNats {
+            subjects: Subjects::new(&format!("t{}", &Uuid::now_v7().simple().to_string()[20..]))
+                .unwrap(),
+            dedup: Duration::from_secs(120),
+        }
+    }
+
+    pub async fn bus(&self) -> JetStreamBus {
+        JetStreamBus::connect(JetStreamConfig {
+            url: nats_url(),
+            subjects: self.subjects.clone(),
+            dedup_window: self.dedup,
+            connection_name: "revo-test".into(),
+        })
+        .await
+        .unwrap()
+    }
+
+    pub fn stream(&self) -> String {
+        self.subjects.events_stream()
+    }
+}
+
+impl Drop for TestNats {
+    fn drop(&mut self) {
+        let stream = self.stream();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(c) = async_nats::connect(nats_url()).await {
+                    let js = async_nats::jetstream::new(c);
+                    let _ = js.delete_stream(stream).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// A raw event with a small MessagePack payload.
+pub fn event(event_type: &str, n: u64) -> NewEvent {
+    NewEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.into(),
+        schema: 1,
+        occurred_at: chrono::Utc::now(),
+        meta: EventMeta {
+            actor: Some("user:test".into()),
+            correlation_id: Some(Uuid::now_v7()),
+            causation_id: None,
+        },
+        payload: rmp_serde::to_vec_named(&serde_json::json!({"type": event_type, "n": n})).unwrap(),
+    }
+}
+
+pub fn req(
+    stream_type: &str,
+    stream_id: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> AppendRequest {
+    AppendRequest::new(stream_type, stream_id, expected, events)
+}
+
+/// Reads every event committed so far. On Postgres, `read_all` holds back events while any
+/// older transaction in the cluster (another test's, too) is still open, so this waits until the
+/// head event has been read.
+pub async fn read_everything(store: &dyn EventStore) -> Vec<revo_events::RecordedEvent> {
+    let head = store.head_position().await.unwrap();
+    let mut out = Vec::new();
+    let mut after = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let batch = store.read_all(after, 1000).await.unwrap();
+        match batch.last() {
+            Some(last) => {
+                after = last.position;
+                out.extend(batch);
+            }
+            None if head == 0 || out.iter().any(|e| e.position == head) => return out,
+            None => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "head {head} never became readable"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, for at most `secs` seconds.
+pub async fn eventually<T, F, Fut>(secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {secs}s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Relay metrics that nobody scrapes.
+pub fn relay_metrics() -> revo_actors::RelayMetrics {
+    revo::metrics::Metrics::new().unwrap().relay
+}
+
+/// Every message in a test's events stream, in stream order, decoded. Waits until the stream
+/// holds at least `at_least` messages.
+pub async fn stream_envelopes(nats: &TestNats, at_least: usize) -> Vec<revo_events::Envelope> {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = eventually(20, || {
+        let js = js.clone();
+        async move { js.get_stream(nats.stream()).await.ok() }
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = stream
+            .info()
+            .await
+            .map(|i| i.state.messages as usize)
+            .unwrap_or(0);
+        if n >= at_least {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stream has {n} of {at_least} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let total = stream.info().await.unwrap().state.messages as usize;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let m = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("stream message")
+            .unwrap()
+            .unwrap();
+        let env = revo_events::codec::decode_wire(&m.payload).unwrap();
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.to_string());
+        assert_eq!(
+            id,
+            Some(env.event_id.to_string()),
+            "Nats-Msg-Id is the event id"
+        );
+        assert_eq!(
+            m.subject.as_str(),
+            nats.subjects
+                .event(&env.stream_type, &env.stream_id)
+                .unwrap()
+        );
+        out.push(env);
+    }
+    out
+}
+
+/// Each event id exactly once, and per stream in version order without gaps.
+pub fn assert_exactly_once_in_order(envs: &[revo_events::Envelope], expected: usize) {
+    use std::collections::{HashMap, HashSet};
+    let ids: HashSet<_> = envs.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), envs.len(), "duplicates delivered");
+    assert_eq!(envs.len(), expected, "events missing or extra");
+    let mut last: HashMap<(String, String), i64> = HashMap::new();
+    for e in envs {
+        let v = last
+            .entry((e.stream_type.clone(), e.stream_id.clone()))
+            .or_insert(0);
+        assert_eq!(
+            e.version,
+            *v + 1,
+            "stream {}/{} out of order",
+            e.stream_type,
+            e.stream_id
+        );
+        *v = e.version;
+    }
+}
