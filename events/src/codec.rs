@@ -49,12 +49,14 @@ pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 
 /// Renders any MessagePack payload as JSON, for operators (`revo events tail`).
 pub fn payload_to_json(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    use serde::Deserialize;
     let mut rd = bytes;
-    let value = rmpv::decode::read_value(&mut rd).map_err(|e| e.to_string())?;
+    let mut de = rmp_serde::Deserializer::new(&mut rd);
+    let value = serde_json::Value::deserialize(&mut de).map_err(|e| e.to_string())?;
     if !rd.is_empty() {
         return Err(format!("{} trailing bytes after payload", rd.len()));
     }
-    serde_json::to_value(&value).map_err(|e| e.to_string())
+    Ok(value)
 }
 
 fn timestamp(t: &DateTime<Utc>) -> String {
