@@ -1,5 +1,7 @@
 //! One contract, two buses: JetStream (with a stream of its own per test) and in-process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use std::time::Duration;

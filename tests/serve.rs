@@ -1,6 +1,8 @@
 //! `revo serve` and the operator commands, as a user runs them: embedded and cluster mode,
 //! graceful stop, kill -9, NATS down, replay verify, bad configuration.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use std::process::Stdio;

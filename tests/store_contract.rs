@@ -1,5 +1,7 @@
 //! One contract, two stores: every test here runs against Postgres and against SQLite.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 mod common;
 
 use std::collections::HashSet;

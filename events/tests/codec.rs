@@ -1,6 +1,8 @@
 //! Codec round-trips (proptest), upcasting, and decoding of committed fixtures of every schema
 //! version that exists.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use revo_events::codec::{decode_wire, encode_wire, payload_to_json};

@@ -1,6 +1,8 @@
 //! Replay determinism: folding a random history incrementally (with restarts that reload the
 //! persisted rows, as the projection runner does) equals rebuilding from zero.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use std::collections::BTreeSet;
 
 use chrono::{TimeZone, Utc};

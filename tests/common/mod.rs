@@ -1,6 +1,6 @@
 //! Test harness: every test gets its own Postgres database, its own NATS subject prefix (and so
 //! its own JetStream stream) and its own temporary directory, all removed afterwards.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
