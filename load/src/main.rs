@@ -1,1 +1,43 @@
-fn main() {}
+//! `revo-load`: benchmark scenarios for Revo's event-sourced core, run against the real
+//! Postgres, SQLite and NATS of the machine. Results go to stdout as Markdown tables; see
+//! `docs/benchmarks.md` for the commands and the figures measured.
+
+mod append;
+mod relay;
+mod replay;
+mod stats;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks for Revo's event store, relay and replay")]
+struct Cli {
+    /// Postgres server (a scratch database is created and dropped per scenario).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pg: String,
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Append throughput and latency at several concurrencies, beside a raw multi-row INSERT.
+    Append(append::Args),
+    /// Commit-to-subscriber latency through the relay and JetStream at a fixed rate.
+    Relay(relay::Args),
+    /// Folding a cost-like projection over stored events.
+    Replay(replay::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Append(a) => append::run(&cli.pg, a).await,
+        Scenario::Relay(a) => relay::run(&cli.pg, &cli.nats, a).await,
+        Scenario::Replay(a) => replay::run(&cli.pg, a).await,
+    }
+}
