@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use revo_actors::fold_from_zero;
+use revo_actors::{fold_from_zero, FoldUntil};
 use revo_events::codec::envelope_to_json;
 use revo_events::projection::diff_rows;
 use revo_events::store::wait_for_change;
@@ -18,6 +18,9 @@ use crate::cli::TailArgs;
 use crate::projections;
 
 const BATCH: usize = 4096;
+
+/// How long a rebuild waits for open transactions that hold back the newest events.
+const HEAD_WAIT: Duration = Duration::from_secs(30);
 
 fn projection(name: &str) -> anyhow::Result<Box<dyn revo_events::Projection>> {
     projections::by_name(name).ok_or_else(|| {
@@ -65,9 +68,14 @@ pub async fn rebuild(
 ) -> anyhow::Result<()> {
     let mut p = projection(name)?;
     let started = Instant::now();
-    let stats = fold_from_zero(store, p.as_mut(), None, BATCH)
-        .await
-        .with_context(|| format!("rebuilding `{name}` stopped"))?;
+    let stats = fold_from_zero(
+        store,
+        p.as_mut(),
+        FoldUntil::Head { wait: HEAD_WAIT },
+        BATCH,
+    )
+    .await
+    .with_context(|| format!("rebuilding `{name}` stopped"))?;
     let rows = p.rows();
     let generation = store
         .replace_read_model(name, &rows, stats.position)
@@ -110,7 +118,7 @@ pub async fn verify(
 ) -> anyhow::Result<bool> {
     let mut p = projection(name)?;
     let live = store.load_read_model(name).await?;
-    let stats = fold_from_zero(store, p.as_mut(), Some(live.position), BATCH)
+    let stats = fold_from_zero(store, p.as_mut(), FoldUntil::Position(live.position), BATCH)
         .await
         .with_context(|| format!("rebuilding `{name}` into scratch stopped"))?;
     let diff = diff_rows(&live.rows, &p.rows());
@@ -145,19 +153,29 @@ pub async fn tail(
 ) -> anyhow::Result<()> {
     let mut after = args.from;
     let mut signal = store.append_signal();
+    // Without --follow, print at least through the newest event committed before the call,
+    // waiting (bounded) for older open transactions that hold it back.
+    let head = store.head_position().await?;
+    let mut seen_head = head <= args.from;
+    let deadline = tokio::time::Instant::now() + HEAD_WAIT;
     loop {
         signal.borrow_and_update();
         let events = store.read_all(after, BATCH).await?;
         if events.is_empty() {
-            if !args.follow {
+            if !args.follow && (seen_head || tokio::time::Instant::now() >= deadline) {
                 return Ok(());
             }
             out.flush()?;
-            wait_for_change(&mut signal, Duration::from_millis(250)).await;
+            wait_for_change(
+                &mut signal,
+                Duration::from_millis(if args.follow { 250 } else { 20 }),
+            )
+            .await;
             continue;
         }
         for ev in &events {
             after = ev.position;
+            seen_head |= ev.position == head;
             let env = &ev.envelope;
             if args
                 .stream_type

@@ -48,6 +48,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = node::open_store(&config, metrics.store.clone(), true).await?;
     let bus = node::open_bus(&config, &node_id).await?;
     let subjects = Subjects::new(&config.nats_prefix).map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Streams are created or updated at start (the relay leader also re-checks); a bus that is
+    // down now is not fatal: appends do not need it.
+    if let Err(e) = bus.ensure().await {
+        tracing::warn!(error = %e, "bus not ready at start; the relay will retry");
+    }
 
     let hostname = hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
@@ -99,6 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         mode: config.mode.name(),
         started: Instant::now(),
         projectors,
+        runtime: tokio::runtime::Handle::current(),
     });
     let server =
         HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
@@ -118,15 +124,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.listen
     );
 
-    let mut server = tokio::spawn(server);
+    let mut server = std::pin::pin!(server);
     let outcome = tokio::select! {
         r = &mut server => Some(r),
         _ = shutdown_signal() => None,
     };
     tracing::info!("shutting down");
     if outcome.is_none() {
-        handle.stop(true).await;
-        let _ = server.await;
+        // Stop accepting, finish in-flight requests (bounded by the shutdown timeout).
+        let stopping = handle.stop(true);
+        let _ = tokio::join!(stopping, &mut server);
     }
     if let Err(e) = record(
         store.as_ref(),
@@ -149,8 +156,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     store.close().await;
     bus.close().await;
     match outcome {
-        Some(Ok(Err(e))) => Err(e).context("HTTP server failed"),
-        Some(Err(e)) => Err(e).context("HTTP server task failed"),
+        Some(Err(e)) => Err(e).context("HTTP server failed"),
         _ => Ok(()),
     }
 }

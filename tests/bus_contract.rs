@@ -1,6 +1,11 @@
 //! One contract, two buses: JetStream (with a stream of its own per test) and in-process.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code: failing loudly is the point; tasks are joined by the test
 
 mod common;
 

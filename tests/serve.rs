@@ -1,7 +1,12 @@
 //! `revo serve` and the operator commands, as a user runs them: embedded and cluster mode,
 //! graceful stop, kill -9, NATS down, replay verify, bad configuration.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code: failing loudly is the point; tasks are joined by the test
 
 mod common;
 

@@ -1,6 +1,11 @@
 //! One contract, two stores: every test here runs against Postgres and against SQLite.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code: failing loudly is the point; tasks are joined by the test
 
 mod common;
 

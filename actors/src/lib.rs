@@ -12,6 +12,7 @@ pub mod projector;
 pub mod relay;
 
 pub use projector::{
-    fold_from_zero, FoldStats, ProjectorHandle, ProjectorMetrics, ProjectorState, ReplayError,
+    fold_from_zero, FoldStats, FoldUntil, ProjectorHandle, ProjectorMetrics, ProjectorState,
+    ReplayError,
 };
 pub use relay::{Relay, RelayConfig, RelayMetrics};

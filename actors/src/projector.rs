@@ -46,38 +46,66 @@ pub enum ReplayError {
     Projection(#[from] ProjectionError),
 }
 
-/// Folds into `projection`, from zero, every event in commit order up to and including the
-/// event at `stop_at` (all committed events if `None`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FoldStats {
     pub events: u64,
+    /// Position of the last event folded (0 if none): the checkpoint of the result.
     pub position: i64,
 }
 
+/// How far `fold_from_zero` goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FoldUntil {
+    /// Through the event at this position, in commit order (0: fold nothing). `verify` uses the
+    /// live checkpoint so both sides cover exactly the same events.
+    Position(i64),
+    /// Every event readable now, and at least the newest event committed before the call,
+    /// waiting up to `wait` for older open transactions that hold it back. Events that remain
+    /// held back are not lost: a projection runner continues from the returned checkpoint.
+    Head { wait: Duration },
+}
+
+/// Folds into `projection`, from the first event, as far as `until` says.
 pub async fn fold_from_zero(
     store: &dyn EventStore,
     projection: &mut dyn Projection,
-    stop_at: Option<i64>,
+    until: FoldUntil,
     batch: usize,
 ) -> Result<FoldStats, ReplayError> {
     let mut stats = FoldStats::default();
-    if stop_at == Some(0) {
-        return Ok(stats);
-    }
+    let (stop_at, head, deadline) = match until {
+        FoldUntil::Position(0) => return Ok(stats),
+        FoldUntil::Position(p) => (Some(p), 0, None),
+        FoldUntil::Head { wait } => (
+            None,
+            store.head_position().await?,
+            Some(tokio::time::Instant::now() + wait),
+        ),
+    };
+    let mut seen_head = head == 0;
     let mut dirty = BTreeSet::new();
+    let mut signal = store.append_signal();
     loop {
+        signal.borrow_and_update();
         let events = store.read_all(stats.position, batch).await?;
         if events.is_empty() {
             if let Some(target) = stop_at {
                 return Err(StoreError::UnknownPosition(target).into());
             }
-            return Ok(stats);
+            match deadline {
+                Some(d) if !seen_head && tokio::time::Instant::now() < d => {
+                    wait_for_change(&mut signal, Duration::from_millis(20)).await;
+                    continue;
+                }
+                _ => return Ok(stats),
+            }
         }
         for ev in &events {
             projection.apply(ev, &mut dirty)?;
             dirty.clear();
             stats.events += 1;
             stats.position = ev.position;
+            seen_head |= ev.position == head;
             if Some(ev.position) == stop_at {
                 return Ok(stats);
             }

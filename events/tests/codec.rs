@@ -1,7 +1,12 @@
 //! Codec round-trips (proptest), upcasting, and decoding of committed fixtures of every schema
 //! version that exists.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code: failing loudly is the point; tasks are joined by the test
 
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;

@@ -1,7 +1,12 @@
 //! Replay determinism: folding a random history incrementally (with restarts that reload the
 //! persisted rows, as the projection runner does) equals rebuilding from zero.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code: failing loudly is the point; tasks are joined by the test
 
 use std::collections::BTreeSet;
 

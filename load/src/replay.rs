@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use revo::store::postgres::PgStoreConfig;
 use revo::store::{PgStore, StoreMetrics};
-use revo_actors::fold_from_zero;
+use revo_actors::{fold_from_zero, FoldUntil};
 use revo_events::{EventFamily, EventStore, Projection, ProjectionError, RecordedEvent, Rows};
 use sqlx::Connection;
 
@@ -119,7 +119,15 @@ pub async fn run(pg: &str, args: Args) -> anyhow::Result<()> {
     for _ in 0..2 {
         let mut ledger = CostLedger::default();
         let t = Instant::now();
-        let stats = fold_from_zero(store.as_ref(), &mut ledger, None, 8192).await?;
+        let stats = fold_from_zero(
+            store.as_ref(),
+            &mut ledger,
+            FoldUntil::Head {
+                wait: std::time::Duration::from_secs(30),
+            },
+            8192,
+        )
+        .await?;
         let secs = t.elapsed().as_secs_f64();
         println!(
             "| Postgres read_all + decode + fold ({} ledger rows) | {} | {secs:.2} | {:.0} |",

@@ -22,19 +22,29 @@ struct Check {
 }
 
 async fn checks(state: &AppState) -> Vec<Check> {
-    let store = match tokio::time::timeout(PROBE_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
-    };
-    let migrations = if store.is_some() {
-        Some("store unreachable".to_owned())
-    } else {
-        match tokio::time::timeout(PROBE_TIMEOUT, state.store.schema_status()).await {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
-        }
+    let store = state.store.clone();
+    let probed = state
+        .on_node(async move {
+            let ping = match tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+            };
+            let schema = if ping.is_some() {
+                Some("store unreachable".to_owned())
+            } else {
+                match tokio::time::timeout(PROBE_TIMEOUT, store.schema_status()).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+                }
+            };
+            (ping, schema)
+        })
+        .await;
+    let (store, migrations) = match probed {
+        Ok(p) => p,
+        Err(e) => (Some(e.to_string()), Some(e.to_string())),
     };
     let bus = match state.bus.health() {
         BusHealth::Connected => None,

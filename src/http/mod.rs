@@ -22,6 +22,23 @@ pub struct AppState {
     pub mode: &'static str,
     pub started: Instant,
     pub projectors: Vec<ProjectorHandle>,
+    /// The node's main runtime. Database and NATS connections must be opened there, not on
+    /// actix's worker runtimes, which stop before the node does.
+    pub runtime: tokio::runtime::Handle,
+}
+
+impl AppState {
+    /// Runs `fut` on the node's main runtime and waits for it.
+    pub async fn on_node<F, T>(&self, fut: F) -> Result<T, error::ApiError>
+    where
+        F: std::future::Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        self.runtime
+            .spawn(fut)
+            .await
+            .map_err(|e| error::ApiError::Unavailable(format!("node task failed: {e}")))
+    }
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

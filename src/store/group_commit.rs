@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use prometheus::Histogram;
-use revo_events::{AppendRequest, Appended, StoreError};
+use revo_events::{AppendRequest, Appended, ExpectedVersion, StoreError};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -61,6 +61,9 @@ impl StoreMetrics {
         Ok(crate::metrics::Metrics::new()?.store)
     }
 }
+
+/// Tries for an `ExpectedVersion::Any` append that keeps racing writers in other processes.
+const ANY_ATTEMPTS: u32 = 5;
 
 struct Job {
     req: AppendRequest,
@@ -178,12 +181,25 @@ async fn commit(
             let mut outcomes = Vec::with_capacity(reqs.len());
             for req in &reqs {
                 let one = std::slice::from_ref(req);
-                let outcome = match backend.append_batch(one).await {
-                    Ok(mut o) => o
-                        .pop()
-                        .unwrap_or(Err(StoreError::Backend("empty batch outcome".into()))),
-                    Err(BatchFailure::Race(cause)) => Err(backend.race_error(req, cause).await),
-                    Err(BatchFailure::Fatal(e)) => Err(e),
+                let mut attempt = 1;
+                let outcome = loop {
+                    match backend.append_batch(one).await {
+                        Ok(mut o) => {
+                            break o
+                                .pop()
+                                .unwrap_or(Err(StoreError::Backend("empty batch outcome".into())))
+                        }
+                        // `Any` promises no conflict: lost races are retried, a few times.
+                        Err(BatchFailure::Race(_))
+                            if req.expected == ExpectedVersion::Any && attempt < ANY_ATTEMPTS =>
+                        {
+                            attempt += 1;
+                        }
+                        Err(BatchFailure::Race(cause)) => {
+                            break Err(backend.race_error(req, cause).await)
+                        }
+                        Err(BatchFailure::Fatal(e)) => break Err(e),
+                    }
                 };
                 if outcome.is_ok() {
                     metrics.batch_events.observe(req.events.len() as f64);

@@ -283,7 +283,13 @@ impl BatchBackend for Backend {
                 .collect());
         }
         let mut c = Columns::with_capacity(n);
-        for (r, p) in reqs.iter().zip(&plan) {
+        // Insert in stream order: concurrent batches then take unique-index locks in the same
+        // order and cannot deadlock each other.
+        let mut accepted: Vec<_> = reqs.iter().zip(&plan).collect();
+        accepted.sort_by(|(a, _), (b, _)| {
+            (&a.stream_type, &a.stream_id).cmp(&(&b.stream_type, &b.stream_id))
+        });
+        for (r, p) in accepted {
             if let Ok(first) = p {
                 for (k, e) in r.events.iter().enumerate() {
                     c.event_id.push(e.event_id);
@@ -329,6 +335,11 @@ impl BatchBackend for Backend {
                 let _ = tx.rollback().await;
                 return Err(match unique_violation(&e) {
                     Some(constraint) => BatchFailure::Race(StoreError::Backend(constraint)),
+                    // A deadlock or serialisation failure with another process: retrying each
+                    // request alone resolves it.
+                    None if is_retryable(&e) => {
+                        BatchFailure::Race(StoreError::Backend(e.to_string()))
+                    }
                     None => BatchFailure::Fatal(unavailable(e)),
                 });
             }
@@ -367,6 +378,9 @@ impl BatchBackend for Backend {
             let id = req.events.first().map(|e| e.event_id).unwrap_or_default();
             return StoreError::DuplicateEventId(id);
         }
+        if !constraint.contains("version") {
+            return cause;
+        }
         let actual: Result<i64, _> = sqlx::query_scalar(
             "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = $1 AND stream_id = $2",
         )
@@ -381,6 +395,10 @@ impl BatchBackend for Backend {
             actual: actual.unwrap_or(-1),
         }
     }
+}
+
+fn is_retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
 struct Columns<'a> {

@@ -269,10 +269,14 @@ impl BatchBackend for Backend {
     }
 
     async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {
-        if cause.to_string().contains("event_id") {
+        let constraint = cause.to_string();
+        if constraint.contains("event_id") {
             return StoreError::DuplicateEventId(
                 req.events.first().map(|e| e.event_id).unwrap_or_default(),
             );
+        }
+        if !constraint.contains("version") {
+            return cause;
         }
         let actual: Result<i64, _> = sqlx::query_scalar(
             "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = ? AND stream_id = ?",

@@ -1,6 +1,12 @@
 //! Test harness: every test gets its own Postgres database, its own NATS subject prefix (and so
 //! its own JetStream stream) and its own temporary directory, all removed afterwards.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
