@@ -6,6 +6,7 @@
 //! read after the ones that committed before it, never skipped; see `docs/events.md`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +69,9 @@ pub struct PgStore {
     max_payload: usize,
     tasks: TaskTracker,
     stop: CancellationToken,
+    /// Set when a read found committed events held back by an older open transaction: no
+    /// NOTIFY announces that transaction's end, so readers are woken on a short timer instead.
+    held_back: Arc<AtomicBool>,
 }
 
 fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
@@ -148,11 +152,13 @@ impl PgStore {
             max_payload: config.max_payload,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            held_back: Arc::new(AtomicBool::new(false)),
         });
         store.schema_status().await?;
         store.tasks.spawn(listen(
             store.pool.clone(),
             store.signal.clone(),
+            store.held_back.clone(),
             store.stop.clone(),
         ));
         Ok(store)
@@ -163,8 +169,17 @@ impl PgStore {
     }
 }
 
-/// Wakes local readers when another process commits (LISTEN), reconnecting as needed.
-async fn listen(pool: PgPool, signal: Arc<watch::Sender<u64>>, stop: CancellationToken) {
+/// How often readers are woken while events are held back by an open transaction.
+const HELD_BACK_RETRY: Duration = Duration::from_millis(10);
+
+/// Wakes local readers when another process commits (LISTEN), or while committed events wait
+/// for an older transaction, reconnecting as needed.
+async fn listen(
+    pool: PgPool,
+    signal: Arc<watch::Sender<u64>>,
+    held_back: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
     loop {
         let listener = async {
             let mut l = PgListener::connect_with(&pool).await?;
@@ -187,6 +202,10 @@ async fn listen(pool: PgPool, signal: Arc<watch::Sender<u64>>, stop: Cancellatio
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(HELD_BACK_RETRY), if held_back.load(Ordering::Relaxed) => {
+                    held_back.store(false, Ordering::Relaxed);
+                    signal.send_modify(|n| *n = n.wrapping_add(1));
+                }
                 n = listener.try_recv() => match n {
                     Ok(Some(_)) => signal.send_modify(|n| *n = n.wrapping_add(1)),
                     // Connection lost and re-established: something may have been missed.
@@ -505,6 +524,17 @@ impl EventStore for PgStore {
                 .await
         }
         .map_err(unavailable)?;
+        if rows.len() < limit {
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))",
+            )
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            if held {
+                self.held_back.store(true, Ordering::Relaxed);
+            }
+        }
         if rows.is_empty() && after != 0 {
             let known: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)")
