@@ -49,3 +49,72 @@ async fn two_writers_on_shared_streams_neither_deadlock_nor_lose_appends() {
     a.close().await;
     b.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_sees_through_its_stale_view_of_another_writers_stream() {
+    let db = TestDb::migrated().await;
+    let (a, b) = (db.store().await, db.store().await);
+    a.append(req(
+        "s",
+        "1",
+        ExpectedVersion::NoStream,
+        vec![event("x", 1)],
+    ))
+    .await
+    .unwrap();
+    // b moves the stream on; a last saw version 1.
+    b.append(req(
+        "s",
+        "1",
+        ExpectedVersion::Exact(1),
+        vec![event("x", 2)],
+    ))
+    .await
+    .unwrap();
+    // a, expecting what b wrote, succeeds...
+    let ok = a
+        .append(req(
+            "s",
+            "1",
+            ExpectedVersion::Exact(2),
+            vec![event("x", 3)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ok.stream_version, 3);
+    // ...and, expecting its own stale version, conflicts with the true head.
+    b.append(req(
+        "s",
+        "1",
+        ExpectedVersion::Exact(3),
+        vec![event("x", 4)],
+    ))
+    .await
+    .unwrap();
+    let err = a
+        .append(req(
+            "s",
+            "1",
+            ExpectedVersion::Exact(3),
+            vec![event("x", 5)],
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, revo_events::StoreError::Conflict { actual: 4, .. }),
+        "{err:?}"
+    );
+    let any = a
+        .append(req("s", "1", ExpectedVersion::Any, vec![event("x", 6)]))
+        .await
+        .unwrap();
+    assert_eq!(any.stream_version, 5);
+    let versions: Vec<i64> = read_everything(a.as_ref())
+        .await
+        .iter()
+        .map(|e| e.envelope.version)
+        .collect();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    a.close().await;
+    b.close().await;
+}

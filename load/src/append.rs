@@ -23,6 +23,12 @@ pub struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Group-commit transactions in flight (Postgres).
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// Most events in one group-commit transaction.
+    #[arg(long, default_value_t = 2048)]
+    max_batch: usize,
     /// Rows per raw INSERT statement (one transaction each).
     #[arg(long, default_value_t = 1000)]
     raw_batch: usize,

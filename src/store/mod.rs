@@ -7,7 +7,7 @@ pub mod sqlite;
 
 use std::collections::HashMap;
 
-use revo_events::{AppendRequest, StoreError};
+use revo_events::{AppendRequest, Rows, StoreError};
 use sqlx::migrate::Migrator;
 
 pub use group_commit::{GroupCommitConfig, StoreMetrics};
@@ -106,4 +106,32 @@ pub(crate) fn unique_violation(e: &sqlx::Error) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// Splits projection changes into upserts (keys, JSON texts) and deleted keys.
+pub(crate) fn split_changes(
+    changes: Vec<(String, Option<serde_json::Value>)>,
+) -> ((Vec<String>, Vec<String>), Vec<String>) {
+    let mut upserts = (Vec::new(), Vec::new());
+    let mut deletes = Vec::new();
+    for (k, doc) in changes {
+        match doc {
+            Some(doc) => {
+                upserts.0.push(k);
+                upserts.1.push(doc.to_string());
+            }
+            None => deletes.push(k),
+        }
+    }
+    (upserts, deletes)
+}
+
+pub(crate) fn parse_rows(rows: Vec<(String, String)>) -> Result<Rows, StoreError> {
+    rows.into_iter()
+        .map(|(k, doc)| {
+            serde_json::from_str(&doc)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| StoreError::Backend(format!("read model row `{k}` is not JSON: {e}")))
+        })
+        .collect()
 }

@@ -24,8 +24,10 @@ use uuid::Uuid;
 use super::group_commit::{
     BatchBackend, BatchFailure, GroupCommitConfig, GroupCommitter, StoreMetrics,
 };
-use super::postgres::{parse_rows, split_changes};
-use super::{check_migrations, plan_versions, unavailable, unique_violation, SQLITE_MIGRATOR};
+use super::{
+    check_migrations, parse_rows, plan_versions, split_changes, unavailable, unique_violation,
+    SQLITE_MIGRATOR,
+};
 
 /// SQLite allows 32,766 bound values per statement; 11 per event.
 const INSERT_CHUNK: usize = 2_000;

@@ -1,0 +1,302 @@
+//! Group-commit batches on Postgres: version check, one multi-row INSERT, commit.
+//!
+//! Stream heads this process committed are cached. A cached head can only be stale low (versions
+//! only grow), and appending after a stale head collides with the existing row on the unique
+//! key, so the cache can cost a retry but never accept a wrong append; conflicts computed from
+//! the cache are re-checked against the database before they are reported.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use revo_events::{AppendRequest, Appended, StoreError};
+use sqlx::{PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::store::group_commit::{BatchBackend, BatchFailure};
+use crate::store::{plan_versions, unavailable, unique_violation};
+
+/// Streams whose heads are remembered; past this the cache starts over.
+const HEAD_CACHE_MAX: usize = 100_000;
+
+type StreamKey = (String, String);
+
+pub(super) struct Backend {
+    pub(super) pool: PgPool,
+    heads: Mutex<HashMap<StreamKey, i64>>,
+}
+
+impl Backend {
+    pub(super) fn new(pool: PgPool) -> Self {
+        Backend {
+            pool,
+            heads: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn heads(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, i64>> {
+        // A panic while holding the lock cannot leave the map inconsistent (plain inserts).
+        self.heads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn forget(&self, reqs: &[AppendRequest]) {
+        let mut heads = self.heads();
+        for r in reqs {
+            heads.remove(&(r.stream_type.clone(), r.stream_id.clone()));
+        }
+    }
+
+    fn remember(&self, reqs: &[AppendRequest], outcomes: &[Result<Appended, StoreError>]) {
+        let mut heads = self.heads();
+        if heads.len() > HEAD_CACHE_MAX {
+            heads.clear();
+        }
+        for (r, o) in reqs.iter().zip(outcomes) {
+            if let Ok(a) = o {
+                let head = heads
+                    .entry((r.stream_type.clone(), r.stream_id.clone()))
+                    .or_insert(0);
+                *head = (*head).max(a.stream_version);
+            }
+        }
+    }
+}
+
+/// Current versions of `streams`, read inside `tx`.
+async fn read_heads(
+    tx: &mut Transaction<'_, Postgres>,
+    streams: &[&StreamKey],
+) -> Result<HashMap<StreamKey, i64>, sqlx::Error> {
+    let types: Vec<&str> = streams.iter().map(|k| k.0.as_str()).collect();
+    let ids: Vec<&str> = streams.iter().map(|k| k.1.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT s.t, s.i, COALESCE((SELECT max(version) FROM events e \
+           WHERE e.stream_type = s.t AND e.stream_id = s.i), 0) \
+         FROM unnest($1::text[], $2::text[]) AS s(t, i)",
+    )
+    .bind(&types)
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter()
+        .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
+        .collect()
+}
+
+#[async_trait]
+impl BatchBackend for Backend {
+    async fn append_batch(
+        &self,
+        reqs: &[AppendRequest],
+    ) -> Result<Vec<Result<Appended, StoreError>>, BatchFailure> {
+        let fatal = |e: sqlx::Error| BatchFailure::Fatal(unavailable(e));
+        let mut tx = self.pool.begin().await.map_err(fatal)?;
+
+        // Versions are known before this transaction writes (and so before it gets its txid):
+        // every event it depends on committed with a smaller txid, which keeps per-stream order
+        // in (txid, position) order. Cached heads were committed by earlier transactions.
+        let keys: HashSet<StreamKey> = reqs
+            .iter()
+            .map(|r| (r.stream_type.clone(), r.stream_id.clone()))
+            .collect();
+        let mut current = HashMap::with_capacity(keys.len());
+        let mut cached = HashSet::new();
+        {
+            let heads = self.heads();
+            for k in &keys {
+                if let Some(v) = heads.get(k) {
+                    current.insert(k.clone(), *v);
+                    cached.insert(k.clone());
+                }
+            }
+        }
+        let missing: Vec<&StreamKey> = keys.iter().filter(|k| !cached.contains(*k)).collect();
+        if !missing.is_empty() {
+            current.extend(read_heads(&mut tx, &missing).await.map_err(fatal)?);
+        }
+        let mut plan = plan_versions(reqs, &current);
+        // A conflict against a cached head may be the cache's fault: check those streams.
+        let suspect: Vec<&StreamKey> = reqs
+            .iter()
+            .zip(&plan)
+            .filter(|(_, p)| matches!(p, Err(StoreError::Conflict { .. })))
+            .map(|(r, _)| (r.stream_type.clone(), r.stream_id.clone()))
+            .collect::<HashSet<_>>()
+            .iter()
+            .filter_map(|k| cached.get(k))
+            .collect();
+        if !suspect.is_empty() {
+            current.extend(read_heads(&mut tx, &suspect).await.map_err(fatal)?);
+            plan = plan_versions(reqs, &current);
+        }
+
+        let n: usize = reqs
+            .iter()
+            .zip(&plan)
+            .filter(|(_, p)| p.is_ok())
+            .map(|(r, _)| r.events.len())
+            .sum();
+        if n == 0 {
+            let _ = tx.rollback().await;
+            // Every request conflicted (each has at least one event, checked by `validate`).
+            let empty = || StoreError::Invalid("an append needs at least one event".into());
+            return Ok(plan
+                .into_iter()
+                .map(|p| p.and_then(|_| Err(empty())))
+                .collect());
+        }
+
+        // Insert in stream order: concurrent batches then take unique-index locks in the same
+        // order and cannot deadlock each other.
+        let mut accepted: Vec<_> = reqs.iter().zip(&plan).collect();
+        accepted.sort_by(|(a, _), (b, _)| {
+            (&a.stream_type, &a.stream_id).cmp(&(&b.stream_type, &b.stream_id))
+        });
+        let mut c = Columns::with_capacity(n);
+        for (r, p) in accepted {
+            if let Ok(first) = p {
+                for (k, e) in r.events.iter().enumerate() {
+                    c.event_id.push(e.event_id);
+                    c.stream_type.push(r.stream_type.as_str());
+                    c.stream_id.push(r.stream_id.as_str());
+                    c.version.push(first + k as i64);
+                    c.event_type.push(e.event_type.as_str());
+                    c.schema.push(e.schema as i32);
+                    c.occurred_at.push(e.occurred_at);
+                    c.actor.push(e.meta.actor.as_deref());
+                    c.correlation_id.push(e.meta.correlation_id);
+                    c.causation_id.push(e.meta.causation_id);
+                    c.payload.push(e.payload.as_slice());
+                }
+            }
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO events (event_id, stream_type, stream_id, version, event_type, \
+               schema, occurred_at, actor, correlation_id, causation_id, payload) \
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], \
+               $6::int4[], $7::timestamptz[], $8::text[], $9::uuid[], $10::uuid[], $11::bytea[]) \
+             RETURNING event_id, position",
+        )
+        .bind(&c.event_id)
+        .bind(&c.stream_type)
+        .bind(&c.stream_id)
+        .bind(&c.version)
+        .bind(&c.event_type)
+        .bind(&c.schema)
+        .bind(&c.occurred_at)
+        .bind(&c.actor)
+        .bind(&c.correlation_id)
+        .bind(&c.causation_id)
+        .bind(&c.payload)
+        .fetch_all(&mut *tx)
+        .await;
+        let inserted = match inserted {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                self.forget(reqs);
+                return Err(match unique_violation(&e) {
+                    Some(constraint) => BatchFailure::Race(StoreError::Backend(constraint)),
+                    // A deadlock or serialisation failure with another process: retrying each
+                    // request alone resolves it.
+                    None if is_retryable(&e) => {
+                        BatchFailure::Race(StoreError::Backend(e.to_string()))
+                    }
+                    None => BatchFailure::Fatal(unavailable(e)),
+                });
+            }
+        };
+        let mut positions = HashMap::with_capacity(inserted.len());
+        for row in &inserted {
+            let id: Uuid = row.try_get(0).map_err(fatal)?;
+            let pos: i64 = row.try_get(1).map_err(fatal)?;
+            positions.insert(id, pos);
+        }
+        if let Err(e) = tx.commit().await {
+            self.forget(reqs);
+            return Err(match e {
+                sqlx::Error::Io(_) => BatchFailure::Fatal(StoreError::CommitUnknown(e.to_string())),
+                e => BatchFailure::Fatal(unavailable(e)),
+            });
+        }
+        let outcomes: Vec<_> = reqs
+            .iter()
+            .zip(plan)
+            .map(|(r, p)| {
+                p.map(|first| {
+                    let pos = |e: &revo_events::NewEvent| {
+                        positions.get(&e.event_id).copied().unwrap_or(0)
+                    };
+                    Appended {
+                        stream_version: first + r.events.len() as i64 - 1,
+                        first_position: r.events.first().map(pos).unwrap_or(0),
+                        last_position: r.events.last().map(pos).unwrap_or(0),
+                    }
+                })
+            })
+            .collect();
+        self.remember(reqs, &outcomes);
+        Ok(outcomes)
+    }
+
+    async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {
+        let constraint = cause.to_string();
+        if constraint.contains("event_id") {
+            let id = req.events.first().map(|e| e.event_id).unwrap_or_default();
+            return StoreError::DuplicateEventId(id);
+        }
+        if !constraint.contains("version") {
+            return cause;
+        }
+        let actual: Result<i64, _> = sqlx::query_scalar(
+            "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = $1 AND stream_id = $2",
+        )
+        .bind(&req.stream_type)
+        .bind(&req.stream_id)
+        .fetch_one(&self.pool)
+        .await;
+        StoreError::Conflict {
+            stream_type: req.stream_type.clone(),
+            stream_id: req.stream_id.clone(),
+            expected: req.expected,
+            actual: actual.unwrap_or(-1),
+        }
+    }
+}
+
+fn is_retryable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+struct Columns<'a> {
+    event_id: Vec<Uuid>,
+    stream_type: Vec<&'a str>,
+    stream_id: Vec<&'a str>,
+    version: Vec<i64>,
+    event_type: Vec<&'a str>,
+    schema: Vec<i32>,
+    occurred_at: Vec<DateTime<Utc>>,
+    actor: Vec<Option<&'a str>>,
+    correlation_id: Vec<Option<Uuid>>,
+    causation_id: Vec<Option<Uuid>>,
+    payload: Vec<&'a [u8]>,
+}
+
+impl Columns<'_> {
+    fn with_capacity(n: usize) -> Self {
+        Columns {
+            event_id: Vec::with_capacity(n),
+            stream_type: Vec::with_capacity(n),
+            stream_id: Vec::with_capacity(n),
+            version: Vec::with_capacity(n),
+            event_type: Vec::with_capacity(n),
+            schema: Vec::with_capacity(n),
+            occurred_at: Vec::with_capacity(n),
+            actor: Vec::with_capacity(n),
+            correlation_id: Vec::with_capacity(n),
+            causation_id: Vec::with_capacity(n),
+            payload: Vec::with_capacity(n),
+        }
+    }
+}
