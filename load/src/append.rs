@@ -131,7 +131,7 @@ async fn measure(
 }
 
 /// Rows/s of plain multi-row INSERTs into the same table (no version check, no group commit),
-/// 4 connections in parallel like the store's 4 transactions in flight.
+/// 4 connections in parallel like the store's 4 transactions in flight, over 256 streams.
 async fn raw_pg(url: &str, args: &Args) -> anyhow::Result<f64> {
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let started = Instant::now();
@@ -149,11 +149,14 @@ async fn raw_pg(url: &str, args: &Args) -> anyhow::Result<f64> {
                         "INSERT INTO events (event_id, stream_type, stream_id, version, event_type, schema, occurred_at, actor, correlation_id, causation_id, payload) ",
                     );
                     q.push_values(&evs, |mut b, e| {
+                        // 64 streams per connection, 256 in all: the same spread of stream
+                        // keys as 256 appenders on their own streams.
+                        let (stream, v) = (version % 64, version / 64 + 1);
                         version += 1;
                         b.push_bind(e.event_id)
                             .push_bind("raw")
-                            .push_bind(format!("w{w}"))
-                            .push_bind(version)
+                            .push_bind(format!("w{w}-{stream}"))
+                            .push_bind(v)
                             .push_bind(&e.event_type)
                             .push_bind(1i32)
                             .push_bind(e.occurred_at)

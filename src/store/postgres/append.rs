@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use revo_events::{AppendRequest, Appended, StoreError};
-use sqlx::{PgPool, Postgres, Row, Transaction};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::store::group_commit::{BatchBackend, BatchFailure};
@@ -63,9 +63,9 @@ impl Backend {
     }
 }
 
-/// Current versions of `streams`, read inside `tx`.
+/// Current versions of `streams`.
 async fn read_heads(
-    tx: &mut Transaction<'_, Postgres>,
+    conn: &mut PgConnection,
     streams: &[&StreamKey],
 ) -> Result<HashMap<StreamKey, i64>, sqlx::Error> {
     let types: Vec<&str> = streams.iter().map(|k| k.0.as_str()).collect();
@@ -77,7 +77,7 @@ async fn read_heads(
     )
     .bind(&types)
     .bind(&ids)
-    .fetch_all(&mut **tx)
+    .fetch_all(&mut *conn)
     .await?;
     rows.iter()
         .map(|row| Ok(((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?)))
@@ -91,11 +91,13 @@ impl BatchBackend for Backend {
         reqs: &[AppendRequest],
     ) -> Result<Vec<Result<Appended, StoreError>>, BatchFailure> {
         let fatal = |e: sqlx::Error| BatchFailure::Fatal(unavailable(e));
-        let mut tx = self.pool.begin().await.map_err(fatal)?;
+        let mut conn = self.pool.acquire().await.map_err(fatal)?;
 
-        // Versions are known before this transaction writes (and so before it gets its txid):
-        // every event it depends on committed with a smaller txid, which keeps per-stream order
-        // in (txid, position) order. Cached heads were committed by earlier transactions.
+        // The batch is one INSERT statement, and so one transaction on its own: no BEGIN or
+        // COMMIT round trips. Versions are known before it runs (and so before it gets its
+        // txid): every event it depends on committed with a smaller txid, which keeps
+        // per-stream order in (txid, position) order. Cached heads were committed earlier too;
+        // the unique key catches any head that moved since it was read.
         let keys: HashSet<StreamKey> = reqs
             .iter()
             .map(|r| (r.stream_type.clone(), r.stream_id.clone()))
@@ -113,7 +115,7 @@ impl BatchBackend for Backend {
         }
         let missing: Vec<&StreamKey> = keys.iter().filter(|k| !cached.contains(*k)).collect();
         if !missing.is_empty() {
-            current.extend(read_heads(&mut tx, &missing).await.map_err(fatal)?);
+            current.extend(read_heads(&mut conn, &missing).await.map_err(fatal)?);
         }
         let mut plan = plan_versions(reqs, &current);
         // A conflict against a cached head may be the cache's fault: check those streams.
@@ -127,7 +129,7 @@ impl BatchBackend for Backend {
             .filter_map(|k| cached.get(k))
             .collect();
         if !suspect.is_empty() {
-            current.extend(read_heads(&mut tx, &suspect).await.map_err(fatal)?);
+            current.extend(read_heads(&mut conn, &suspect).await.map_err(fatal)?);
             plan = plan_versions(reqs, &current);
         }
 
@@ -138,7 +140,6 @@ impl BatchBackend for Backend {
             .map(|(r, _)| r.events.len())
             .sum();
         if n == 0 {
-            let _ = tx.rollback().await;
             // Every request conflicted (each has at least one event, checked by `validate`).
             let empty = || StoreError::Invalid("an append needs at least one event".into());
             return Ok(plan
@@ -189,12 +190,11 @@ impl BatchBackend for Backend {
         .bind(&c.correlation_id)
         .bind(&c.causation_id)
         .bind(&c.payload)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await;
         let inserted = match inserted {
             Ok(rows) => rows,
             Err(e) => {
-                let _ = tx.rollback().await;
                 self.forget(reqs);
                 return Err(match unique_violation(&e) {
                     Some(constraint) => BatchFailure::Race(StoreError::Backend(constraint)),
@@ -202,6 +202,10 @@ impl BatchBackend for Backend {
                     // request alone resolves it.
                     None if is_retryable(&e) => {
                         BatchFailure::Race(StoreError::Backend(e.to_string()))
+                    }
+                    // The connection broke while the statement ran: it may have committed.
+                    None if matches!(e, sqlx::Error::Io(_)) => {
+                        BatchFailure::Fatal(StoreError::CommitUnknown(e.to_string()))
                     }
                     None => BatchFailure::Fatal(unavailable(e)),
                 });
@@ -212,13 +216,6 @@ impl BatchBackend for Backend {
             let id: Uuid = row.try_get(0).map_err(fatal)?;
             let pos: i64 = row.try_get(1).map_err(fatal)?;
             positions.insert(id, pos);
-        }
-        if let Err(e) = tx.commit().await {
-            self.forget(reqs);
-            return Err(match e {
-                sqlx::Error::Io(_) => BatchFailure::Fatal(StoreError::CommitUnknown(e.to_string())),
-                e => BatchFailure::Fatal(unavailable(e)),
-            });
         }
         let outcomes: Vec<_> = reqs
             .iter()
