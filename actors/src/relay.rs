@@ -28,6 +28,10 @@ pub struct RelayConfig {
     pub max_backoff: Duration,
     /// How long shutdown keeps publishing what is already committed.
     pub drain_timeout: Duration,
+    /// Least time between checkpoint writes: a crash republishes at most what was published
+    /// since (the bus drops the repeats). Idle, progress is saved within `checkpoint_every` +
+    /// `poll`; on shutdown, at once.
+    pub checkpoint_every: Duration,
 }
 
 impl Default for RelayConfig {
@@ -38,6 +42,7 @@ impl Default for RelayConfig {
             lease_check: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            checkpoint_every: Duration::from_millis(100),
         }
     }
 }
@@ -60,6 +65,21 @@ pub struct Relay {
     pub subjects: Subjects,
     pub config: RelayConfig,
     pub metrics: RelayMetrics,
+}
+
+/// The last checkpoint written, and when.
+struct Saved {
+    position: Option<i64>,
+    at: Instant,
+}
+
+impl Default for Saved {
+    fn default() -> Self {
+        Saved {
+            position: None,
+            at: Instant::now(),
+        }
+    }
 }
 
 enum Round {
@@ -103,10 +123,12 @@ impl Relay {
         let mut checkpoint = None;
         let mut last_lease_check = Instant::now();
         let mut signal = self.store.append_signal();
+        let mut saved = Saved::default();
         loop {
             if cancel.is_cancelled() {
                 if let Some(cp) = checkpoint {
-                    self.drain(cp).await;
+                    let cp = self.drain(cp).await;
+                    self.save(&mut saved, cp, true).await;
                 }
                 return;
             }
@@ -143,9 +165,13 @@ impl Relay {
             match self.round(cp).await {
                 (Round::Published, new_cp) => {
                     checkpoint = Some(new_cp);
+                    self.save(&mut saved, new_cp, false).await;
                     backoff = Duration::from_millis(50);
                 }
                 (Round::Idle, _) => {
+                    // Not forced: a write here would delay the next batch; an idle relay saves
+                    // on a later idle round, once `checkpoint_every` has passed.
+                    self.save(&mut saved, cp, false).await;
                     tokio::select! {
                         _ = cancel.cancelled() => {}
                         _ = wait_for_change(&mut signal, self.config.poll) => {}
@@ -153,6 +179,7 @@ impl Relay {
                 }
                 (Round::Failed, new_cp) => {
                     checkpoint = Some(new_cp);
+                    self.save(&mut saved, new_cp, true).await;
                     // The stream may have been deleted or NATS restarted without it.
                     ensured = false;
                     self.pause(&mut backoff, cancel).await;
@@ -169,17 +196,35 @@ impl Relay {
         *backoff = (*backoff * 2).min(self.config.max_backoff);
     }
 
+    /// Saves the checkpoint if it moved and `force` or enough time has passed.
+    async fn save(&self, saved: &mut Saved, cp: i64, force: bool) {
+        if saved.position == Some(cp)
+            || !(force || saved.at.elapsed() >= self.config.checkpoint_every)
+        {
+            return;
+        }
+        match self.store.save_checkpoint(CHECKPOINT, cp).await {
+            Ok(()) => {
+                saved.position = Some(cp);
+                saved.at = Instant::now();
+            }
+            // Harmless for correctness: the next leader republishes and the bus dedupes.
+            Err(e) => tracing::warn!(error = %e, "relay: cannot save checkpoint"),
+        }
+    }
+
     /// Publishes what is committed at shutdown, so a clean stop leaves nothing for the next
-    /// leader.
-    async fn drain(&self, mut cp: i64) {
+    /// leader. Returns the checkpoint reached.
+    async fn drain(&self, mut cp: i64) -> i64 {
         let deadline = Instant::now() + self.config.drain_timeout;
         while Instant::now() < deadline {
             match self.round(cp).await {
                 (Round::Published, new_cp) => cp = new_cp,
-                _ => return,
+                _ => return cp,
             }
         }
         tracing::warn!("relay: drain timed out; the next leader publishes the rest");
+        cp
     }
 
     /// One read-publish-checkpoint round from `cp`; returns the new checkpoint.
@@ -211,10 +256,6 @@ impl Relay {
         if outcome.acked > 0 {
             let last = &events[outcome.acked - 1];
             new_cp = last.position;
-            if let Err(e) = self.store.save_checkpoint(CHECKPOINT, new_cp).await {
-                // Harmless for correctness: the next round republishes and the bus dedupes.
-                tracing::warn!(error = %e, "relay: cannot save checkpoint");
-            }
             self.metrics.published.inc_by(outcome.acked as u64);
             let age = chrono::Utc::now() - last.envelope.occurred_at;
             self.update_lag(full && outcome.error.is_none(), new_cp, age)

@@ -25,13 +25,18 @@ pub struct Args {
     seconds: u64,
     #[arg(long, default_value_t = 16)]
     appenders: u64,
+    /// Group-commit transactions in flight.
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
 }
 
 type Times = Arc<Mutex<HashMap<String, Instant>>>;
 
 pub async fn run(pg: &str, nats: &str, args: Args) -> anyhow::Result<()> {
     let (name, url) = scratch_db(pg).await?;
-    let store = PgStore::open(PgStoreConfig::new(url), StoreMetrics::unregistered()?).await?;
+    let mut config = PgStoreConfig::new(url);
+    config.group.max_in_flight = args.in_flight;
+    let store = PgStore::open(config, StoreMetrics::unregistered()?).await?;
     let subjects = Subjects::new(&format!(
         "bench{}",
         &uuid::Uuid::now_v7().simple().to_string()[20..]
@@ -73,12 +78,14 @@ pub async fn run(pg: &str, nats: &str, args: Args) -> anyhow::Result<()> {
     });
 
     let committed: Times = Arc::default();
+    let append_latency: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let period = Duration::from_secs_f64(args.appenders as f64 / args.rate as f64);
     let tasks: Vec<_> = (0..args.appenders)
         .map(|a| {
             let store = store.clone();
             let committed = committed.clone();
+            let append_latency = append_latency.clone();
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(period);
                 let mut version = 0;
@@ -86,6 +93,7 @@ pub async fn run(pg: &str, nats: &str, args: Args) -> anyhow::Result<()> {
                     tick.tick().await;
                     let ev = bench_event(version as u64)?;
                     let id = ev.event_id.to_string();
+                    let started = Instant::now();
                     store
                         .append(AppendRequest::new(
                             "bench",
@@ -97,6 +105,9 @@ pub async fn run(pg: &str, nats: &str, args: Args) -> anyhow::Result<()> {
                     let at = Instant::now();
                     if let Ok(mut c) = committed.lock() {
                         c.insert(id, at);
+                    }
+                    if let Ok(mut l) = append_latency.lock() {
+                        l.push(at - started);
                     }
                     version += 1;
                 }
@@ -137,6 +148,17 @@ pub async fn run(pg: &str, nats: &str, args: Args) -> anyhow::Result<()> {
         ms(s.p50),
         ms(s.p99),
         ms(s.max)
+    );
+    let a = summarize(append_latency.lock().map(|l| l.clone()).unwrap_or_default());
+    println!();
+    println!("| append latency at this rate | p50 ms | p99 ms | max ms |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| {} appends | {} | {} | {} |",
+        a.count,
+        ms(a.p50),
+        ms(a.p99),
+        ms(a.max)
     );
     bus.delete_stream().await?;
     store.close().await;

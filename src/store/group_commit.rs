@@ -78,17 +78,24 @@ pub struct GroupCommitter {
 }
 
 impl GroupCommitter {
-    /// Starts the committer. `signal` is bumped after every commit.
+    /// Starts the committer. Every signal in `signals` is bumped after each commit.
     pub fn start(
         backend: Arc<dyn BatchBackend>,
         config: GroupCommitConfig,
         metrics: StoreMetrics,
-        signal: Arc<watch::Sender<u64>>,
+        signals: Vec<Arc<watch::Sender<u64>>>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let closing = CancellationToken::new();
         let done = TaskTracker::new();
-        done.spawn(run(backend, rx, config, metrics, signal, closing.clone()));
+        done.spawn(run(
+            backend,
+            rx,
+            config,
+            metrics,
+            signals.into(),
+            closing.clone(),
+        ));
         done.close();
         GroupCommitter { tx, closing, done }
     }
@@ -119,7 +126,7 @@ async fn run(
     mut rx: mpsc::Receiver<Job>,
     config: GroupCommitConfig,
     metrics: StoreMetrics,
-    signal: Arc<watch::Sender<u64>>,
+    signals: Arc<[Arc<watch::Sender<u64>>]>,
     closing: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
@@ -149,9 +156,9 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let (backend, metrics, signal) = (backend.clone(), metrics.clone(), signal.clone());
+        let (backend, metrics, signals) = (backend.clone(), metrics.clone(), signals.clone());
         batches.spawn(async move {
-            commit(backend.as_ref(), jobs, &metrics, &signal).await;
+            commit(backend.as_ref(), jobs, &metrics, &signals).await;
             drop(permit);
         });
     }
@@ -163,7 +170,7 @@ async fn commit(
     backend: &dyn BatchBackend,
     jobs: Vec<Job>,
     metrics: &StoreMetrics,
-    signal: &watch::Sender<u64>,
+    signals: &[Arc<watch::Sender<u64>>],
 ) {
     let (reqs, waiters): (Vec<_>, Vec<_>) = jobs
         .into_iter()
@@ -210,7 +217,9 @@ async fn commit(
         }
     };
     if outcomes.iter().any(Result::is_ok) {
-        signal.send_modify(|n| *n = n.wrapping_add(1));
+        for s in signals {
+            s.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
     for ((reply, enqueued), outcome) in waiters.into_iter().zip(outcomes) {
         metrics

@@ -117,7 +117,7 @@ impl SqliteStore {
         let backend = Arc::new(Backend {
             writer: writer.clone(),
         });
-        let committer = GroupCommitter::start(backend, config.group, metrics, signal.clone());
+        let committer = GroupCommitter::start(backend, config.group, metrics, vec![signal.clone()]);
         Ok(Arc::new(SqliteStore {
             writer,
             reader,

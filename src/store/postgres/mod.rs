@@ -48,7 +48,10 @@ impl PgStoreConfig {
             max_payload: super::DEFAULT_MAX_PAYLOAD,
             group: GroupCommitConfig {
                 max_batch_events: 2048,
-                max_in_flight: 4,
+                // One transaction at a time: on 2 cores more in flight added no throughput
+                // (docs/benchmarks.md), and concurrent ones make readers wait for each other's
+                // commits (the commit-order horizon), which raised relay tail latency.
+                max_in_flight: 1,
                 queue: 16_384,
             },
         }
@@ -138,7 +141,12 @@ impl PgStore {
         let signal = Arc::new(signal);
         let (committed, committed_rx) = watch::channel(0u64);
         let backend = Arc::new(Backend::new(pool.clone()));
-        let committer = GroupCommitter::start(backend, config.group, metrics, Arc::new(committed));
+        let committer = GroupCommitter::start(
+            backend,
+            config.group,
+            metrics,
+            vec![signal.clone(), Arc::new(committed)],
+        );
         let store = Arc::new(PgStore {
             pool,
             connect,
@@ -155,7 +163,6 @@ impl PgStore {
         store.tasks.spawn(wake::announce(
             store.pool.clone(),
             committed_rx,
-            store.signal.clone(),
             me.clone(),
             store.stop.clone(),
         ));
@@ -251,7 +258,7 @@ impl EventStore for PgStore {
                 .await
         }
         .map_err(unavailable)?;
-        if rows.len() < limit {
+        if rows.is_empty() {
             let held: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM events WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))",
             )

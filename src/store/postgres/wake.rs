@@ -1,7 +1,7 @@
 //! Wake-ups and leases on Postgres.
 //!
-//! Commits of this process wake local readers at once and are announced to other processes with
-//! one `NOTIFY` per burst, off the commit path. Notifications from other processes wake local
+//! Commits of this process wake local readers at once (the group committer bumps their signal)
+//! and are announced to other processes with one `NOTIFY` per burst, off the commit path. Notifications from other processes wake local
 //! readers. While committed events wait for an older open transaction (which no notification
 //! announces), readers are woken on a short timer.
 
@@ -30,11 +30,10 @@ fn bump(signal: &watch::Sender<u64>) {
     signal.send_modify(|n| *n = n.wrapping_add(1));
 }
 
-/// Forwards local commits to local readers and, coalesced, to other processes.
+/// Announces local commits, coalesced, to other processes.
 pub(super) async fn announce(
     pool: PgPool,
     mut committed: watch::Receiver<u64>,
-    signal: Arc<watch::Sender<u64>>,
     me: String,
     stop: CancellationToken,
 ) {
@@ -44,7 +43,6 @@ pub(super) async fn announce(
             changed = committed.changed() => if changed.is_err() { return },
         }
         committed.borrow_and_update();
-        bump(&signal);
         // Commits that land while this NOTIFY runs are covered by the next one.
         if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
