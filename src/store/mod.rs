@@ -2,6 +2,7 @@
 //! (`revo_events::EventStore`), both fronted by the same group committer.
 
 pub mod group_commit;
+pub mod heads;
 pub mod postgres;
 pub mod sqlite;
 

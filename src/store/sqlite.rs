@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::group_commit::{
     BatchBackend, BatchFailure, GroupCommitConfig, GroupCommitter, StoreMetrics,
 };
+use super::heads::{HeadCache, Lookup, StreamKey};
 use super::{
     check_migrations, parse_rows, plan_versions, split_changes, unavailable, unique_violation,
     SQLITE_MIGRATOR,
@@ -60,6 +61,7 @@ impl SqliteStoreConfig {
 
 struct Backend {
     writer: SqlitePool,
+    heads: HeadCache,
 }
 
 pub struct SqliteStore {
@@ -116,6 +118,7 @@ impl SqliteStore {
         let signal = Arc::new(signal);
         let backend = Arc::new(Backend {
             writer: writer.clone(),
+            heads: HeadCache::default(),
         });
         let committer = GroupCommitter::start(backend, config.group, metrics, vec![signal.clone()]);
         Ok(Arc::new(SqliteStore {
@@ -182,6 +185,35 @@ fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<RecordedEvent, StoreError
     })
 }
 
+/// Current versions of `streams`, in one query.
+async fn read_heads(
+    conn: &mut sqlx::SqliteConnection,
+    streams: &[StreamKey],
+) -> Result<HashMap<StreamKey, i64>, sqlx::Error> {
+    let mut heads = HashMap::with_capacity(streams.len());
+    // 2 bound values per stream, well under SQLite's limit per statement.
+    for chunk in streams.chunks(8_000) {
+        let mut q = QueryBuilder::new(
+            "SELECT stream_type, stream_id, max(version) FROM events WHERE (stream_type, stream_id) IN (",
+        );
+        let mut sep = q.separated(", ");
+        for (t, i) in chunk {
+            sep.push("(")
+                .push_bind_unseparated(t)
+                .push_unseparated(", ");
+            sep.push_bind_unseparated(i).push_unseparated(")");
+        }
+        q.push(") GROUP BY stream_type, stream_id");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            heads.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        }
+    }
+    for k in streams {
+        heads.entry(k.clone()).or_insert(0);
+    }
+    Ok(heads)
+}
+
 #[async_trait]
 impl BatchBackend for Backend {
     async fn append_batch(
@@ -190,23 +222,20 @@ impl BatchBackend for Backend {
     ) -> Result<Vec<Result<Appended, StoreError>>, BatchFailure> {
         let fatal = |e: sqlx::Error| BatchFailure::Fatal(unavailable(e));
         let mut tx = self.writer.begin().await.map_err(fatal)?;
-        let mut current = HashMap::new();
-        for r in reqs {
-            let key = (r.stream_type.clone(), r.stream_id.clone());
-            if current.contains_key(&key) {
-                continue;
-            }
-            let v: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = ? AND stream_id = ?",
-            )
-            .bind(&r.stream_type)
-            .bind(&r.stream_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(fatal)?;
-            current.insert(key, v);
+        let Lookup {
+            mut current,
+            cached,
+            missing,
+        } = self.heads.lookup(reqs);
+        if !missing.is_empty() {
+            current.extend(read_heads(&mut tx, &missing).await.map_err(fatal)?);
         }
-        let plan = plan_versions(reqs, &current);
+        let mut plan = plan_versions(reqs, &current);
+        let suspects = HeadCache::suspects(reqs, &plan, &cached);
+        if !suspects.is_empty() {
+            current.extend(read_heads(&mut tx, &suspects).await.map_err(fatal)?);
+            plan = plan_versions(reqs, &current);
+        }
         let mut rows = Vec::new();
         for (r, p) in reqs.iter().zip(&plan) {
             if let Ok(first) = p {
@@ -239,6 +268,7 @@ impl BatchBackend for Backend {
                 Ok(rows) => rows,
                 Err(e) => {
                     let _ = tx.rollback().await;
+                    self.heads.forget(reqs);
                     return Err(match unique_violation(&e) {
                         Some(c) => BatchFailure::Race(StoreError::Backend(c)),
                         None => BatchFailure::Fatal(unavailable(e)),
@@ -251,8 +281,11 @@ impl BatchBackend for Backend {
                 positions.insert(id, pos);
             }
         }
-        tx.commit().await.map_err(fatal)?;
-        Ok(reqs
+        if let Err(e) = tx.commit().await {
+            self.heads.forget(reqs);
+            return Err(fatal(e));
+        }
+        let outcomes: Vec<_> = reqs
             .iter()
             .zip(plan)
             .map(|(r, p)| {
@@ -267,7 +300,9 @@ impl BatchBackend for Backend {
                     }
                 })
             })
-            .collect())
+            .collect();
+        self.heads.remember(reqs, &outcomes);
+        Ok(outcomes)
     }
 
     async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {

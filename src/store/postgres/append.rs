@@ -1,12 +1,7 @@
-//! Group-commit batches on Postgres: version check, one multi-row INSERT, commit.
-//!
-//! Stream heads this process committed are cached. A cached head can only be stale low (versions
-//! only grow), and appending after a stale head collides with the existing row on the unique
-//! key, so the cache can cost a retry but never accept a wrong append; conflicts computed from
-//! the cache are re-checked against the database before they are reported.
+//! Group-commit batches on Postgres: version check (cached heads first, see `store::heads`),
+//! then one multi-row INSERT, which commits on its own.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,50 +10,19 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::store::group_commit::{BatchBackend, BatchFailure};
+use crate::store::heads::{HeadCache, Lookup, StreamKey};
 use crate::store::{plan_versions, unavailable, unique_violation};
-
-/// Streams whose heads are remembered; past this the cache starts over.
-const HEAD_CACHE_MAX: usize = 100_000;
-
-type StreamKey = (String, String);
 
 pub(super) struct Backend {
     pub(super) pool: PgPool,
-    heads: Mutex<HashMap<StreamKey, i64>>,
+    heads: HeadCache,
 }
 
 impl Backend {
     pub(super) fn new(pool: PgPool) -> Self {
         Backend {
             pool,
-            heads: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn heads(&self) -> std::sync::MutexGuard<'_, HashMap<StreamKey, i64>> {
-        // A panic while holding the lock cannot leave the map inconsistent (plain inserts).
-        self.heads.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn forget(&self, reqs: &[AppendRequest]) {
-        let mut heads = self.heads();
-        for r in reqs {
-            heads.remove(&(r.stream_type.clone(), r.stream_id.clone()));
-        }
-    }
-
-    fn remember(&self, reqs: &[AppendRequest], outcomes: &[Result<Appended, StoreError>]) {
-        let mut heads = self.heads();
-        if heads.len() > HEAD_CACHE_MAX {
-            heads.clear();
-        }
-        for (r, o) in reqs.iter().zip(outcomes) {
-            if let Ok(a) = o {
-                let head = heads
-                    .entry((r.stream_type.clone(), r.stream_id.clone()))
-                    .or_insert(0);
-                *head = (*head).max(a.stream_version);
-            }
+            heads: HeadCache::default(),
         }
     }
 }
@@ -66,7 +30,7 @@ impl Backend {
 /// Current versions of `streams`.
 async fn read_heads(
     conn: &mut PgConnection,
-    streams: &[&StreamKey],
+    streams: &[StreamKey],
 ) -> Result<HashMap<StreamKey, i64>, sqlx::Error> {
     let types: Vec<&str> = streams.iter().map(|k| k.0.as_str()).collect();
     let ids: Vec<&str> = streams.iter().map(|k| k.1.as_str()).collect();
@@ -98,38 +62,18 @@ impl BatchBackend for Backend {
         // txid): every event it depends on committed with a smaller txid, which keeps
         // per-stream order in (txid, position) order. Cached heads were committed earlier too;
         // the unique key catches any head that moved since it was read.
-        let keys: HashSet<StreamKey> = reqs
-            .iter()
-            .map(|r| (r.stream_type.clone(), r.stream_id.clone()))
-            .collect();
-        let mut current = HashMap::with_capacity(keys.len());
-        let mut cached = HashSet::new();
-        {
-            let heads = self.heads();
-            for k in &keys {
-                if let Some(v) = heads.get(k) {
-                    current.insert(k.clone(), *v);
-                    cached.insert(k.clone());
-                }
-            }
-        }
-        let missing: Vec<&StreamKey> = keys.iter().filter(|k| !cached.contains(*k)).collect();
+        let Lookup {
+            mut current,
+            cached,
+            missing,
+        } = self.heads.lookup(reqs);
         if !missing.is_empty() {
             current.extend(read_heads(&mut conn, &missing).await.map_err(fatal)?);
         }
         let mut plan = plan_versions(reqs, &current);
-        // A conflict against a cached head may be the cache's fault: check those streams.
-        let suspect: Vec<&StreamKey> = reqs
-            .iter()
-            .zip(&plan)
-            .filter(|(_, p)| matches!(p, Err(StoreError::Conflict { .. })))
-            .map(|(r, _)| (r.stream_type.clone(), r.stream_id.clone()))
-            .collect::<HashSet<_>>()
-            .iter()
-            .filter_map(|k| cached.get(k))
-            .collect();
-        if !suspect.is_empty() {
-            current.extend(read_heads(&mut conn, &suspect).await.map_err(fatal)?);
+        let suspects = HeadCache::suspects(reqs, &plan, &cached);
+        if !suspects.is_empty() {
+            current.extend(read_heads(&mut conn, &suspects).await.map_err(fatal)?);
             plan = plan_versions(reqs, &current);
         }
 
@@ -195,7 +139,7 @@ impl BatchBackend for Backend {
         let inserted = match inserted {
             Ok(rows) => rows,
             Err(e) => {
-                self.forget(reqs);
+                self.heads.forget(reqs);
                 return Err(match unique_violation(&e) {
                     Some(constraint) => BatchFailure::Race(StoreError::Backend(constraint)),
                     // A deadlock or serialisation failure with another process: retrying each
@@ -233,7 +177,7 @@ impl BatchBackend for Backend {
                 })
             })
             .collect();
-        self.remember(reqs, &outcomes);
+        self.heads.remember(reqs, &outcomes);
         Ok(outcomes)
     }
 

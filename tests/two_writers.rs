@@ -1,4 +1,4 @@
-//! Postgres-only behaviour: several processes (stores) writing the same streams at once.
+//! Several processes (here: several store instances) writing the same streams at once.
 
 #![allow(
     clippy::unwrap_used,
@@ -50,10 +50,7 @@ async fn two_writers_on_shared_streams_neither_deadlock_nor_lose_appends() {
     b.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_sees_through_its_stale_view_of_another_writers_stream() {
-    let db = TestDb::migrated().await;
-    let (a, b) = (db.store().await, db.store().await);
+async fn stale_view(a: std::sync::Arc<impl EventStore>, b: std::sync::Arc<impl EventStore>) {
     a.append(req(
         "s",
         "1",
@@ -115,6 +112,23 @@ async fn a_writer_sees_through_its_stale_view_of_another_writers_stream() {
         .map(|e| e.envelope.version)
         .collect();
     assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writer_sees_through_its_stale_view_of_another_writers_stream() {
+    let db = TestDb::migrated().await;
+    let (a, b) = (db.store().await, db.store().await);
+    stale_view(a.clone(), b.clone()).await;
+    a.close().await;
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_writer_sees_through_its_stale_view_of_another_writers_stream() {
+    // `revo serve` and a `revo replay rebuild` beside it both write the embedded store.
+    let dir = TempDir::new();
+    let (a, b) = (sqlite_store(&dir).await, sqlite_store(&dir).await);
+    stale_view(a.clone(), b.clone()).await;
     a.close().await;
     b.close().await;
 }
