@@ -85,31 +85,55 @@ pub async fn fold_from_zero(
     let mut seen_head = head == 0;
     let mut dirty = BTreeSet::new();
     let mut signal = store.append_signal();
+    signal.borrow_and_update();
+    let mut page = store.read_all(0, batch).await?;
     loop {
-        signal.borrow_and_update();
-        let events = store.read_all(stats.position, batch).await?;
-        if events.is_empty() {
+        if page.is_empty() {
             if let Some(target) = stop_at {
                 return Err(StoreError::UnknownPosition(target).into());
             }
             match deadline {
                 Some(d) if !seen_head && tokio::time::Instant::now() < d => {
                     wait_for_change(&mut signal, Duration::from_millis(20)).await;
+                    signal.borrow_and_update();
+                    page = store.read_all(stats.position, batch).await?;
                     continue;
                 }
                 _ => return Ok(stats),
             }
         }
-        for ev in &events {
-            projection.apply(ev, &mut dirty)?;
-            dirty.clear();
-            stats.events += 1;
-            stats.position = ev.position;
-            seen_head |= ev.position == head;
-            if Some(ev.position) == stop_at {
-                return Ok(stats);
+        let last = page.last().map_or(0, |e| e.position);
+        let stops_here = stop_at.is_some_and(|p| page.iter().any(|e| e.position == p));
+        // Read the next page while folding this one: the database works meanwhile.
+        let next = async {
+            if stops_here {
+                Ok(Vec::new())
+            } else {
+                store.read_all(last, batch).await
             }
+        };
+        let fold = async {
+            for chunk in page.chunks(1024) {
+                for ev in chunk {
+                    projection.apply(ev, &mut dirty)?;
+                    dirty.clear();
+                    stats.events += 1;
+                    stats.position = ev.position;
+                    seen_head |= ev.position == head;
+                    if Some(ev.position) == stop_at {
+                        return Ok::<bool, ReplayError>(true);
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            Ok(false)
+        };
+        signal.borrow_and_update();
+        let (next, done) = futures::join!(next, fold);
+        if done? {
+            return Ok(stats);
         }
+        page = next?;
     }
 }
 

@@ -180,26 +180,27 @@ impl PgStore {
         &self.pool
     }
 }
+/// Columns by index, in `EVENT_COLUMNS` order (a name lookup per column per row costs more).
 fn decode_row(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
     let get = |e: sqlx::Error| StoreError::Backend(format!("cannot read event row: {e}"));
-    let schema: i32 = row.try_get("schema").map_err(get)?;
+    let schema: i32 = row.try_get(6).map_err(get)?;
     Ok(RecordedEvent {
-        position: row.try_get("position").map_err(get)?,
+        position: row.try_get(0).map_err(get)?,
         envelope: Envelope {
-            event_id: row.try_get("event_id").map_err(get)?,
-            stream_type: row.try_get("stream_type").map_err(get)?,
-            stream_id: row.try_get("stream_id").map_err(get)?,
-            version: row.try_get("version").map_err(get)?,
-            event_type: row.try_get("event_type").map_err(get)?,
+            event_id: row.try_get(1).map_err(get)?,
+            stream_type: row.try_get(2).map_err(get)?,
+            stream_id: row.try_get(3).map_err(get)?,
+            version: row.try_get(4).map_err(get)?,
+            event_type: row.try_get(5).map_err(get)?,
             schema: u32::try_from(schema)
                 .map_err(|_| StoreError::Backend(format!("schema {schema}")))?,
-            occurred_at: row.try_get("occurred_at").map_err(get)?,
+            occurred_at: row.try_get(7).map_err(get)?,
             meta: EventMeta {
-                actor: row.try_get("actor").map_err(get)?,
-                correlation_id: row.try_get("correlation_id").map_err(get)?,
-                causation_id: row.try_get("causation_id").map_err(get)?,
+                actor: row.try_get(8).map_err(get)?,
+                correlation_id: row.try_get(9).map_err(get)?,
+                causation_id: row.try_get(10).map_err(get)?,
             },
-            payload: row.try_get("payload").map_err(get)?,
+            payload: row.try_get(11).map_err(get)?,
         },
     })
 }
