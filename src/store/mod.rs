@@ -8,7 +8,7 @@ pub mod sqlite;
 
 use std::collections::HashMap;
 
-use revo_events::{AppendRequest, Rows, StoreError};
+use revo_events::{AppendRequest, Appended, NewEvent, Rows, StoreError};
 use sqlx::migrate::Migrator;
 
 pub use group_commit::{GroupCommitConfig, StoreMetrics};
@@ -49,6 +49,38 @@ pub fn plan_versions(
             Ok(head + 1)
         })
         .collect()
+}
+
+/// The outcome of each request of a committed batch, given its plan and where each event landed.
+pub(crate) fn outcomes(
+    reqs: &[AppendRequest],
+    plan: Vec<Result<i64, StoreError>>,
+    position: impl Fn(&NewEvent) -> i64,
+) -> Vec<Result<Appended, StoreError>> {
+    reqs.iter()
+        .zip(plan)
+        .map(|(r, p)| {
+            p.map(|first| Appended {
+                stream_version: first + r.events.len() as i64 - 1,
+                first_position: r.events.first().map(&position).unwrap_or(0),
+                last_position: r.events.last().map(&position).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// What a request that raced alone failed on: `Ok(error)` when that is known from the violated
+/// constraint, `Err(())` when it was the stream version and the caller must read the actual one.
+pub(crate) fn race_outcome(req: &AppendRequest, cause: StoreError) -> Result<StoreError, ()> {
+    let constraint = cause.to_string();
+    if constraint.contains("event_id") {
+        let id = req.events.first().map(|e| e.event_id).unwrap_or_default();
+        return Ok(StoreError::DuplicateEventId(id));
+    }
+    if constraint.contains("version") {
+        return Err(());
+    }
+    Ok(cause)
 }
 
 /// Compares the migrations applied to a database (version, checksum) with the ones this build

@@ -26,8 +26,8 @@ use super::group_commit::{
 };
 use super::heads::{HeadCache, Lookup, StreamKey};
 use super::{
-    check_migrations, parse_rows, plan_versions, split_changes, unavailable, unique_violation,
-    SQLITE_MIGRATOR,
+    check_migrations, outcomes, parse_rows, plan_versions, race_outcome, split_changes,
+    unavailable, unique_violation, SQLITE_MIGRATOR,
 };
 
 /// SQLite allows 32,766 bound values per statement; 11 per event.
@@ -280,35 +280,16 @@ impl BatchBackend for Backend {
             self.heads.forget(reqs);
             return Err(fatal(e));
         }
-        let outcomes: Vec<_> = reqs
-            .iter()
-            .zip(plan)
-            .map(|(r, p)| {
-                p.map(|first| {
-                    let pos = |e: &revo_events::NewEvent| {
-                        positions.get(&e.event_id.to_string()).copied().unwrap_or(0)
-                    };
-                    Appended {
-                        stream_version: first + r.events.len() as i64 - 1,
-                        first_position: r.events.first().map(pos).unwrap_or(0),
-                        last_position: r.events.last().map(pos).unwrap_or(0),
-                    }
-                })
-            })
-            .collect();
+        let outcomes = outcomes(reqs, plan, |e| {
+            positions.get(&e.event_id.to_string()).copied().unwrap_or(0)
+        });
         self.heads.remember(reqs, &outcomes);
         Ok(outcomes)
     }
 
     async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {
-        let constraint = cause.to_string();
-        if constraint.contains("event_id") {
-            return StoreError::DuplicateEventId(
-                req.events.first().map(|e| e.event_id).unwrap_or_default(),
-            );
-        }
-        if !constraint.contains("version") {
-            return cause;
+        if let Ok(known) = race_outcome(req, cause) {
+            return known;
         }
         let actual: Result<i64, _> = sqlx::query_scalar(
             "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = ? AND stream_id = ?",

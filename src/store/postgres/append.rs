@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::store::group_commit::{BatchBackend, BatchFailure};
 use crate::store::heads::{HeadCache, Lookup, StreamKey};
-use crate::store::{plan_versions, unavailable, unique_violation};
+use crate::store::{outcomes, plan_versions, race_outcome, unavailable, unique_violation};
 
 pub(super) struct Backend {
     pub(super) pool: PgPool,
@@ -161,34 +161,16 @@ impl BatchBackend for Backend {
             let pos: i64 = row.try_get(1).map_err(fatal)?;
             positions.insert(id, pos);
         }
-        let outcomes: Vec<_> = reqs
-            .iter()
-            .zip(plan)
-            .map(|(r, p)| {
-                p.map(|first| {
-                    let pos = |e: &revo_events::NewEvent| {
-                        positions.get(&e.event_id).copied().unwrap_or(0)
-                    };
-                    Appended {
-                        stream_version: first + r.events.len() as i64 - 1,
-                        first_position: r.events.first().map(pos).unwrap_or(0),
-                        last_position: r.events.last().map(pos).unwrap_or(0),
-                    }
-                })
-            })
-            .collect();
+        let outcomes = outcomes(reqs, plan, |e| {
+            positions.get(&e.event_id).copied().unwrap_or(0)
+        });
         self.heads.remember(reqs, &outcomes);
         Ok(outcomes)
     }
 
     async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {
-        let constraint = cause.to_string();
-        if constraint.contains("event_id") {
-            let id = req.events.first().map(|e| e.event_id).unwrap_or_default();
-            return StoreError::DuplicateEventId(id);
-        }
-        if !constraint.contains("version") {
-            return cause;
+        if let Ok(known) = race_outcome(req, cause) {
+            return known;
         }
         let actual: Result<i64, _> = sqlx::query_scalar(
             "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = $1 AND stream_id = $2",
