@@ -1,0 +1,147 @@
+//! Group-commit batches on SQLite: version check (cached heads first, see `store::heads`), then
+//! multi-row INSERTs in one transaction on the single writer connection.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use revo_events::{AppendRequest, Appended, StoreError};
+use sqlx::{QueryBuilder, Row, SqlitePool};
+
+use crate::store::group_commit::{BatchBackend, BatchFailure};
+use crate::store::heads::{HeadCache, Lookup, StreamKey};
+use crate::store::{outcomes, plan_versions, race_outcome, unavailable, unique_violation};
+
+/// SQLite allows 32,766 bound values per statement; 11 per event.
+const INSERT_CHUNK: usize = 2_000;
+
+pub(super) struct Backend {
+    pub(super) writer: SqlitePool,
+    pub(super) heads: HeadCache,
+}
+
+/// Current versions of `streams`, in one query.
+async fn read_heads(
+    conn: &mut sqlx::SqliteConnection,
+    streams: &[StreamKey],
+) -> Result<HashMap<StreamKey, i64>, sqlx::Error> {
+    let mut heads = HashMap::with_capacity(streams.len());
+    // 2 bound values per stream, well under SQLite's limit per statement.
+    for chunk in streams.chunks(8_000) {
+        let mut q = QueryBuilder::new(
+            "SELECT stream_type, stream_id, max(version) FROM events WHERE (stream_type, stream_id) IN (",
+        );
+        let mut sep = q.separated(", ");
+        for (t, i) in chunk {
+            sep.push("(")
+                .push_bind_unseparated(t)
+                .push_unseparated(", ");
+            sep.push_bind_unseparated(i).push_unseparated(")");
+        }
+        q.push(") GROUP BY stream_type, stream_id");
+        for row in q.build().fetch_all(&mut *conn).await? {
+            heads.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+        }
+    }
+    for k in streams {
+        heads.entry(k.clone()).or_insert(0);
+    }
+    Ok(heads)
+}
+
+#[async_trait]
+impl BatchBackend for Backend {
+    async fn append_batch(
+        &self,
+        reqs: &[AppendRequest],
+    ) -> Result<Vec<Result<Appended, StoreError>>, BatchFailure> {
+        let fatal = |e: sqlx::Error| BatchFailure::Fatal(unavailable(e));
+        let mut tx = self.writer.begin().await.map_err(fatal)?;
+        let Lookup {
+            mut current,
+            cached,
+            missing,
+        } = self.heads.lookup(reqs);
+        if !missing.is_empty() {
+            current.extend(read_heads(&mut tx, &missing).await.map_err(fatal)?);
+        }
+        let mut plan = plan_versions(reqs, &current);
+        let suspects = HeadCache::suspects(reqs, &plan, &cached);
+        if !suspects.is_empty() {
+            current.extend(read_heads(&mut tx, &suspects).await.map_err(fatal)?);
+            plan = plan_versions(reqs, &current);
+        }
+        let mut rows = Vec::new();
+        for (r, p) in reqs.iter().zip(&plan) {
+            if let Ok(first) = p {
+                for (k, e) in r.events.iter().enumerate() {
+                    rows.push((r, first + k as i64, e));
+                }
+            }
+        }
+        let mut positions = HashMap::with_capacity(rows.len());
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let mut q = QueryBuilder::new(
+                "INSERT INTO events (event_id, stream_type, stream_id, version, event_type, schema, \
+                 occurred_at, actor, correlation_id, causation_id, payload) ",
+            );
+            q.push_values(chunk, |mut b, (r, version, e)| {
+                b.push_bind(e.event_id.to_string())
+                    .push_bind(&r.stream_type)
+                    .push_bind(&r.stream_id)
+                    .push_bind(*version)
+                    .push_bind(&e.event_type)
+                    .push_bind(i64::from(e.schema))
+                    .push_bind(e.occurred_at)
+                    .push_bind(e.meta.actor.as_deref())
+                    .push_bind(e.meta.correlation_id.map(|u| u.to_string()))
+                    .push_bind(e.meta.causation_id.map(|u| u.to_string()))
+                    .push_bind(e.payload.as_slice());
+            });
+            q.push(" RETURNING event_id, position");
+            let inserted = match q.build().fetch_all(&mut *tx).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    self.heads.forget(reqs);
+                    return Err(match unique_violation(&e) {
+                        Some(c) => BatchFailure::Race(StoreError::Backend(c)),
+                        None => BatchFailure::Fatal(unavailable(e)),
+                    });
+                }
+            };
+            for row in inserted {
+                let id: String = row.try_get(0).map_err(fatal)?;
+                let pos: i64 = row.try_get(1).map_err(fatal)?;
+                positions.insert(id, pos);
+            }
+        }
+        if let Err(e) = tx.commit().await {
+            self.heads.forget(reqs);
+            return Err(fatal(e));
+        }
+        let outcomes = outcomes(reqs, plan, |e| {
+            positions.get(&e.event_id.to_string()).copied().unwrap_or(0)
+        });
+        self.heads.remember(reqs, &outcomes);
+        Ok(outcomes)
+    }
+
+    async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {
+        if let Ok(known) = race_outcome(req, cause) {
+            return known;
+        }
+        let actual: Result<i64, _> = sqlx::query_scalar(
+            "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = ? AND stream_id = ?",
+        )
+        .bind(&req.stream_type)
+        .bind(&req.stream_id)
+        .fetch_one(&self.writer)
+        .await;
+        StoreError::Conflict {
+            stream_type: req.stream_type.clone(),
+            stream_id: req.stream_id.clone(),
+            expected: req.expected,
+            actual: actual.unwrap_or(-1),
+        }
+    }
+}
