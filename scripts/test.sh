@@ -53,7 +53,10 @@ ensure_python() {
   local venv="$CACHE/venv"
   if ! "$venv/bin/python" -c 'import nats, msgpack' 2>/dev/null; then
     say "installing Python test packages into $venv"
-    python3 -m venv "$venv"
+    if ! python3 -m venv "$venv" 2>/dev/null; then
+      apt_install python3-venv
+      python3 -m venv "$venv"
+    fi
     "$venv/bin/pip" install -q -r examples/python/requirements.txt
   fi
   export TEST_PYTHON="$venv/bin/python"
