@@ -132,3 +132,81 @@ async fn sqlite_writer_sees_through_its_stale_view_of_another_writers_stream() {
     a.close().await;
     b.close().await;
 }
+
+/// Appends in flight when a store closes either commit (and are then readable by a new store)
+/// or fail with a clear error: none is acknowledged and lost.
+async fn close_keeps_every_acknowledged_append(
+    store: std::sync::Arc<impl EventStore>,
+) -> Vec<uuid::Uuid> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let done = std::sync::Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..300u64)
+        .map(|i| {
+            let (store, done) = (store.clone(), done.clone());
+            tokio::spawn(async move {
+                let ev = event("x", i);
+                let id = ev.event_id;
+                let r = store
+                    .append(req(
+                        "drain",
+                        &format!("s{}", i % 30),
+                        ExpectedVersion::Any,
+                        vec![ev],
+                    ))
+                    .await;
+                done.fetch_add(1, Ordering::SeqCst);
+                (id, r)
+            })
+        })
+        .collect();
+    // Close once appends are flowing, while most are still queued or in flight.
+    while done.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    store.close().await;
+    let mut acked = Vec::new();
+    for t in tasks {
+        let (id, r) = t.await.unwrap();
+        match r {
+            Ok(_) => acked.push(id),
+            Err(revo_events::StoreError::ShuttingDown) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(!acked.is_empty());
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_close_drains_in_flight_appends() {
+    let db = TestDb::migrated().await;
+    let acked = close_keeps_every_acknowledged_append(db.store().await).await;
+    let reopened = db.store().await;
+    let stored: std::collections::HashSet<_> = read_everything(reopened.as_ref())
+        .await
+        .iter()
+        .map(|e| e.event_id())
+        .collect();
+    assert!(
+        acked.iter().all(|id| stored.contains(id)),
+        "an acknowledged append was lost"
+    );
+    reopened.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_close_drains_in_flight_appends() {
+    let dir = TempDir::new();
+    let acked = close_keeps_every_acknowledged_append(sqlite_store(&dir).await).await;
+    let reopened = sqlite_store(&dir).await;
+    let stored: std::collections::HashSet<_> = read_everything(reopened.as_ref())
+        .await
+        .iter()
+        .map(|e| e.event_id())
+        .collect();
+    assert!(
+        acked.iter().all(|id| stored.contains(id)),
+        "an acknowledged append was lost"
+    );
+    reopened.close().await;
+}

@@ -137,6 +137,9 @@ pub async fn fold_from_zero(
     }
 }
 
+/// Pages a stopping runner still folds, so a clean shutdown leaves its read model current.
+const DRAIN_PAGES: u32 = 10;
+
 pub struct Projector {
     pub store: Arc<dyn EventStore>,
     pub projection: Box<dyn Projection>,
@@ -196,11 +199,22 @@ impl Projector {
         let _ = state.send(ProjectorState::Running { position });
         let mut dirty = BTreeSet::new();
         let mut signal = self.store.append_signal();
-        while !cancel.is_cancelled() {
+        // Once cancelled, fold what is already committed (a few pages at most), then stop.
+        let mut drain_pages = 0;
+        loop {
+            if cancel.is_cancelled() {
+                drain_pages += 1;
+                if drain_pages > DRAIN_PAGES {
+                    break;
+                }
+            }
             signal.borrow_and_update();
             let events = self.store.read_all(position, self.batch).await?;
             let Some(last) = events.last() else {
                 self.metrics.lag_events.set(0);
+                if cancel.is_cancelled() {
+                    break;
+                }
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = wait_for_change(&mut signal, self.poll) => {}
