@@ -96,6 +96,9 @@ impl Bus for JetStreamBus {
     async fn publish_events(&self, batch: Vec<OutgoingEvent>) -> PublishOutcome {
         // Pipelined: send everything, then collect acks in order. The acked prefix is what the
         // caller may checkpoint; anything after a failure is republished (and deduplicated).
+        // Known limit: if JetStream rejected one message and then accepted a later one of the
+        // same stream, the retry would deliver them out of order. Failures seen in practice
+        // (connection loss, timeouts) fail every later message too.
         let mut pending = Vec::with_capacity(batch.len());
         let mut send_error = None;
         for ev in batch {
