@@ -141,6 +141,25 @@ pub(crate) fn unique_violation(e: &sqlx::Error) -> Option<String> {
     }
 }
 
+/// `list_read_models` for both dialects: name, generation, position, rows, updated_at.
+pub(crate) const LIST_READ_MODELS: &str = "SELECT p.name, p.generation, p.position, \
+     (SELECT count(*) FROM read_model_rows r WHERE r.projection = p.name AND r.generation = p.generation), \
+     p.updated_at FROM projections p ORDER BY p.name";
+
+pub(crate) type ReadModelRow = (String, i64, i64, i64, chrono::DateTime<chrono::Utc>);
+
+pub(crate) fn read_model_info(
+    (name, generation, position, rows, updated_at): ReadModelRow,
+) -> revo_events::store::ReadModelInfo {
+    revo_events::store::ReadModelInfo {
+        name,
+        generation,
+        position,
+        rows,
+        updated_at,
+    }
+}
+
 /// Splits projection changes into upserts (keys, JSON texts) and deleted keys.
 pub(crate) fn split_changes(
     changes: Vec<(String, Option<serde_json::Value>)>,

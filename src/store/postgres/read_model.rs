@@ -1,12 +1,13 @@
 //! Read models on Postgres: rows per projection and generation, with a compare-and-set
 //! checkpoint, and atomic generation swaps for rebuilds.
 
-use chrono::{DateTime, Utc};
 use revo_events::store::{ReadModelInfo, StoredReadModel};
 use revo_events::{Rows, StoreError};
 use sqlx::PgPool;
 
-use crate::store::{parse_rows, split_changes, unavailable};
+use crate::store::{
+    parse_rows, read_model_info, split_changes, unavailable, ReadModelRow, LIST_READ_MODELS,
+};
 
 pub(super) async fn load(pool: &PgPool, projection: &str) -> Result<StoredReadModel, StoreError> {
     sqlx::query(
@@ -155,24 +156,9 @@ pub(super) async fn replace(
 }
 
 pub(super) async fn list(pool: &PgPool) -> Result<Vec<ReadModelInfo>, StoreError> {
-    let rows: Vec<(String, i64, i64, i64, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT p.name, p.generation, p.position, \
-               (SELECT count(*) FROM read_model_rows r WHERE r.projection = p.name AND r.generation = p.generation), \
-               p.updated_at FROM projections p ORDER BY p.name",
-        )
+    let rows: Vec<ReadModelRow> = sqlx::query_as(LIST_READ_MODELS)
         .fetch_all(pool)
         .await
         .map_err(unavailable)?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(name, generation, position, rows, updated_at)| ReadModelInfo {
-                name,
-                generation,
-                position,
-                rows,
-                updated_at,
-            },
-        )
-        .collect())
+    Ok(rows.into_iter().map(read_model_info).collect())
 }
