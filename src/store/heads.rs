@@ -4,12 +4,15 @@
 //! A cached head can only be stale low (versions only grow), and appending after a stale head
 //! collides with the existing row on the unique key: the cache can cost a retry but never
 //! accept a wrong append. Conflicts computed from cached heads are re-checked against the
-//! database before they are reported ([`HeadCache::suspects`]).
+//! database before they are reported ([`HeadCache::plan`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
+use futures::future::BoxFuture;
 use revo_events::{AppendRequest, Appended, StoreError};
+
+use super::plan_versions;
 
 /// Streams whose heads are remembered; past this the cache starts over.
 const MAX: usize = 100_000;
@@ -25,14 +28,22 @@ pub struct HeadCache {
     heads: Mutex<HashMap<StreamKey, i64>>,
 }
 
+/// A connection that can read the current versions of streams (one query per call).
+pub trait HeadReader: Send {
+    fn read_heads<'a>(
+        &'a mut self,
+        streams: &'a [StreamKey],
+    ) -> BoxFuture<'a, Result<HashMap<StreamKey, i64>, sqlx::Error>>;
+}
+
 /// What the cache knows of a batch's streams.
-pub struct Lookup {
+struct Lookup {
     /// Heads known so far (cached ones; the caller adds the ones it reads).
-    pub current: HashMap<StreamKey, i64>,
+    current: HashMap<StreamKey, i64>,
     /// Streams whose head came from the cache.
-    pub cached: HashSet<StreamKey>,
+    cached: HashSet<StreamKey>,
     /// Streams the caller must read.
-    pub missing: Vec<StreamKey>,
+    missing: Vec<StreamKey>,
 }
 
 impl HeadCache {
@@ -41,7 +52,32 @@ impl HeadCache {
         self.heads.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn lookup(&self, reqs: &[AppendRequest]) -> Lookup {
+    /// For each request of a batch, in order, the version its first event gets, or its
+    /// conflict: cached heads first, `reader` for the rest, and `reader` again for any conflict
+    /// found against a cached head before it is reported.
+    pub async fn plan(
+        &self,
+        reqs: &[AppendRequest],
+        reader: &mut impl HeadReader,
+    ) -> Result<Vec<Result<i64, StoreError>>, sqlx::Error> {
+        let Lookup {
+            mut current,
+            cached,
+            missing,
+        } = self.lookup(reqs);
+        if !missing.is_empty() {
+            current.extend(reader.read_heads(&missing).await?);
+        }
+        let plan = plan_versions(reqs, &current);
+        let suspects = Self::suspects(reqs, &plan, &cached);
+        if suspects.is_empty() {
+            return Ok(plan);
+        }
+        current.extend(reader.read_heads(&suspects).await?);
+        Ok(plan_versions(reqs, &current))
+    }
+
+    fn lookup(&self, reqs: &[AppendRequest]) -> Lookup {
         let keys: HashSet<StreamKey> = reqs.iter().map(key).collect();
         let heads = self.heads();
         let mut out = Lookup {
@@ -63,7 +99,7 @@ impl HeadCache {
 
     /// Streams whose conflicts in `plan` were computed from cached heads: read them and plan
     /// again before reporting those conflicts.
-    pub fn suspects(
+    fn suspects(
         reqs: &[AppendRequest],
         plan: &[Result<i64, StoreError>],
         cached: &HashSet<StreamKey>,

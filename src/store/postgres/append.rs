@@ -5,13 +5,14 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use revo_events::{AppendRequest, Appended, StoreError};
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use crate::store::group_commit::{BatchBackend, BatchFailure};
-use crate::store::heads::{HeadCache, Lookup, StreamKey};
-use crate::store::{outcomes, plan_versions, race_outcome, unavailable, unique_violation};
+use crate::store::heads::{HeadCache, HeadReader, StreamKey};
+use crate::store::{outcomes, race_outcome, unavailable, unique_violation};
 
 pub(super) struct Backend {
     pub(super) pool: PgPool,
@@ -48,6 +49,15 @@ async fn read_heads(
         .collect()
 }
 
+impl HeadReader for PgConnection {
+    fn read_heads<'a>(
+        &'a mut self,
+        streams: &'a [StreamKey],
+    ) -> BoxFuture<'a, Result<HashMap<StreamKey, i64>, sqlx::Error>> {
+        Box::pin(read_heads(self, streams))
+    }
+}
+
 #[async_trait]
 impl BatchBackend for Backend {
     async fn append_batch(
@@ -62,20 +72,7 @@ impl BatchBackend for Backend {
         // txid): every event it depends on committed with a smaller txid, which keeps
         // per-stream order in (txid, position) order. Cached heads were committed earlier too;
         // the unique key catches any head that moved since it was read.
-        let Lookup {
-            mut current,
-            cached,
-            missing,
-        } = self.heads.lookup(reqs);
-        if !missing.is_empty() {
-            current.extend(read_heads(&mut conn, &missing).await.map_err(fatal)?);
-        }
-        let mut plan = plan_versions(reqs, &current);
-        let suspects = HeadCache::suspects(reqs, &plan, &cached);
-        if !suspects.is_empty() {
-            current.extend(read_heads(&mut conn, &suspects).await.map_err(fatal)?);
-            plan = plan_versions(reqs, &current);
-        }
+        let plan = self.heads.plan(reqs, &mut *conn).await.map_err(fatal)?;
 
         let n: usize = reqs
             .iter()

@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use revo_events::{AppendRequest, Appended, StoreError};
 use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use crate::store::group_commit::{BatchBackend, BatchFailure};
-use crate::store::heads::{HeadCache, Lookup, StreamKey};
-use crate::store::{outcomes, plan_versions, race_outcome, unavailable, unique_violation};
+use crate::store::heads::{HeadCache, HeadReader, StreamKey};
+use crate::store::{outcomes, race_outcome, unavailable, unique_violation};
 
 /// SQLite allows 32,766 bound values per statement; 11 per event.
 const INSERT_CHUNK: usize = 2_000;
@@ -48,6 +49,15 @@ async fn read_heads(
     Ok(heads)
 }
 
+impl HeadReader for sqlx::SqliteConnection {
+    fn read_heads<'a>(
+        &'a mut self,
+        streams: &'a [StreamKey],
+    ) -> BoxFuture<'a, Result<HashMap<StreamKey, i64>, sqlx::Error>> {
+        Box::pin(read_heads(self, streams))
+    }
+}
+
 #[async_trait]
 impl BatchBackend for Backend {
     async fn append_batch(
@@ -56,20 +66,7 @@ impl BatchBackend for Backend {
     ) -> Result<Vec<Result<Appended, StoreError>>, BatchFailure> {
         let fatal = |e: sqlx::Error| BatchFailure::Fatal(unavailable(e));
         let mut tx = self.writer.begin().await.map_err(fatal)?;
-        let Lookup {
-            mut current,
-            cached,
-            missing,
-        } = self.heads.lookup(reqs);
-        if !missing.is_empty() {
-            current.extend(read_heads(&mut tx, &missing).await.map_err(fatal)?);
-        }
-        let mut plan = plan_versions(reqs, &current);
-        let suspects = HeadCache::suspects(reqs, &plan, &cached);
-        if !suspects.is_empty() {
-            current.extend(read_heads(&mut tx, &suspects).await.map_err(fatal)?);
-            plan = plan_versions(reqs, &current);
-        }
+        let plan = self.heads.plan(reqs, &mut *tx).await.map_err(fatal)?;
         let mut rows = Vec::new();
         for (r, p) in reqs.iter().zip(&plan) {
             if let Ok(first) = p {
