@@ -62,13 +62,52 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Manage users from the command line (for the API, see docs/api.md).
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user; prints a generated password once unless --password-stdin is given.
+    Add {
+        name: String,
+        /// A role: admin, developer or viewer (repeat for several).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Read the password from standard input instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Default, Args)]
 pub struct ServeArgs {
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long, env = "REVO_LISTEN")]
     pub listen: Option<String>,
+    /// JWT keys `kid:secret,...` (at least 32-byte secrets); the first signs unless
+    /// --jwt-signing-kid says otherwise. Required in cluster mode.
+    #[arg(long, env = "REVO_JWT_KEYS", hide_env_values = true)]
+    pub jwt_keys: Option<String>,
+    #[arg(long, env = "REVO_JWT_SIGNING_KID")]
+    pub jwt_signing_kid: Option<String>,
+    /// Access token lifetime in seconds (default 3600).
+    #[arg(long, env = "REVO_TOKEN_TTL_SECS")]
+    pub token_ttl_secs: Option<u64>,
+    /// Password of the `admin` user created on a fresh installation (default: generated and
+    /// printed once).
+    #[arg(long, env = "REVO_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
+    /// Requests per minute for admins (0: unlimited).
+    #[arg(long, env = "REVO_RATE_LIMIT_ADMIN")]
+    pub rate_limit_admin: Option<u32>,
+    #[arg(long, env = "REVO_RATE_LIMIT_DEVELOPER")]
+    pub rate_limit_developer: Option<u32>,
+    #[arg(long, env = "REVO_RATE_LIMIT_VIEWER")]
+    pub rate_limit_viewer: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use anyhow::bail;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, EventsCommand, ReplayCommand};
+use crate::cli::{Cli, Command, EventsCommand, ReplayCommand, UsersCommand};
 use crate::config::{Config, LogFormat, Mode};
 use crate::metrics::Metrics;
-use crate::{node, replay, serve, store};
+use crate::{node, replay, serve, store, users};
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("REVO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -23,11 +23,11 @@ fn init_logging(format: LogFormat) {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let listen = match &cli.command {
-        Command::Serve(a) => a.listen.as_deref(),
+    let serve_args = match &cli.command {
+        Command::Serve(a) => Some(a),
         _ => None,
     };
-    let config = Config::load(&cli.global, listen)?;
+    let config = Config::load(&cli.global, serve_args)?;
     init_logging(config.log_format);
     let store_metrics = Metrics::new()?.store;
     match cli.command {
@@ -76,6 +76,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let r = replay::tail(Arc::clone(&s), &args, &mut out).await;
             s.close().await;
             r.map(|()| 0)
+        }
+        Command::Users {
+            command:
+                UsersCommand::Add {
+                    name,
+                    roles,
+                    password_stdin,
+                },
+        } => {
+            // In embedded mode a running server holds the data directory; this fails clearly.
+            let _lock = node::DataDirLock::acquire(&config)?;
+            let s = node::open_store(&config, store_metrics, true).await?;
+            let r = users::add(s.as_ref(), &name, &roles, password_stdin).await;
+            s.close().await;
+            match r? {
+                Some(pw) => println!("created user `{name}` with password {pw}"),
+                None => println!("created user `{name}`"),
+            }
+            Ok(0)
         }
     }
 }

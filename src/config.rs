@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::Deserialize;
 
-use crate::cli::GlobalArgs;
+use crate::cli::{GlobalArgs, ServeArgs};
+use crate::identity::token::JwtKey;
+use crate::identity::RoleLimits;
 
 /// Every environment variable Revo reads.
 pub const KNOWN_ENV: &[&str] = &[
@@ -23,6 +25,13 @@ pub const KNOWN_ENV: &[&str] = &[
     "REVO_DEDUP_WINDOW_SECS",
     "REVO_LOG",
     "REVO_LOG_FORMAT",
+    "REVO_JWT_KEYS",
+    "REVO_JWT_SIGNING_KID",
+    "REVO_TOKEN_TTL_SECS",
+    "REVO_ADMIN_PASSWORD",
+    "REVO_RATE_LIMIT_ADMIN",
+    "REVO_RATE_LIMIT_DEVELOPER",
+    "REVO_RATE_LIMIT_VIEWER",
 ];
 
 /// `revo.toml`. Every key is optional; absent keys keep their defaults.
@@ -37,6 +46,73 @@ pub struct FileConfig {
     pub max_payload_bytes: Option<usize>,
     pub dedup_window_secs: Option<u64>,
     pub log_format: Option<String>,
+    #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub rate_limits: RateLimitsFile,
+    #[serde(default)]
+    pub http: HttpFile,
+}
+
+/// `[auth]` in `revo.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    /// Verification keys by `kid`; the signer is `jwt_signing_kid`, else the first.
+    pub jwt_keys: Option<Vec<JwtKeyFile>>,
+    pub jwt_signing_kid: Option<String>,
+    pub token_ttl_secs: Option<u64>,
+    pub login_max_failures: Option<usize>,
+    pub login_max_failures_per_addr: Option<usize>,
+    pub login_window_secs: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtKeyFile {
+    pub kid: String,
+    pub secret: String,
+}
+
+/// `[rate_limits]`: requests per minute by role (0: unlimited).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsFile {
+    pub admin: Option<u32>,
+    pub developer: Option<u32>,
+    pub viewer: Option<u32>,
+}
+
+/// `[http]`: request limits of the edge.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    pub max_body_bytes: Option<usize>,
+    pub max_json_depth: Option<usize>,
+    /// Take client addresses from `Forwarded`/`X-Forwarded-For` (set only behind a proxy that
+    /// overwrites them).
+    pub trust_forwarded: Option<bool>,
+}
+
+/// Identity and limits of the edge, resolved.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Configured keys; empty in embedded mode means "use the data directory's own key".
+    pub jwt_keys: Vec<JwtKey>,
+    pub jwt_signing_kid: Option<String>,
+    pub token_ttl: Duration,
+    pub admin_password: Option<String>,
+    pub limits: RoleLimits,
+    pub login_max_failures: usize,
+    pub login_max_failures_per_addr: usize,
+    pub login_window: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_body_bytes: usize,
+    pub max_json_depth: usize,
+    pub trust_forwarded: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +149,33 @@ pub struct Config {
     pub max_payload_bytes: usize,
     pub dedup_window: Duration,
     pub log_format: LogFormat,
+    pub auth: AuthConfig,
+    pub http: HttpLimits,
+}
+
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
+pub const DEFAULT_LIMITS: RoleLimits = RoleLimits {
+    admin: 1200,
+    developer: 600,
+    viewer: 300,
+};
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
+
+/// `kid:secret,kid2:secret2` (REVO_JWT_KEYS).
+pub fn parse_jwt_keys(s: &str) -> anyhow::Result<Vec<JwtKey>> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (kid, secret) = pair
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("REVO_JWT_KEYS entries are `kid:secret`"))?;
+            Ok(JwtKey {
+                kid: kid.trim().to_owned(),
+                secret: secret.as_bytes().to_vec(),
+            })
+        })
+        .collect()
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -103,23 +206,26 @@ fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 impl Config {
     /// Builds the configuration. `args` already carry environment values (clap reads
     /// `REVO_*` for each flag), and flags win over them.
-    pub fn load(args: &GlobalArgs, listen_flag: Option<&str>) -> anyhow::Result<Config> {
+    pub fn load(args: &GlobalArgs, serve: Option<&ServeArgs>) -> anyhow::Result<Config> {
         check_env(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))?;
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None if Path::new("revo.toml").exists() => read_file(Path::new("revo.toml"))?,
             None => FileConfig::default(),
         };
-        Self::merge(args, listen_flag, file)
+        Self::merge(args, serve, file)
     }
 
     pub fn merge(
         args: &GlobalArgs,
-        listen_flag: Option<&str>,
+        serve: Option<&ServeArgs>,
         file: FileConfig,
     ) -> anyhow::Result<Config> {
-        let listen = listen_flag
-            .map(str::to_owned)
+        let default_serve = ServeArgs::default();
+        let serve = serve.unwrap_or(&default_serve);
+        let listen = serve
+            .listen
+            .clone()
             .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
         let listen: SocketAddr = listen
@@ -170,6 +276,15 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => bail!("log format `{other}` is not `text` or `json`"),
         };
+        let auth = auth_config(serve, file.auth, file.rate_limits, &mode)?;
+        let http = HttpLimits {
+            max_body_bytes: file.http.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_json_depth: file.http.max_json_depth.unwrap_or(DEFAULT_MAX_JSON_DEPTH),
+            trust_forwarded: file.http.trust_forwarded.unwrap_or(false),
+        };
+        if http.max_body_bytes == 0 || http.max_json_depth == 0 {
+            bail!("[http] limits must be positive");
+        }
         Ok(Config {
             listen,
             mode,
@@ -177,8 +292,78 @@ impl Config {
             max_payload_bytes,
             dedup_window: Duration::from_secs(dedup),
             log_format,
+            auth,
+            http,
         })
     }
+}
+
+fn auth_config(
+    serve: &ServeArgs,
+    file: AuthFile,
+    limits: RateLimitsFile,
+    mode: &Mode,
+) -> anyhow::Result<AuthConfig> {
+    let jwt_keys = match (&serve.jwt_keys, file.jwt_keys) {
+        (Some(env), _) => parse_jwt_keys(env)?,
+        (None, Some(keys)) => keys
+            .into_iter()
+            .map(|k| JwtKey {
+                kid: k.kid,
+                secret: k.secret.into_bytes(),
+            })
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    if jwt_keys.is_empty() && matches!(mode, Mode::Cluster { .. }) {
+        bail!(
+            "cluster mode needs JWT keys shared by every edge: set REVO_JWT_KEYS=kid:secret \
+             (or [auth] jwt_keys in revo.toml)"
+        );
+    }
+    let mut kids: Vec<&str> = jwt_keys.iter().map(|k| k.kid.as_str()).collect();
+    kids.sort_unstable();
+    if kids.windows(2).any(|w| w[0] == w[1]) || kids.iter().any(|k| k.is_empty()) {
+        bail!("JWT key ids must be unique and non-empty");
+    }
+    let ttl = serve
+        .token_ttl_secs
+        .or(file.token_ttl_secs)
+        .unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+    if ttl == 0 {
+        bail!("the token lifetime must be at least one second");
+    }
+    let window = file.login_window_secs.unwrap_or(900);
+    if window == 0 {
+        bail!("login_window_secs must be positive");
+    }
+    Ok(AuthConfig {
+        jwt_signing_kid: serve
+            .jwt_signing_kid
+            .clone()
+            .or(file.jwt_signing_kid)
+            .or_else(|| jwt_keys.first().map(|k| k.kid.clone())),
+        jwt_keys,
+        token_ttl: Duration::from_secs(ttl),
+        admin_password: serve.admin_password.clone(),
+        limits: RoleLimits {
+            admin: serve
+                .rate_limit_admin
+                .or(limits.admin)
+                .unwrap_or(DEFAULT_LIMITS.admin),
+            developer: serve
+                .rate_limit_developer
+                .or(limits.developer)
+                .unwrap_or(DEFAULT_LIMITS.developer),
+            viewer: serve
+                .rate_limit_viewer
+                .or(limits.viewer)
+                .unwrap_or(DEFAULT_LIMITS.viewer),
+        },
+        login_max_failures: file.login_max_failures.unwrap_or(5).max(1),
+        login_max_failures_per_addr: file.login_max_failures_per_addr.unwrap_or(50).max(1),
+        login_window: Duration::from_secs(window),
+    })
 }
 
 #[cfg(test)]
@@ -207,7 +392,11 @@ mod tests {
     #[test]
     fn flags_beat_file() {
         let file: FileConfig = toml::from_str("listen = \"0.0.0.0:1\"\ndata_dir = \"/x\"").unwrap();
-        let c = Config::merge(&args(&["--data-dir", "/y"]), Some("127.0.0.1:9"), file).unwrap();
+        let serve = ServeArgs {
+            listen: Some("127.0.0.1:9".into()),
+            ..Default::default()
+        };
+        let c = Config::merge(&args(&["--data-dir", "/y"]), Some(&serve), file).unwrap();
         assert_eq!(c.listen.port(), 9);
         assert_eq!(
             c.mode,
@@ -233,5 +422,29 @@ mod tests {
     fn half_a_cluster_is_an_error() {
         let file: FileConfig = toml::from_str("database_url = \"postgres://x\"").unwrap();
         assert!(Config::merge(&args(&[]), None, file).is_err());
+    }
+
+    #[test]
+    fn cluster_mode_needs_shared_jwt_keys() {
+        let cluster = "database_url = \"postgres://x\"\nnats_url = \"nats://y\"";
+        let file: FileConfig = toml::from_str(cluster).unwrap();
+        let err = Config::merge(&args(&[]), None, file).unwrap_err();
+        assert!(err.to_string().contains("REVO_JWT_KEYS"), "{err}");
+        let file: FileConfig = toml::from_str(&format!(
+            "{cluster}\n[auth]\njwt_keys = [{{kid = \"a\", secret = \"s\"}}, {{kid = \"b\", secret = \"t\"}}]\njwt_signing_kid = \"b\""
+        ))
+        .unwrap();
+        let c = Config::merge(&args(&[]), None, file).unwrap();
+        assert_eq!(c.auth.jwt_keys.len(), 2);
+        assert_eq!(c.auth.jwt_signing_kid.as_deref(), Some("b"));
+        assert_eq!(c.auth.limits, DEFAULT_LIMITS);
+    }
+
+    #[test]
+    fn jwt_keys_from_the_environment() {
+        let keys = parse_jwt_keys("k2:second-secret,k1:first:with:colons").unwrap();
+        assert_eq!(keys[0].kid, "k2");
+        assert_eq!(keys[1].secret, b"first:with:colons");
+        assert!(parse_jwt_keys("nocolon").is_err());
     }
 }

@@ -2,7 +2,8 @@
 //! Labels have bounded cardinality (projection names, never user ids).
 
 use prometheus::{
-    Gauge, Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry,
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 use revo_actors::{ProjectorMetrics, RelayMetrics};
 
@@ -13,6 +14,60 @@ pub struct Metrics {
     pub store: StoreMetrics,
     pub relay: RelayMetrics,
     pub projection_lag: IntGaugeVec,
+    pub http: HttpMetrics,
+}
+
+/// The edge's request metrics. Routes are templates (`/users/{id}`), never raw paths.
+#[derive(Clone)]
+pub struct HttpMetrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub in_flight: IntGauge,
+    pub auth_failures: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+}
+
+impl HttpMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(HttpMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "revo_http_requests_total",
+                    "HTTP requests by method, route template and status",
+                ),
+                &["method", "route", "status"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "revo_http_request_duration_seconds",
+                    "HTTP request latency by method and route template",
+                )
+                .buckets(vec![
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 10.0,
+                ]),
+                &["method", "route"],
+            )?,
+            in_flight: IntGauge::new(
+                "revo_http_requests_in_flight",
+                "HTTP requests being handled now",
+            )?,
+            auth_failures: IntCounterVec::new(
+                Opts::new(
+                    "revo_auth_failures_total",
+                    "Refused credentials and permissions, by reason (the error code)",
+                ),
+                &["reason"],
+            )?,
+            rate_limited: IntCounterVec::new(
+                Opts::new(
+                    "revo_rate_limit_rejections_total",
+                    "Requests refused with 429, by bucket kind (user, key, login)",
+                ),
+                &["kind"],
+            )?,
+        })
+    }
 }
 
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> prometheus::Result<Histogram> {
@@ -66,6 +121,7 @@ impl Metrics {
             ),
             &["projection"],
         )?;
+        let http = HttpMetrics::new()?;
         let registry = Registry::new();
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(store.append_seconds.clone()),
@@ -76,6 +132,11 @@ impl Metrics {
             Box::new(relay.publish_errors.clone()),
             Box::new(relay.leader.clone()),
             Box::new(projection_lag.clone()),
+            Box::new(http.requests.clone()),
+            Box::new(http.duration.clone()),
+            Box::new(http.in_flight.clone()),
+            Box::new(http.auth_failures.clone()),
+            Box::new(http.rate_limited.clone()),
         ];
         for c in collectors {
             registry.register(c)?;
@@ -85,6 +146,7 @@ impl Metrics {
             store,
             relay,
             projection_lag,
+            http,
         })
     }
 
@@ -110,6 +172,19 @@ mod tests {
         let m = super::Metrics::new().unwrap();
         m.store.append_seconds.observe(0.001);
         m.projector("nodes").lag_events.set(3);
+        m.http
+            .requests
+            .with_label_values(&["GET", "/users/me", "200"])
+            .inc();
+        m.http
+            .duration
+            .with_label_values(&["GET", "/users/me"])
+            .observe(0.001);
+        m.http
+            .auth_failures
+            .with_label_values(&["token_expired"])
+            .inc();
+        m.http.rate_limited.with_label_values(&["user"]).inc();
         let text = m.render();
         for name in [
             "revo_event_append_seconds",
@@ -118,6 +193,11 @@ mod tests {
             "revo_relay_lag_seconds",
             "revo_relay_publish_errors_total",
             "revo_projection_lag_events",
+            "revo_http_requests_total",
+            "revo_http_request_duration_seconds",
+            "revo_http_requests_in_flight",
+            "revo_auth_failures_total",
+            "revo_rate_limit_rejections_total",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

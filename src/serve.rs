@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 use anyhow::Context;
 use chrono::Utc;
 use revo_actors::projector::Projector;
-use revo_actors::{Relay, RelayConfig};
+use revo_actors::{LiveView, Relay, RelayConfig};
 use revo_events::system::NODE_STREAM;
 use revo_events::{
-    AppendRequest, EventFamily, EventMeta, EventStore, ExpectedVersion, SystemEvent,
+    AppendRequest, Directory, EventFamily, EventMeta, EventStore, ExpectedVersion, SystemEvent,
 };
 use revo_nats::Subjects;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,9 @@ use uuid::Uuid;
 
 use crate::config::{Config, Mode};
 use crate::http::{self, AppState};
+use crate::identity::throttle::LoginThrottle;
+use crate::identity::token::{JwtKey, TokenKeys};
+use crate::identity::{gossip, Identity, IdentitySettings};
 use crate::metrics::Metrics;
 use crate::node::{self, DataDirLock};
 use crate::projections;
@@ -76,11 +79,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let relay = Relay {
         store: store.clone(),
         bus: bus.clone(),
-        subjects,
+        subjects: subjects.clone(),
         config: RelayConfig::default(),
         metrics: metrics.relay.clone(),
     };
     tasks.spawn(relay.run(cancel.clone()));
+    let identity =
+        Arc::new(open_identity(&config, store.clone(), &node_id, &tasks, &cancel).await?);
+    match identity
+        .bootstrap_admin(config.auth.admin_password.clone())
+        .await
+    {
+        Ok(Some(password)) => {
+            // Printed once, to the terminal only: never logged, never in an event.
+            println!(
+                "First start: created user `admin` with password {password}\n\
+                 Log in with POST /auth/login and change it with PATCH /users/{{id}}."
+            );
+        }
+        Ok(None) => {}
+        Err(e) => return Err(anyhow::anyhow!("creating the first admin: {e}")),
+    }
+    if matches!(config.mode, Mode::Cluster { .. }) {
+        tasks.spawn(gossip::run(
+            identity.limiter.clone(),
+            bus.clone(),
+            subjects.clone(),
+            cancel.clone(),
+        ));
+    }
+    let (access, docs) = http::prepare()?;
     let projectors = projections::all()
         .into_iter()
         .map(|p| {
@@ -100,19 +128,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         bus: bus.clone(),
         metrics: metrics.clone(),
+        identity,
+        access: Arc::new(access),
+        docs: Arc::new(docs),
         node_id: node_id.clone(),
         mode: config.mode.name(),
         started: Instant::now(),
         projectors,
+        trust_forwarded: config.http.trust_forwarded,
         runtime: tokio::runtime::Handle::current(),
     });
-    let server =
-        HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-            .disable_signals()
-            .shutdown_timeout(10)
-            .bind(config.listen)
-            .with_context(|| format!("listening on {}", config.listen))?
-            .run();
+    let limits = config.http;
+    let server = HttpServer::new(move || http::app(state.clone(), limits))
+        .disable_signals()
+        .shutdown_timeout(10)
+        .bind(config.listen)
+        .with_context(|| format!("listening on {}", config.listen))?
+        .run();
     let handle = server.handle();
     let where_ = match &config.mode {
         Mode::Embedded { data_dir } => format!("embedded mode, data in {}", data_dir.display()),
@@ -159,6 +191,95 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(Err(e)) => Err(e).context("HTTP server failed"),
         _ => Ok(()),
     }
+}
+
+/// The JWT keys: configured ones, or (embedded mode only) a key kept in the data directory.
+fn jwt_keys(config: &Config) -> anyhow::Result<(Vec<JwtKey>, String)> {
+    if !config.auth.jwt_keys.is_empty() {
+        let signer = config
+            .auth
+            .jwt_signing_kid
+            .clone()
+            .unwrap_or_else(|| config.auth.jwt_keys[0].kid.clone());
+        return Ok((config.auth.jwt_keys.clone(), signer));
+    }
+    let Mode::Embedded { data_dir } = &config.mode else {
+        anyhow::bail!("cluster mode needs REVO_JWT_KEYS");
+    };
+    let path = data_dir.join("jwt.key");
+    let secret = match std::fs::read(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use rand::RngCore;
+            let mut raw = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut raw);
+            let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+            write_private(&path, hex.as_bytes())?;
+            hex.into_bytes()
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok((
+        vec![JwtKey {
+            kid: "local".into(),
+            secret,
+        }],
+        "local".into(),
+    ))
+}
+
+/// Writes a file only its owner can read.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+async fn open_identity(
+    config: &Config,
+    store: Arc<dyn EventStore>,
+    node_id: &str,
+    tasks: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Identity> {
+    let (keys, signer) = jwt_keys(config)?;
+    let tokens = TokenKeys::new(&keys, &signer, config.auth.token_ttl)?;
+    let view = LiveView::<Directory>::start(
+        store.clone(),
+        Duration::from_millis(500),
+        tasks,
+        cancel.clone(),
+    )
+    .await
+    .context("loading the user directory")?;
+    let a = &config.auth;
+    Ok(Identity::new(
+        store,
+        view,
+        IdentitySettings {
+            tokens,
+            limits: a.limits,
+            throttle: LoginThrottle::new(
+                a.login_max_failures,
+                a.login_max_failures_per_addr,
+                a.login_window,
+            ),
+            read_your_writes: Duration::from_secs(5),
+        },
+        node_id,
+        tasks.clone(),
+    ))
 }
 
 async fn shutdown_signal() {

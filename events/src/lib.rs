@@ -8,15 +8,19 @@
 //! contract; its implementations live in the `revo` crate (`src/store/`).
 
 pub mod codec;
+pub mod directory;
 pub mod envelope;
 pub mod family;
+pub mod identity;
 pub mod projection;
 pub mod store;
 pub mod system;
 
 pub use codec::{CodecError, DecodeError};
+pub use directory::Directory;
 pub use envelope::{Envelope, EventMeta, NewEvent, RecordedEvent};
 pub use family::EventFamily;
+pub use identity::{IdentityEvent, Role};
 pub use projection::{Projection, ProjectionError, Rows};
 pub use store::{AppendRequest, Appended, EventStore, ExpectedVersion, StoreError};
 pub use system::SystemEvent;

@@ -1,41 +1,152 @@
 //! The edge's one error type, mapped to HTTP in one place:
 //! `{"error": {"code": "...", "message": "..."}}` with the matching status.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
-use serde_json::json;
+use revo_events::StoreError;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("no route for {0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Unavailable(String),
+use crate::identity::{AuthError, IdentityError};
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// `Retry-After` seconds (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+/// The body of every error response.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: e.g. `token_expired`, `rate_limited`, `invalid_body`.
+    pub code: String,
+    /// For people; may change between versions.
+    pub message: String,
 }
 
 impl ApiError {
-    fn code(&self) -> &'static str {
-        match self {
-            ApiError::NotFound(_) => "not_found",
-            ApiError::Unavailable(_) => "unavailable",
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    pub fn unavailable(why: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why)
+    }
+
+    pub fn forbidden(code: &'static str, why: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, why)
+    }
+
+    pub fn bad_request(code: &'static str, why: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, why)
+    }
+
+    pub fn unprocessable(code: &'static str, why: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, why)
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::Internal(m) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+            e => Self::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_)
+            | StoreError::ShuttingDown
+            | StoreError::CommitUnknown(_) => Self::unavailable(e.to_string()).with_retry_after(1),
+            e => {
+                tracing::error!(error = %e, "store error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the event store refused the change",
+                )
+            }
+        }
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(e: IdentityError) -> Self {
+        let msg = e.to_string();
+        match e {
+            IdentityError::Auth(a) => a.into(),
+            IdentityError::InvalidCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", msg)
+            }
+            IdentityError::LoginThrottled(secs) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "login_throttled", msg)
+                    .with_retry_after(secs)
+            }
+            IdentityError::Invalid { code, .. } => Self::unprocessable(code, msg),
+            IdentityError::NotFound(_) => Self::not_found(msg),
+            IdentityError::Conflict { code, .. } => Self::new(StatusCode::CONFLICT, code, msg),
+            IdentityError::Forbidden(_) => Self::forbidden("forbidden", msg),
+            IdentityError::Store(s) => s.into(),
+            IdentityError::Internal(m) => {
+                tracing::error!(error = %m, "identity error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
         }
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        self.status
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+        let mut res = HttpResponse::build(self.status);
+        if let Some(secs) = self.retry_after {
+            res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        res.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message.clone(),
+            },
+        })
     }
 }
 
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    ApiError::NotFound(format!("{} {}", req.method(), req.path())).error_response()
+    ApiError::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{get, web, HttpResponse};
 use revo_actors::ProjectorState;
 use revo_nats::BusHealth;
 use serde_json::json;
@@ -12,6 +12,9 @@ use super::AppState;
 /// Longest a readiness probe waits on the database.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Liveness: the process answers.
+#[utoipa::path(tag = "health", responses((status = 200, description = "Alive", body = serde_json::Value)))]
+#[get("/health/live")]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "live"}))
 }
@@ -66,7 +69,12 @@ async fn checks(state: &AppState) -> Vec<Check> {
     ]
 }
 
-/// 200 only when the store and bus are reachable and the schema is current.
+/// Readiness: 200 only when the store and bus are reachable and the schema is current.
+#[utoipa::path(tag = "health", responses(
+    (status = 200, description = "Ready", body = serde_json::Value),
+    (status = 503, description = "Not ready, with reasons", body = serde_json::Value),
+))]
+#[get("/health/ready")]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let problems: Vec<String> = checks(&state)
         .await
@@ -85,6 +93,8 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// A JSON summary of every component.
+#[utoipa::path(tag = "health", responses((status = 200, description = "Component summary", body = serde_json::Value)))]
+#[get("/health")]
 pub async fn summary(state: web::Data<AppState>) -> HttpResponse {
     let mut components = serde_json::Map::new();
     let mut healthy = true;
@@ -135,6 +145,9 @@ pub async fn summary(state: web::Data<AppState>) -> HttpResponse {
     }))
 }
 
+/// Prometheus metrics (text exposition format).
+#[utoipa::path(tag = "health", responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
+#[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")

@@ -1,16 +1,32 @@
-//! The actix-web edge: routes and shared state. One file per handler family.
+//! The actix-web edge: routes and shared state. One file per handler family; `access.rs` admits
+//! every request (identity, RBAC, rate limits, metrics) in one place.
 
+pub mod access;
+pub mod auth;
 pub mod error;
 pub mod health;
+pub mod json;
+pub mod keys;
+pub mod openapi;
+pub mod users;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::web;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpRequest, ResponseError};
 use revo_actors::ProjectorHandle;
 use revo_events::EventStore;
 use revo_nats::Bus;
+use utoipa::OpenApi;
+use utoipa_actix_web::service_config::ServiceConfig;
+use utoipa_actix_web::AppExt;
 
+use crate::config::HttpLimits;
+use crate::identity::Identity;
 use crate::metrics::Metrics;
 
 /// What handlers share (cheap handles only).
@@ -18,10 +34,15 @@ pub struct AppState {
     pub store: Arc<dyn EventStore>,
     pub bus: Arc<dyn Bus>,
     pub metrics: Arc<Metrics>,
+    pub identity: Arc<Identity>,
+    pub access: Arc<access::AccessTable>,
+    pub docs: Arc<openapi::Docs>,
     pub node_id: String,
     pub mode: &'static str,
     pub started: Instant,
     pub projectors: Vec<ProjectorHandle>,
+    /// Take the client address from `Forwarded`/`X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded: bool,
     /// The node's main runtime. Database and NATS connections must be opened there, not on
     /// actix's worker runtimes, which stop before the node does.
     pub runtime: tokio::runtime::Handle,
@@ -37,14 +58,88 @@ impl AppState {
         self.runtime
             .spawn(fut)
             .await
-            .map_err(|e| error::ApiError::Unavailable(format!("node task failed: {e}")))
+            .map_err(|e| error::ApiError::unavailable(format!("node task failed: {e}")))
+    }
+
+    /// The client's address, for login throttling.
+    pub fn client_addr(&self, req: &HttpRequest) -> Option<String> {
+        if self.trust_forwarded {
+            req.connection_info()
+                .realip_remote_addr()
+                .map(|a| a.to_owned())
+        } else {
+            req.peer_addr().map(|a| a.ip().to_string())
+        }
     }
 }
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health/live", web::get().to(health::live))
-        .route("/health/ready", web::get().to(health::ready))
-        .route("/health", web::get().to(health::summary))
-        .route("/metrics", web::get().to(health::metrics))
-        .default_service(web::to(error::not_found));
+/// Every route. Only `service(...)` registrations appear in the OpenAPI document, and the
+/// access middleware refuses routes missing from it, so every route goes here.
+pub fn routes(cfg: &mut ServiceConfig) {
+    cfg.service(health::live)
+        .service(health::ready)
+        .service(health::summary)
+        .service(health::metrics)
+        .service(openapi::spec)
+        .service(openapi::docs)
+        .service(auth::login)
+        .service(auth::logout)
+        .service(auth::me)
+        .service(users::create)
+        .service(users::list)
+        .service(users::get)
+        .service(users::update)
+        .service(keys::create)
+        .service(keys::list)
+        .service(keys::revoke);
+}
+
+/// The generated OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let (_, doc) = App::new()
+        .into_utoipa_app()
+        .openapi(openapi::ApiDoc::openapi())
+        .configure(routes)
+        .split_for_parts();
+    doc
+}
+
+/// Renders the documents and the access table once, at start.
+pub fn prepare() -> anyhow::Result<(access::AccessTable, openapi::Docs)> {
+    let doc = serde_json::to_value(openapi())?;
+    let table = access::AccessTable::from_openapi(&doc)?;
+    let docs = openapi::Docs {
+        json: serde_json::to_string_pretty(&doc)?,
+        html: openapi::render_html(&doc),
+    };
+    Ok((table, docs))
+}
+
+/// Path segments that do not parse (a malformed id) are "not found", as JSON.
+fn path_error(err: actix_web::error::PathError, _: &HttpRequest) -> actix_web::Error {
+    let e = error::ApiError::not_found(format!("no such resource ({err})"));
+    actix_web::error::InternalError::from_response(err, e.error_response()).into()
+}
+
+pub fn app(
+    state: web::Data<AppState>,
+    limits: HttpLimits,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let (app, _) = App::new()
+        .into_utoipa_app()
+        .app_data(state)
+        .app_data(web::Data::new(limits))
+        .app_data(web::PathConfig::default().error_handler(path_error))
+        .configure(routes)
+        .split_for_parts();
+    app.default_service(web::to(error::not_found))
+        .wrap(from_fn(access::admit))
 }

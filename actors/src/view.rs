@@ -1,0 +1,138 @@
+//! A live in-memory view: a projection this node keeps folded in memory for fast reads (the user
+//! directory behind every authenticated request), following the store's commits.
+//!
+//! It starts from the persisted read model (so a restart does not refold history), catches up
+//! to the head before it is handed out, then follows appends from this node and, through the
+//! store's change signal, from every other node. Writers wait for `wait_for(position)` to read
+//! their own writes.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use revo_events::store::wait_for_change;
+use revo_events::{EventStore, Projection};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::projector::ReplayError;
+
+pub struct LiveView<P> {
+    state: Arc<RwLock<P>>,
+    position: watch::Receiver<i64>,
+}
+
+impl<P> Clone for LiveView<P> {
+    fn clone(&self) -> Self {
+        LiveView {
+            state: self.state.clone(),
+            position: self.position.clone(),
+        }
+    }
+}
+
+const BATCH: usize = 1000;
+
+impl<P: Projection + Default + Sync> LiveView<P> {
+    /// Loads and catches up, then follows on `tracker` until `cancel`.
+    pub async fn start(
+        store: Arc<dyn EventStore>,
+        poll: Duration,
+        tracker: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<Self, ReplayError> {
+        let mut projection = P::default();
+        let stored = store.load_read_model(projection.name()).await?;
+        projection.load(stored.rows)?;
+        let mut position = stored.position;
+        let mut dirty = BTreeSet::new();
+        loop {
+            let page = store.read_all(position, BATCH).await?;
+            let Some(last) = page.last() else { break };
+            position = last.position;
+            for ev in &page {
+                projection.apply(ev, &mut dirty)?;
+            }
+            dirty.clear();
+        }
+        let state = Arc::new(RwLock::new(projection));
+        let (tx, rx) = watch::channel(position);
+        tracker.spawn(follow(store, state.clone(), tx, poll, cancel));
+        Ok(LiveView {
+            state,
+            position: rx,
+        })
+    }
+}
+
+impl<P> LiveView<P> {
+    /// The current state. Hold the guard briefly, never across an `.await`.
+    pub fn read(&self) -> RwLockReadGuard<'_, P> {
+        // A panic while folding would poison the lock; the state is still the last good fold.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Position of the last event folded in.
+    pub fn position(&self) -> i64 {
+        *self.position.borrow()
+    }
+
+    /// Waits until the view has folded `position`; false on timeout.
+    pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
+        let mut rx = self.position.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+async fn follow<P: Projection + Sync>(
+    store: Arc<dyn EventStore>,
+    state: Arc<RwLock<P>>,
+    position: watch::Sender<i64>,
+    poll: Duration,
+    cancel: CancellationToken,
+) {
+    let mut signal = store.append_signal();
+    let mut at = *position.borrow();
+    let mut dirty = BTreeSet::new();
+    let mut backoff = Duration::from_millis(50);
+    while !cancel.is_cancelled() {
+        signal.borrow_and_update();
+        let page = match store.read_all(at, BATCH).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "live view: store error, retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let Some(last) = page.last() else {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = wait_for_change(&mut signal, poll) => {}
+            }
+            continue;
+        };
+        let last = last.position;
+        {
+            let mut p = state.write().unwrap_or_else(|p| p.into_inner());
+            for ev in &page {
+                if let Err(e) = p.apply(ev, &mut dirty) {
+                    // Never skip: the view stays at the last event it could fold, and says so.
+                    tracing::error!(projection = p.name(), error = %e, "live view halted");
+                    return;
+                }
+            }
+        }
+        dirty.clear();
+        at = last;
+        let _ = position.send(at);
+    }
+}

@@ -1,0 +1,119 @@
+//! `POST /auth/login`, `POST /auth/logout`, `GET /users/me`.
+
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+
+use super::access::{request_id, Caller};
+use super::error::{ApiError, ErrorBody};
+use super::json::Json;
+use super::openapi::{BodyErrors, CallerErrors};
+use super::views::{LoginRequest, LoginResponse, Me, UserView};
+use super::AppState;
+use crate::identity::{IdentityError, Via};
+use revo_events::EventMeta;
+
+/// Exchanges a username and password for a bearer token (JWT). Failures never say whether the
+/// user exists; repeated failures per name and per address are throttled.
+#[utoipa::path(
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = LoginResponse),
+        (status = 401, description = "Bad credentials or disabled user", body = ErrorBody),
+        (status = 429, description = "Too many failed logins", body = ErrorBody),
+        BodyErrors,
+    )
+)]
+#[post("/auth/login")]
+pub async fn login(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Json<LoginRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let LoginRequest { username, password } = body.0;
+    let client = state.client_addr(&req);
+    let meta = EventMeta {
+        actor: None,
+        correlation_id: request_id(&req),
+        causation_id: None,
+    };
+    let identity = state.identity.clone();
+    let outcome = state
+        .on_node(async move { identity.login(&username, &password, client, meta).await })
+        .await?;
+    if let Err(IdentityError::LoginThrottled(_)) = &outcome {
+        state
+            .metrics
+            .http
+            .rate_limited
+            .with_label_values(&["login"])
+            .inc();
+    }
+    if let Err(IdentityError::InvalidCredentials) = &outcome {
+        state
+            .metrics
+            .http
+            .auth_failures
+            .with_label_values(&["invalid_credentials"])
+            .inc();
+    }
+    let login = outcome?;
+    Ok(HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(LoginResponse {
+            access_token: login.token,
+            token_type: "bearer".into(),
+            expires_in: login.expires_in,
+        }))
+}
+
+/// Revokes the presented token on every edge until it would have expired.
+#[utoipa::path(
+    tag = "auth",
+    security(("bearer" = ["self:read"])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 422, description = "An API key cannot log out", body = ErrorBody),
+        CallerErrors,
+    )
+)]
+#[post("/auth/logout")]
+pub async fn logout(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let meta = caller.meta(&req);
+    let identity = state.identity.clone();
+    state
+        .on_node(async move { identity.logout(&caller.0, meta).await })
+        .await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The caller's account, and how this request authenticated.
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = ["self:read"])),
+    responses((status = 200, description = "The caller", body = Me), CallerErrors)
+)]
+#[get("/users/me")]
+pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
+    let p = caller.0;
+    let user = state
+        .identity
+        .directory()
+        .user(&p.user_id)
+        .map(UserView::from)
+        .ok_or_else(|| ApiError::not_found("user"))?;
+    let (auth, key_id) = match p.via {
+        Via::Token { .. } => ("token", None),
+        Via::Key { key_id } => ("key", Some(key_id)),
+    };
+    Ok(HttpResponse::Ok().json(Me {
+        user,
+        auth: auth.into(),
+        key_id,
+        roles: p.roles,
+        rate_limit_per_minute: p.rate_limit,
+    }))
+}

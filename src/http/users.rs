@@ -1,0 +1,134 @@
+//! `POST /users`, `GET /users`, `GET /users/{id}`, `PATCH /users/{id}`.
+
+use actix_web::{get, patch, post, web, HttpRequest, HttpResponse};
+use uuid::Uuid;
+
+use super::access::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::json::Json;
+use super::openapi::{BodyErrors, CallerErrors};
+use super::views::{CreateUser, PatchUser, UserList, UserView};
+use super::AppState;
+use crate::identity::UserPatch;
+
+/// Creates a user (argon2id-hashed password).
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = ["users:write"])),
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created", body = UserView),
+        (status = 409, description = "The username is taken", body = ErrorBody),
+        BodyErrors,
+        CallerErrors,
+    )
+)]
+#[post("/users")]
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: Json<CreateUser>,
+) -> Result<HttpResponse, ApiError> {
+    let CreateUser {
+        username,
+        password,
+        roles,
+    } = body.0;
+    let meta = caller.meta(&req);
+    let identity = state.identity.clone();
+    let user = state
+        .on_node(async move {
+            identity
+                .create_user(&username, password, &roles, meta)
+                .await
+        })
+        .await??;
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/users/{}", user.user_id)))
+        .json(UserView::from(&user)))
+}
+
+/// Every user, by username.
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = ["users:read"])),
+    responses((status = 200, description = "Users", body = UserList), CallerErrors)
+)]
+#[get("/users")]
+pub async fn list(state: web::Data<AppState>) -> HttpResponse {
+    let mut users: Vec<UserView> = state
+        .identity
+        .directory()
+        .users()
+        .map(UserView::from)
+        .collect();
+    users.sort_by(|a, b| a.username.cmp(&b.username));
+    HttpResponse::Ok().json(UserList { users })
+}
+
+/// One user.
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = ["users:read"])),
+    params(("id" = Uuid, Path, description = "User id")),
+    responses(
+        (status = 200, description = "The user", body = UserView),
+        (status = 404, description = "No such user", body = ErrorBody),
+        CallerErrors,
+    )
+)]
+#[get("/users/{id}")]
+pub async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    state
+        .identity
+        .directory()
+        .user(&id)
+        .map(|u| HttpResponse::Ok().json(UserView::from(u)))
+        .ok_or_else(|| ApiError::not_found("no such user"))
+}
+
+/// Changes roles, the disabled flag or the password. The last enabled admin cannot be demoted
+/// or disabled.
+#[utoipa::path(
+    tag = "users",
+    security(("bearer" = ["users:write"])),
+    params(("id" = Uuid, Path, description = "User id")),
+    request_body = PatchUser,
+    responses(
+        (status = 200, description = "The updated user", body = UserView),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 409, description = "It would leave no enabled admin", body = ErrorBody),
+        BodyErrors,
+        CallerErrors,
+    )
+)]
+#[patch("/users/{id}")]
+pub async fn update(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    id: web::Path<Uuid>,
+    body: Json<PatchUser>,
+) -> Result<HttpResponse, ApiError> {
+    let PatchUser {
+        roles,
+        disabled,
+        password,
+    } = body.0;
+    let patch = UserPatch {
+        roles,
+        disabled,
+        password,
+    };
+    let meta = caller.meta(&req);
+    let identity = state.identity.clone();
+    let id = id.into_inner();
+    let user = state
+        .on_node(async move { identity.update_user(id, patch, meta).await })
+        .await??;
+    Ok(HttpResponse::Ok().json(UserView::from(&user)))
+}

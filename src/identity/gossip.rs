@@ -1,0 +1,76 @@
+//! Shares rate-limit counts between edges over the bus's signal subjects (core NATS in cluster
+//! mode; nothing to share with in embedded mode, where the in-process bus echoes to itself).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use revo_nats::{Bus, Subjects};
+use tokio_util::sync::CancellationToken;
+
+use super::ratelimit::{Gossip, RateLimiter};
+
+/// How often an edge publishes its counts: the bound on how far a cluster can overshoot.
+pub const GOSSIP_EVERY: Duration = Duration::from_millis(100);
+
+pub async fn run(
+    limiter: Arc<RateLimiter>,
+    bus: Arc<dyn Bus>,
+    subjects: Subjects,
+    cancel: CancellationToken,
+) {
+    let subject = match subjects.signal("ratelimit", "counts") {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "rate-limit gossip disabled");
+            return;
+        }
+    };
+    let mut incoming = loop {
+        match bus.subscribe_signals(&subject).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "rate-limit gossip: subscribe failed, retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(GOSSIP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeps = 0u32;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                sweeps += 1;
+                if sweeps.is_multiple_of(600) {
+                    limiter.sweep();
+                }
+                let Some(g) = limiter.gossip() else { continue };
+                match serde_json::to_vec(&g) {
+                    Ok(body) => {
+                        if let Err(e) = bus.publish_signal(&subject, Bytes::from(body)).await {
+                            tracing::debug!(error = %e, "rate-limit gossip not sent");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "rate-limit gossip not encoded"),
+                }
+            }
+            msg = incoming.next() => match msg {
+                Some(Ok(m)) => match serde_json::from_slice::<Gossip>(&m.payload) {
+                    Ok(g) => limiter.absorb(g),
+                    Err(e) => tracing::debug!(error = %e, "ignoring a malformed rate-limit gossip"),
+                },
+                Some(Err(e)) => tracing::debug!(error = %e, "rate-limit gossip stream"),
+                None => {
+                    tracing::warn!("rate-limit gossip stream ended");
+                    return;
+                }
+            },
+        }
+    }
+}
