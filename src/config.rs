@@ -276,7 +276,7 @@ impl Config {
             Some("json") => LogFormat::Json,
             Some(other) => bail!("log format `{other}` is not `text` or `json`"),
         };
-        let auth = auth_config(serve, file.auth, file.rate_limits, &mode)?;
+        let auth = auth_config(serve, file.auth, file.rate_limits)?;
         let http = HttpLimits {
             max_body_bytes: file.http.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             max_json_depth: file.http.max_json_depth.unwrap_or(DEFAULT_MAX_JSON_DEPTH),
@@ -302,7 +302,6 @@ fn auth_config(
     serve: &ServeArgs,
     file: AuthFile,
     limits: RateLimitsFile,
-    mode: &Mode,
 ) -> anyhow::Result<AuthConfig> {
     let jwt_keys = match (&serve.jwt_keys, file.jwt_keys) {
         (Some(env), _) => parse_jwt_keys(env)?,
@@ -315,12 +314,6 @@ fn auth_config(
             .collect(),
         (None, None) => Vec::new(),
     };
-    if jwt_keys.is_empty() && matches!(mode, Mode::Cluster { .. }) {
-        bail!(
-            "cluster mode needs JWT keys shared by every edge: set REVO_JWT_KEYS=kid:secret \
-             (or [auth] jwt_keys in revo.toml)"
-        );
-    }
     let mut kids: Vec<&str> = jwt_keys.iter().map(|k| k.kid.as_str()).collect();
     kids.sort_unstable();
     if kids.windows(2).any(|w| w[0] == w[1]) || kids.iter().any(|k| k.is_empty()) {
@@ -425,11 +418,8 @@ mod tests {
     }
 
     #[test]
-    fn cluster_mode_needs_shared_jwt_keys() {
+    fn jwt_keys_from_the_file() {
         let cluster = "database_url = \"postgres://x\"\nnats_url = \"nats://y\"";
-        let file: FileConfig = toml::from_str(cluster).unwrap();
-        let err = Config::merge(&args(&[]), None, file).unwrap_err();
-        assert!(err.to_string().contains("REVO_JWT_KEYS"), "{err}");
         let file: FileConfig = toml::from_str(&format!(
             "{cluster}\n[auth]\njwt_keys = [{{kid = \"a\", secret = \"s\"}}, {{kid = \"b\", secret = \"t\"}}]\njwt_signing_kid = \"b\""
         ))

@@ -204,7 +204,10 @@ fn jwt_keys(config: &Config) -> anyhow::Result<(Vec<JwtKey>, String)> {
         return Ok((config.auth.jwt_keys.clone(), signer));
     }
     let Mode::Embedded { data_dir } = &config.mode else {
-        anyhow::bail!("cluster mode needs REVO_JWT_KEYS");
+        anyhow::bail!(
+            "cluster mode needs JWT keys shared by every edge: set REVO_JWT_KEYS=kid:secret \
+             (secrets of at least 32 bytes) or [auth] jwt_keys in revo.toml"
+        );
     };
     let path = data_dir.join("jwt.key");
     let secret = match std::fs::read(&path) {

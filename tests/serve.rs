@@ -10,19 +10,8 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use common::*;
 use revo_events::{EventStore, ExpectedVersion};
-
-fn output(cmd: &mut std::process::Command) -> (i32, String, String) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_serve_answers_health_and_stops_cleanly() {
@@ -102,6 +91,7 @@ fn cluster_env<'a>(
         ("REVO_DATABASE_URL", db.url.as_str()),
         ("REVO_NATS_URL", nats_url),
         ("REVO_NATS_PREFIX", nats.subjects.prefix()),
+        ("REVO_JWT_KEYS", TEST_JWT_KEYS),
     ]
 }
 
@@ -156,8 +146,8 @@ async fn with_nats_down_appends_commit_and_the_relay_catches_up() {
                 "-sd",
                 dir.path().to_str().unwrap(),
             ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("nats-server on PATH")
     };

@@ -38,13 +38,24 @@ pub enum DecodeError {
 }
 
 /// Encodes a typed payload as MessagePack with named fields.
+///
+/// Human-readable forms are used where types offer both (UUIDs as strings, not 16 raw bytes), so
+/// that every subscriber, in any language, reads ids as it reads them in JSON.
 pub fn encode_payload<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    rmp_serde::to_vec_named(value).map_err(|e| CodecError::Encode(e.to_string()))
+    let mut buf = Vec::new();
+    let mut ser = rmp_serde::Serializer::new(&mut buf)
+        .with_struct_map()
+        .with_human_readable();
+    value
+        .serialize(&mut ser)
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(buf)
 }
 
 /// Decodes a MessagePack payload into `T`.
 pub fn decode_payload<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    rmp_serde::from_slice(bytes).map_err(|e| e.to_string())
+    let mut de = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+    T::deserialize(&mut de).map_err(|e| e.to_string())
 }
 
 /// Renders any MessagePack payload as JSON, for operators (`revo events tail`).

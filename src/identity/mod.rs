@@ -128,8 +128,11 @@ pub enum Via {
 pub struct Principal {
     pub user_id: Uuid,
     pub username: String,
-    /// Effective roles: the user's current roles, cut down to a key's own set.
+    /// The user's roles, or a key's own set.
     pub roles: Vec<Role>,
+    /// For a key with its own roles: the owner's current roles, which cap what the key may do
+    /// (a demoted owner's keys lose the difference at once).
+    pub ceiling: Option<Vec<Role>>,
     pub via: Via,
     /// Requests per minute (0: unlimited).
     pub rate_limit: u32,
@@ -138,6 +141,7 @@ pub struct Principal {
 impl Principal {
     pub fn can(&self, perm: Permission) -> bool {
         rbac::allows(&self.roles, perm)
+            && self.ceiling.as_ref().is_none_or(|c| rbac::allows(c, perm))
     }
 
     /// The `actor` of the events this caller causes.
@@ -342,6 +346,7 @@ impl Identity {
             user_id: user.user_id,
             username: user.username.clone(),
             roles: user.roles.clone(),
+            ceiling: None,
             via: Via::Token {
                 jti: claims.jti,
                 expires_at: claims.exp,
@@ -367,7 +372,10 @@ impl Identity {
         if user.disabled {
             return Err(AuthError::UserDisabled);
         }
-        let roles = rbac::effective(&user.roles, key.roles.as_deref());
+        let (roles, ceiling) = match &key.roles {
+            Some(own) => (own.clone(), Some(user.roles.clone())),
+            None => (user.roles.clone(), None),
+        };
         let rate_limit = key
             .rate_limit_per_minute
             .unwrap_or_else(|| self.limits.for_roles(&roles));
@@ -375,6 +383,7 @@ impl Identity {
             user_id: user.user_id,
             username: user.username.clone(),
             roles,
+            ceiling,
             via: Via::Key { key_id },
             rate_limit,
         })
@@ -645,9 +654,17 @@ impl Identity {
             None => None,
             Some(r) => {
                 let r = check_roles(&r)?;
-                Some(rbac::narrow(&owner.roles, &r).ok_or_else(|| {
-                    IdentityError::Forbidden("a key cannot have a role its owner lacks".into())
-                })?)
+                // A key made with a key stays within that key's own ceiling too.
+                let cap = owner.ceiling.as_deref().unwrap_or(&owner.roles);
+                Some(
+                    rbac::narrow(cap, &r)
+                        .filter(|r| rbac::narrow(&owner.roles, r).is_some())
+                        .ok_or_else(|| {
+                            IdentityError::Forbidden(
+                                "a key cannot have a role its owner lacks".into(),
+                            )
+                        })?,
+                )
             }
         };
         if req.rate_limit_per_minute == Some(0) {

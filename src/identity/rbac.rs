@@ -61,20 +61,19 @@ pub fn allows(roles: &[Role], perm: Permission) -> bool {
     roles.iter().any(|r| role_allows(*r, perm))
 }
 
-/// The roles a key may carry: those of `requested` the owner holds, or `None` if any is missing.
+/// Whether `role` grants nothing beyond what `owner` holds.
+pub fn within(owner: &[Role], role: Role) -> bool {
+    Permission::ALL
+        .into_iter()
+        .all(|p| !role_allows(role, p) || allows(owner, p))
+}
+
+/// The roles a key may carry: `requested`, if none grants more than the owner holds.
 pub fn narrow(owner: &[Role], requested: &[Role]) -> Option<Vec<Role>> {
     requested
         .iter()
-        .all(|r| owner.contains(r))
+        .all(|r| within(owner, *r))
         .then(|| requested.to_vec())
-}
-
-/// Effective roles of a key: its own set, cut down to what the owner holds now.
-pub fn effective(owner: &[Role], key: Option<&[Role]>) -> Vec<Role> {
-    match key {
-        None => owner.to_vec(),
-        Some(k) => k.iter().copied().filter(|r| owner.contains(r)).collect(),
-    }
 }
 
 #[cfg(test)]
@@ -91,17 +90,14 @@ mod tests {
     #[test]
     fn keys_never_exceed_their_owner() {
         assert_eq!(narrow(&[Role::Developer], &[Role::Admin]), None);
+        assert_eq!(narrow(&[Role::Viewer], &[Role::Developer]), None);
         assert_eq!(
-            narrow(&[Role::Admin, Role::Viewer], &[Role::Viewer]),
+            narrow(&[Role::Developer], &[Role::Viewer]),
             Some(vec![Role::Viewer])
         );
         assert_eq!(
-            effective(&[Role::Viewer], Some(&[Role::Developer, Role::Viewer])),
-            vec![Role::Viewer]
+            narrow(&[Role::Admin], &[Role::Developer, Role::Viewer]),
+            Some(vec![Role::Developer, Role::Viewer])
         );
-        assert!(!allows(
-            &effective(&[Role::Viewer], Some(&[Role::Admin])),
-            Permission::SelfRead
-        ));
     }
 }

@@ -334,6 +334,9 @@ pub fn assert_exactly_once_in_order(envs: &[revo_events::Envelope], expected: us
     }
 }
 
+/// JWT keys shared by the edges of a test cluster.
+pub const TEST_JWT_KEYS: &str = "test:0123456789abcdef0123456789abcdef";
+
 /// A free loopback port (bound then released; good enough for tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -380,7 +383,7 @@ impl Served {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    async fn wait_ready(&mut self) {
+    pub async fn wait_ready(&mut self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -451,4 +454,125 @@ pub async fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// The admin password tests give fresh installations.
+pub const ADMIN_PW: &str = "admin-password-for-tests";
+
+/// A JSON client for one edge.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+/// A response: status, headers and the body as JSON (`Null` when empty or not JSON).
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+impl Api {
+    pub fn new(served: &Served) -> Api {
+        Api {
+            base: format!("http://127.0.0.1:{}", served.port),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.unwrap();
+        let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// `method path` with an optional bearer credential and JSON body.
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Reply {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(b) = bearer {
+            req = req.bearer_auth(b);
+        }
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        self.send(req).await
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/auth/login",
+                None,
+                Some(serde_json::json!({"username": username, "password": password})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "login {username}: {}", r.body);
+        r.body["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates a user (as `admin_token`) and returns its id.
+    pub async fn create_user(
+        &self,
+        admin_token: &str,
+        name: &str,
+        pw: &str,
+        roles: &[&str],
+    ) -> String {
+        let r = self
+            .call(
+                "POST",
+                "/users",
+                Some(admin_token),
+                Some(serde_json::json!({"username": name, "password": pw, "roles": roles})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "create {name}: {}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Issues a key (as `token`) and returns (key id, secret).
+    pub async fn create_key(&self, token: &str, body: serde_json::Value) -> (String, String) {
+        let r = self.call("POST", "/keys", Some(token), Some(body)).await;
+        assert_eq!(r.status, 201, "create key: {}", r.body);
+        (
+            r.body["key"]["id"].as_str().unwrap().to_owned(),
+            r.body["api_key"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+/// Runs a command to completion: (exit code, stdout, stderr).
+pub fn output(cmd: &mut std::process::Command) -> (i32, String, String) {
+    let out = cmd.stdin(std::process::Stdio::null()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
