@@ -51,13 +51,13 @@ ensure_nats() {
 
 ensure_python() {
   local venv="$CACHE/venv"
-  if ! "$venv/bin/python" -c 'import nats, msgpack' 2>/dev/null; then
+  if ! "$venv/bin/python" -c 'import nats, msgpack, schemathesis' 2>/dev/null; then
     say "installing Python test packages into $venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
       apt_install python3-venv
       python3 -m venv "$venv"
     fi
-    "$venv/bin/pip" install -q -r examples/python/requirements.txt
+    "$venv/bin/pip" install -q -r tests/requirements.txt
   fi
   export TEST_PYTHON="$venv/bin/python"
 }

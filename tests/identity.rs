@@ -272,24 +272,28 @@ async fn users_tokens_and_keys_through_their_whole_life() {
     assert_eq!(r.status, 200, "{}", r.body);
     api.login("dev", "new-dev-password").await;
 
-    // The last enabled admin stays.
+    // Admins cannot lock themselves out; they can demote other admins.
     let me_id = me.body["user"]["id"].as_str().unwrap();
-    api.call(
-        "PATCH",
-        &format!("/users/{other_id}"),
-        Some(&admin),
-        Some(json!({"disabled": true})),
-    )
-    .await;
-    let last = api
+    for patch in [json!({"disabled": true}), json!({"roles": ["viewer"]})] {
+        let r = api
+            .call(
+                "PATCH",
+                &format!("/users/{me_id}"),
+                Some(&admin),
+                Some(patch),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (409, "self_lockout"));
+    }
+    let r = api
         .call(
             "PATCH",
-            &format!("/users/{me_id}"),
+            &format!("/users/{other_id}"),
             Some(&admin),
             Some(json!({"roles": ["viewer"]})),
         )
         .await;
-    assert_eq!((last.status, last.code()), (409, "last_admin"));
+    assert_eq!(r.status, 200, "{}", r.body);
 
     // Every change is an event carrying the request id; no secret is in any event.
     let rid = Uuid::now_v7();

@@ -65,7 +65,8 @@ async fn embedded_serve_answers_health_and_stops_cleanly() {
                 .to_owned()
         })
         .collect();
-    assert_eq!(types, vec!["node.started", "node.stopped"]);
+    // The first start also creates the `admin` user.
+    assert_eq!(types, vec!["node.started", "user.created", "node.stopped"]);
     let (code, out, err) = output(&mut revo_cmd(
         &["replay", "verify", "nodes"],
         &[("REVO_DATA_DIR", &data)],
@@ -76,23 +77,13 @@ async fn embedded_serve_answers_health_and_stops_cleanly() {
         &[("REVO_DATA_DIR", &data)],
     ));
     assert_eq!(code, 0);
-    // The projection folded the stop before the node exited: checkpoint 2 (start and stop).
-    let nodes = out.lines().find(|l| l.starts_with("nodes")).unwrap();
-    let position: i64 = nodes.split_whitespace().nth(2).unwrap().parse().unwrap();
-    assert_eq!(position, 2, "{out}");
-}
-
-fn cluster_env<'a>(
-    db: &'a TestDb,
-    nats: &'a TestNats,
-    nats_url: &'a str,
-) -> Vec<(&'a str, &'a str)> {
-    vec![
-        ("REVO_DATABASE_URL", db.url.as_str()),
-        ("REVO_NATS_URL", nats_url),
-        ("REVO_NATS_PREFIX", nats.subjects.prefix()),
-        ("REVO_JWT_KEYS", TEST_JWT_KEYS),
-    ]
+    // The projections folded the stop before the node exited: checkpoint 3 (start, the first
+    // admin, stop).
+    for name in ["nodes", "users"] {
+        let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+        let position: i64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+        assert_eq!(position, 3, "{out}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -123,9 +114,10 @@ async fn cluster_serve_survives_kill_9_between_commit_and_publish() {
     served.signal("-KILL");
     drop(served);
     let restarted = Served::start(&cluster_env(&db, &nats, &url)).await;
-    // Both runs' node.started, every bulk event, exactly once, in per-stream order.
-    let envs = stream_envelopes(&nats, total + 2).await;
-    assert_exactly_once_in_order(&envs, total + 2);
+    // Both runs' node.started, the first admin, every bulk event, exactly once, in per-stream
+    // order.
+    let envs = stream_envelopes(&nats, total + 3).await;
+    assert_exactly_once_in_order(&envs, total + 3);
     assert!(restarted.stop().await.success());
     store.close().await;
 }
@@ -188,12 +180,12 @@ async fn with_nats_down_appends_commit_and_the_relay_catches_up() {
     let count = eventually(30, || async {
         let mut s = js.get_stream(nats.stream()).await.ok()?;
         let n = s.info().await.ok()?.state.messages;
-        (n >= 51).then_some(n)
+        (n >= 52).then_some(n)
     })
     .await;
     assert_eq!(
-        count, 51,
-        "node.started + 50 offline appends, no duplicates"
+        count, 52,
+        "node.started + the first admin + 50 offline appends, no duplicates"
     );
     assert!(served.stop().await.success());
     store.close().await;
@@ -444,7 +436,7 @@ async fn python_subscriber_decodes_events_from_a_cluster_node() {
         "--prefix",
         nats.subjects.prefix(),
         "--count",
-        "1",
+        "2",
         "--timeout",
         "30",
     ]));
@@ -454,5 +446,10 @@ async fn python_subscriber_decodes_events_from_a_cluster_node() {
     assert_eq!(line["stream_type"], "node");
     assert_eq!(line["payload"]["mode"], "cluster");
     assert_eq!(line["payload"]["node_id"], line["stream_id"]);
+    // The first admin: ids reach Python as strings.
+    let line: serde_json::Value = serde_json::from_str(out.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(line["event_type"], "user.created");
+    assert_eq!(line["stream_id"], "admin");
+    assert!(uuid::Uuid::try_parse(line["payload"]["user_id"].as_str().unwrap()).is_ok());
     assert!(served.stop().await.success());
 }

@@ -91,8 +91,8 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found("no such user"))
 }
 
-/// Changes roles, the disabled flag or the password. The last enabled admin cannot be demoted
-/// or disabled.
+/// Changes roles, the disabled flag or the password. Admins cannot disable or demote themselves,
+/// and the last enabled admin stays.
 #[utoipa::path(
     tag = "users",
     security(("bearer" = ["users:write"])),
@@ -101,7 +101,7 @@ pub async fn get(
     responses(
         (status = 200, description = "The updated user", body = UserView),
         (status = 404, description = "No such user", body = ErrorBody),
-        (status = 409, description = "It would leave no enabled admin", body = ErrorBody),
+        (status = 409, description = "Self-lockout, or it would leave no enabled admin", body = ErrorBody),
         BodyErrors,
         CallerErrors,
     )
@@ -127,8 +127,9 @@ pub async fn update(
     let meta = caller.meta(&req);
     let identity = state.identity.clone();
     let id = id.into_inner();
+    let by = caller.0.user_id;
     let user = state
-        .on_node(async move { identity.update_user(id, patch, meta).await })
+        .on_node(async move { identity.update_user(by, id, patch, meta).await })
         .await??;
     Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }

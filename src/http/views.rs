@@ -86,32 +86,43 @@ pub struct Me {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// Lowercase; cannot change later.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub username: String,
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
-    #[schema(value_type = Vec<RoleName>)]
+    #[schema(value_type = Vec<RoleName>, min_items = 1)]
     pub roles: Vec<Role>,
 }
 
+/// At least one field (an empty patch is `422 empty_patch`).
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchUser {
-    #[schema(value_type = Option<Vec<RoleName>>)]
+    #[schema(value_type = Option<Vec<RoleName>>, min_items = 1)]
     pub roles: Option<Vec<Role>>,
     pub disabled: Option<bool>,
+    #[schema(min_length = 8, max_length = 256)]
     pub password: Option<String>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1F\\x7F-\\x9F]*[^\\s\\x00-\\x1F\\x7F-\\x9F][^\\x00-\\x1F\\x7F-\\x9F]*$"
+    )]
     pub name: String,
     /// A subset of the owner's roles; omitted: the owner's roles, as they change.
-    #[schema(value_type = Option<Vec<RoleName>>)]
+    #[schema(value_type = Option<Vec<RoleName>>, min_items = 1)]
     pub roles: Option<Vec<Role>>,
     /// Omitted: the limit of the key's roles.
     #[schema(minimum = 1)]
     pub rate_limit_per_minute: Option<u32>,
-    #[schema(minimum = 1)]
+    /// At most ten years.
+    #[schema(minimum = 1, maximum = 315360000)]
     pub expires_in_secs: Option<u64>,
 }
 

@@ -574,8 +574,10 @@ impl Identity {
             .count()
     }
 
+    /// Applies `patch` to `user_id` on behalf of `by` (the caller's user id).
     pub async fn update_user(
         &self,
+        by: Uuid,
         user_id: Uuid,
         patch: UserPatch,
         meta: EventMeta,
@@ -614,6 +616,12 @@ impl Identity {
             _ => false,
         });
         let is_admin = user.roles.contains(&Role::Admin) && !user.disabled;
+        if loses_admin && is_admin && by == user_id {
+            return Err(IdentityError::Conflict {
+                code: "self_lockout",
+                message: "admins cannot disable or demote themselves; ask another admin".into(),
+            });
+        }
         if loses_admin && is_admin && self.enabled_admins_other_than(user_id) == 0 {
             return Err(IdentityError::Conflict {
                 code: "last_admin",

@@ -576,3 +576,17 @@ pub fn output(cmd: &mut std::process::Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The environment of a cluster-mode `revo serve` on this test's database and subjects.
+pub fn cluster_env<'a>(
+    db: &'a TestDb,
+    nats: &'a TestNats,
+    nats_url: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("REVO_DATABASE_URL", db.url.as_str()),
+        ("REVO_NATS_URL", nats_url),
+        ("REVO_NATS_PREFIX", nats.subjects.prefix()),
+        ("REVO_JWT_KEYS", TEST_JWT_KEYS),
+    ]
+}

@@ -1,0 +1,78 @@
+//! schemathesis (property-based, from PyPI) against `/openapi.json`: no `5xx`, and every
+//! response matches the documented status codes, content types and schemas.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code: failing loudly is the point
+
+mod common;
+
+use common::*;
+
+fn schemathesis() -> String {
+    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let bin = std::path::Path::new(&python).with_file_name("schemathesis");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test.sh, which installs it",
+        bin.display()
+    );
+    bin.to_string_lossy().into_owned()
+}
+
+fn run(bin: &str, api: &Api, token: &str, filter: &[&str]) {
+    let spec = format!("{}/openapi.json", api.base);
+    let auth = format!("Authorization: Bearer {token}");
+    let report = TempDir::new();
+    let mut args = vec![
+        "run",
+        &spec,
+        "--header",
+        &auth,
+        "--checks",
+        "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+        "--max-examples",
+        "25",
+        "--seed",
+        "20261129",
+        "--generation-database",
+        "none",
+        "--no-color",
+        "--workers",
+        "2",
+    ];
+    args.extend_from_slice(filter);
+    let (code, out, err) = output(
+        std::process::Command::new(bin)
+            .args(&args)
+            .current_dir(report.path()),
+    );
+    assert_eq!(code, 0, "schemathesis found problems:\n{out}\n{err}");
+    // A run where authentication failed would test only 401s: make sure it did not.
+    assert!(!out.contains("Authentication failed"), "{out}");
+    assert!(out.contains("No issues found"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_honours_its_openapi_document() {
+    let bin = schemathesis();
+    let dir = TempDir::new();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let served = Served::start(&[
+        ("REVO_DATA_DIR", &data),
+        ("REVO_ADMIN_PASSWORD", ADMIN_PW),
+        ("REVO_RATE_LIMIT_ADMIN", "0"),
+    ])
+    .await;
+    let api = Api::new(&served);
+    // Logout on its own token first; then everything else (which may change the admin's
+    // password, but cannot lock the admin out: admins cannot disable or demote themselves).
+    let for_logout = api.login("admin", ADMIN_PW).await;
+    let admin = api.login("admin", ADMIN_PW).await;
+    run(&bin, &api, &for_logout, &["--include-path", "/auth/logout"]);
+    run(&bin, &api, &admin, &["--exclude-path", "/auth/logout"]);
+    assert!(served.stop().await.success());
+}
