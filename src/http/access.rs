@@ -39,12 +39,15 @@ pub enum Access {
 #[derive(Debug, Default)]
 pub struct AccessTable {
     rules: HashMap<(String, String), Access>,
+    /// The methods each route template serves (for `405` and `Allow`).
+    methods: HashMap<String, Vec<String>>,
 }
 
 impl AccessTable {
     /// Reads every operation's security requirement from the generated OpenAPI document.
     pub fn from_openapi(doc: &serde_json::Value) -> anyhow::Result<Self> {
         let mut rules = HashMap::new();
+        let mut methods = HashMap::new();
         let paths = doc
             .get("paths")
             .and_then(|p| p.as_object())
@@ -71,16 +74,26 @@ impl AccessTable {
                     })?),
                     _ => anyhow::bail!("{method} {path}: name exactly one permission"),
                 };
-                rules.insert((method.to_ascii_uppercase(), path.clone()), access);
+                let method = method.to_ascii_uppercase();
+                methods
+                    .entry(path.clone())
+                    .or_insert_with(Vec::new)
+                    .push(method.clone());
+                rules.insert((method, path.clone()), access);
             }
         }
-        Ok(AccessTable { rules })
+        Ok(AccessTable { rules, methods })
     }
 
     pub fn get(&self, method: &str, route: &str) -> Option<Access> {
         self.rules
             .get(&(method.to_owned(), route.to_owned()))
             .copied()
+    }
+
+    /// The methods `route` serves, if it is a documented route at all.
+    pub fn methods(&self, route: &str) -> Option<&[String]> {
+        self.methods.get(route).map(Vec::as_slice)
     }
 }
 
@@ -165,6 +178,27 @@ pub async fn admit(
     let mut limit = None;
     let mut who = None;
     let refused = match access {
+        // A documented route asked with a method it does not serve.
+        None if route
+            .as_deref()
+            .and_then(|r| state.access.methods(r))
+            .is_some() =>
+        {
+            let allowed = route
+                .as_deref()
+                .and_then(|r| state.access.methods(r))
+                .map(|m| m.join(", "))
+                .unwrap_or_default();
+            Some(
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{method} is not served here; try {allowed}"),
+                )
+                .with_allow(allowed),
+            )
+        }
+        // A route missing from the spec: fail closed.
         None => Some(ApiError::forbidden(
             "no_access_rule",
             "this route declares no access rule",

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub message: String,
     /// `Retry-After` seconds (429, 503).
     pub retry_after: Option<u64>,
+    /// `Allow` (405).
+    pub allow: Option<String>,
 }
 
 /// The body of every error response.
@@ -40,6 +42,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -65,6 +68,11 @@ impl ApiError {
 
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
+        self
+    }
+
+    pub fn with_allow(mut self, methods: String) -> Self {
+        self.allow = Some(methods);
         self
     }
 }
@@ -134,6 +142,9 @@ impl ResponseError for ApiError {
         let mut res = HttpResponse::build(self.status);
         if let Some(secs) = self.retry_after {
             res.insert_header((header::RETRY_AFTER, secs.to_string()));
+        }
+        if let Some(allow) = &self.allow {
+            res.insert_header((header::ALLOW, allow.clone()));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
