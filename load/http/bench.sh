@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The edge under load: GET /health/live, and GET /users/me authenticated with a JWT and with an
-# API key, at 64 concurrent connections (wrk), against a release build in embedded mode. Rate
-# limiting stays on (budgets far above the offered load), so the authenticated figures include
-# authentication, RBAC and rate limiting. Each endpoint runs ROUNDS times, interleaved; the
-# summary gives medians. Usage: load/http/bench.sh [SECONDS] [ROUNDS]
+# API key, at 64 concurrent connections (throughput; wrk -t2) and at 1 connection (latency
+# without queueing; wrk -t1), against a release build in embedded mode. Rate limiting stays on
+# (budgets far above the offered load), so the authenticated figures include authentication,
+# RBAC and rate limiting. Each case runs ROUNDS times, interleaved; the summary gives medians.
+# wrk and the server share this machine's cores. Usage: load/http/bench.sh [SECONDS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 SECS="${1:-10}"
 ROUNDS="${2:-3}"
-CONNS=64
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/revo/target}"
 if ! command -v wrk >/dev/null; then
   echo "installing wrk from Debian's packages" >&2
@@ -35,41 +35,49 @@ TOKEN=$(curl -sf "$BASE/auth/login" -H 'content-type: application/json' \
 KEY=$(curl -sf "$BASE/keys" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
   -d '{"name":"bench"}' | json "['api_key']")
 
-# wrk's summary as: requests/s p50 p99 (latencies in microseconds).
+# wrk's summary as: requests/s p50 p99 (latencies in microseconds). $1: connections.
 measure() {
-  local out
-  out=$(wrk -t2 -c"$CONNS" -d"${SECS}s" --latency "$@")
+  local out conns=$1 threads=2
+  shift
+  [ "$conns" -lt 2 ] && threads=1
+  out=$(wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency "$@")
   if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx responses:" >&2; echo "$out" >&2; exit 1; fi
-  python3 - "$out" <<'PY'
+  python3 - "$out" <<'PY' || { echo "$out" >&2; exit 1; }
 import re, sys
 out = sys.argv[1]
 def us(v):
-    n, unit = float(re.match(r"[\d.]+", v).group()), re.sub(r"[\d.]+", "", v)
-    return n * {"us": 1, "ms": 1e3, "s": 1e6}[unit]
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    if not m:
+        sys.exit(f"cannot read latency {v!r}")
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-p50 = us(re.search(r"50%\s+(\S+)", out).group(1))
-p99 = us(re.search(r"99%\s+(\S+)", out).group(1))
+p50 = us(re.search(r"^\s*50%[ \t]+(\S+)", out, re.M).group(1))
+p99 = us(re.search(r"^\s*99%[ \t]+(\S+)", out, re.M).group(1))
 print(f"{rps:.0f} {p50:.0f} {p99:.0f}")
 PY
 }
 
 declare -A RESULTS
 for round in $(seq "$ROUNDS"); do
-  RESULTS[live]+="$(measure "$BASE/health/live")"$'\n'
-  RESULTS[jwt]+="$(measure -H "Authorization: Bearer $TOKEN" "$BASE/users/me")"$'\n'
-  RESULTS[key]+="$(measure -H "Authorization: Bearer $KEY" "$BASE/users/me")"$'\n'
+  for conns in 64 1; do
+    RESULTS[live$conns]+="$(measure "$conns" "$BASE/health/live")"$'\n'
+    RESULTS[jwt$conns]+="$(measure "$conns" -H "Authorization: Bearer $TOKEN" "$BASE/users/me")"$'\n'
+    RESULTS[key$conns]+="$(measure "$conns" -H "Authorization: Bearer $KEY" "$BASE/users/me")"$'\n'
+  done
   echo "round $round done" >&2
 done
 
-echo "GET at $CONNS connections, ${SECS}s x $ROUNDS rounds (wrk -t2), $(nproc) cores"
-printf '%-28s %10s %10s %10s   %s\n' endpoint "req/s" "p50 us" "p99 us" "(each round: req/s p50 p99)"
-for name in live jwt key; do
-  case $name in
-    live) label="/health/live";;
-    jwt) label="/users/me (JWT)";;
-    key) label="/users/me (API key)";;
-  esac
-  python3 - "$label" "${RESULTS[$name]}" <<'PY'
+for conns in 64 1; do
+  echo
+  echo "GET at $conns connection(s), ${SECS}s x $ROUNDS rounds, $(nproc) cores shared with wrk"
+  printf '%-28s %10s %10s %10s   %s\n' endpoint "req/s" "p50 us" "p99 us" "(each round: req/s p50 p99)"
+  for name in live jwt key; do
+    case $name in
+      live) label="/health/live";;
+      jwt) label="/users/me (JWT)";;
+      key) label="/users/me (API key)";;
+    esac
+    python3 - "$label" "${RESULTS[$name$conns]}" <<'PY'
 import statistics, sys
 label, text = sys.argv[1], sys.argv[2]
 rows = [list(map(float, l.split())) for l in text.strip().splitlines()]
@@ -77,4 +85,5 @@ med = [statistics.median(c) for c in zip(*rows)]
 rounds = "; ".join(" ".join(f"{v:.0f}" for v in r) for r in rows)
 print(f"{label:<28} {med[0]:>10.0f} {med[1]:>10.0f} {med[2]:>10.0f}   ({rounds})")
 PY
+  done
 done

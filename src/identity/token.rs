@@ -6,6 +6,7 @@
 //! an asymmetric algorithm (key confusion) or an unknown `kid` each get their own error.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use base64::Engine;
@@ -51,7 +52,15 @@ pub struct TokenKeys {
     verifying: HashMap<String, DecodingKey>,
     validation: Validation,
     pub ttl: Duration,
+    /// Tokens whose signature already verified, by their exact text: a hit skips the header,
+    /// base64, HMAC and JSON work; time claims are still checked on every use.
+    verified: Mutex<HashMap<String, Claims>>,
 }
+
+/// Most verified tokens remembered; past it the cache starts over (a miss only costs a verify).
+const VERIFIED_CACHE: usize = 10_000;
+/// Leeway for `exp` and `nbf`, seconds (clock skew between edges).
+const LEEWAY: i64 = 5;
 
 #[derive(Deserialize)]
 struct RawHeader {
@@ -71,7 +80,7 @@ impl TokenKeys {
             }
         }
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY as u64;
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "nbf", "sub"]);
         Ok(TokenKeys {
@@ -83,6 +92,7 @@ impl TokenKeys {
                 .collect(),
             validation,
             ttl,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -106,6 +116,32 @@ impl TokenKeys {
     /// Checks the header, signature and time claims. Revocation and the user are checked by the
     /// caller against the directory.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let cached = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned();
+        if let Some(claims) = cached {
+            let now = Utc::now().timestamp();
+            if claims.exp <= now - LEEWAY {
+                return Err(AuthError::TokenExpired);
+            }
+            if claims.nbf > now + LEEWAY {
+                return Err(AuthError::TokenNotYetValid);
+            }
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token)?;
+        let mut cache = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= VERIFIED_CACHE {
+            cache.clear();
+        }
+        cache.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<Claims, AuthError> {
         let header = token.split('.').next().unwrap_or_default();
         let header: RawHeader = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(header)
@@ -220,6 +256,20 @@ mod tests {
             assert_eq!(err.code(), code, "{token}");
         }
         assert!(k.verify(&forge(hs, &claims(60, 0), &[2; 32])).is_ok());
+    }
+
+    #[test]
+    fn a_cached_token_still_expires() {
+        let k = keys("new");
+        let hs = r#"{"alg":"HS256","kid":"new","typ":"JWT"}"#;
+        // Valid for 6 s (5 s leeway + 1): verified and cached now, expired in 7 s.
+        let token = forge(hs, &claims(1, 0), &[2; 32]);
+        assert!(k.verify(&token).is_ok());
+        assert!(k.verify(&token).is_ok(), "cache hit");
+        let mut cache = k.verified.lock().unwrap();
+        cache.get_mut(&token).unwrap().exp -= 10;
+        drop(cache);
+        assert_eq!(k.verify(&token).unwrap_err().code(), "token_expired");
     }
 
     #[test]
