@@ -9,7 +9,6 @@ mod append;
 mod read_model;
 mod wake;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use revo_events::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,9 +65,10 @@ pub struct PgStore {
     max_payload: usize,
     tasks: TaskTracker,
     stop: CancellationToken,
-    /// Set when a read found committed events held back by an older open transaction: no
-    /// NOTIFY announces that transaction's end, so readers are woken on a short timer instead.
-    held_back: Arc<AtomicBool>,
+    /// Signalled when a read found committed events it could not return yet (held back by an
+    /// older open transaction): no NOTIFY announces that transaction's end, so readers are
+    /// woken on a short timer instead.
+    held_back: Arc<Notify>,
 }
 
 fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
@@ -155,7 +155,7 @@ impl PgStore {
             max_payload: config.max_payload,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-            held_back: Arc::new(AtomicBool::new(false)),
+            held_back: Arc::new(Notify::new()),
         });
         store.schema_status().await?;
         // Tells this process's own notifications apart from other processes'.
@@ -260,14 +260,24 @@ impl EventStore for PgStore {
         }
         .map_err(unavailable)?;
         if rows.is_empty() {
-            let held: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM events WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))",
-            )
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)?;
-            if held {
-                self.held_back.store(true, Ordering::Relaxed);
+            // Anything committed after the cursor that the read did not return was held back
+            // (or committed between the two statements, which have different snapshots):
+            // either way, readers must look again soon. Checking the horizon again here
+            // instead would miss a transaction that ended in between, and the reader would
+            // sleep until its poll.
+            let sql = if after == 0 {
+                "SELECT EXISTS (SELECT 1 FROM events WHERE $1 = 0)"
+            } else {
+                "SELECT EXISTS (SELECT 1 FROM events WHERE (txid, position) > \
+                   (SELECT txid, position FROM events WHERE position = $1))"
+            };
+            let pending: bool = sqlx::query_scalar(sql)
+                .bind(after)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            if pending {
+                self.held_back.notify_one();
             }
         }
         if rows.is_empty() && after != 0 {

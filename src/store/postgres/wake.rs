@@ -5,7 +5,6 @@
 //! readers. While committed events wait for an older open transaction (which no notification
 //! announces), readers are woken on a short timer.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use async_trait::async_trait;
 use revo_events::store::Lease;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{watch, Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// NOTIFY channel that wakes readers in other processes after a commit.
@@ -61,7 +60,7 @@ pub(super) async fn announce(
 pub(super) async fn listen(
     pool: PgPool,
     signal: Arc<watch::Sender<u64>>,
-    held_back: Arc<AtomicBool>,
+    held_back: Arc<Notify>,
     me: String,
     stop: CancellationToken,
 ) {
@@ -87,8 +86,10 @@ pub(super) async fn listen(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(HELD_BACK_RETRY), if held_back.load(Ordering::Relaxed) => {
-                    held_back.store(false, Ordering::Relaxed);
+                // A Notify, not a flag: a reader that finds events held back while this loop
+                // already waits must still wake it (a flag was only read when the wait began).
+                _ = held_back.notified() => {
+                    tokio::time::sleep(HELD_BACK_RETRY).await;
                     bump(&signal);
                 }
                 n = listener.try_recv() => match n {
