@@ -71,7 +71,7 @@ async fn users_tokens_and_keys_through_their_whole_life() {
     assert_eq!(r.body["expires_in"], 3600);
 
     // Users.
-    let me = api.call("GET", "/users/me", Some(&admin), None).await;
+    let me = api.me(&admin).await;
     assert_eq!(me.status, 200);
     assert_eq!(me.body["user"]["username"], "admin");
     assert_eq!(me.body["auth"], "token");
@@ -138,14 +138,14 @@ async fn users_tokens_and_keys_through_their_whole_life() {
     assert_eq!(too_wide.status, 403);
     let (key_id, key) = api.create_key(&dev, json!({"name": "ci"})).await;
     assert!(key.starts_with("revo_sk_"));
-    let via_key = api.call("GET", "/users/me", Some(&key), None).await;
+    let via_key = api.me(&key).await;
     assert_eq!(via_key.body["auth"], "key");
     assert_eq!(via_key.body["key_id"], key_id.as_str());
     assert_eq!(via_key.body["roles"], json!(["developer"]));
     let (_, viewer_key) = api
         .create_key(&dev, json!({"name": "read-only", "roles": ["viewer"]}))
         .await;
-    let narrowed = api.call("GET", "/users/me", Some(&viewer_key), None).await;
+    let narrowed = api.me(&viewer_key).await;
     assert_eq!(narrowed.body["roles"], json!(["viewer"]));
     let cannot = api
         .call(
@@ -187,25 +187,15 @@ async fn users_tokens_and_keys_through_their_whole_life() {
             .status,
         204
     );
-    let revoked = api.call("GET", "/users/me", Some(&key), None).await;
+    let revoked = api.me(&key).await;
     assert_eq!((revoked.status, revoked.code()), (401, "key_revoked"));
     let forged = format!("revo_sk_{}_{}", Uuid::now_v7().simple(), "A".repeat(43));
-    assert_eq!(
-        api.call("GET", "/users/me", Some(&forged), None)
-            .await
-            .code(),
-        "key_unknown"
-    );
+    assert_eq!(api.me(&forged).await.code(), "key_unknown");
     let (_, short_lived) = api
         .create_key(&dev, json!({"name": "soon", "expires_in_secs": 1}))
         .await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        api.call("GET", "/users/me", Some(&short_lived), None)
-            .await
-            .code(),
-        "key_expired"
-    );
+    assert_eq!(api.me(&short_lived).await.code(), "key_expired");
 
     // Logout revokes the token, not the key.
     let keyout = api
@@ -218,7 +208,7 @@ async fn users_tokens_and_keys_through_their_whole_life() {
             .status,
         204
     );
-    let after = api.call("GET", "/users/me", Some(&dev), None).await;
+    let after = api.me(&dev).await;
     assert_eq!((after.status, after.code()), (401, "token_revoked"));
 
     // Role changes apply to live tokens at once; disabling locks out tokens and keys.
@@ -246,7 +236,7 @@ async fn users_tokens_and_keys_through_their_whole_life() {
     )
     .await;
     for cred in [&dev2, &viewer_key] {
-        let r = api.call("GET", "/users/me", Some(cred), None).await;
+        let r = api.me(cred).await;
         assert_eq!((r.status, r.code()), (401, "user_disabled"));
     }
     let login_disabled = api
@@ -382,17 +372,14 @@ fn forge(secret: &[u8], header: serde_json::Value, claims: serde_json::Value) ->
 async fn every_bad_token_is_a_401_with_its_own_code() {
     let (dir, _served, api) = embedded(&[]).await;
     let admin = api.login("admin", ADMIN_PW).await;
-    let sub = api.call("GET", "/users/me", Some(&admin), None).await.body["user"]["id"].clone();
+    let sub = api.me(&admin).await.body["user"]["id"].clone();
     // Embedded mode keeps its signing key in the data directory.
     let secret = std::fs::read(dir.path().join("jwt.key")).unwrap();
     let now = chrono::Utc::now().timestamp();
     let claims = |exp: i64, nbf: i64, sub: serde_json::Value| json!({"sub": sub, "roles": ["admin"], "exp": now + exp, "iat": now, "nbf": now + nbf, "jti": Uuid::now_v7()});
     let hs = json!({"alg": "HS256", "typ": "JWT", "kid": "local"});
     let good = forge(&secret, hs.clone(), claims(60, 0, sub.clone()));
-    assert_eq!(
-        api.call("GET", "/users/me", Some(&good), None).await.status,
-        200
-    );
+    assert_eq!(api.me(&good).await.status, 200);
     let cases = [
         (
             forge(
@@ -445,7 +432,7 @@ async fn every_bad_token_is_a_401_with_its_own_code() {
         ("a.b.c".to_owned(), "token_malformed"),
     ];
     for (token, code) in cases {
-        let r = api.call("GET", "/users/me", Some(&token), None).await;
+        let r = api.me(&token).await;
         assert_eq!((r.status, r.code()), (401, code), "{token}");
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     }
@@ -460,15 +447,7 @@ async fn every_bad_token_is_a_401_with_its_own_code() {
         .await;
     assert_eq!(basic.code(), "missing_credentials");
 
-    let text = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.text("/metrics").await;
     for line in [
         r#"revo_auth_failures_total{reason="token_expired"} 1"#,
         r#"revo_auth_failures_total{reason="token_algorithm"} 2"#,
@@ -577,7 +556,7 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         )
         .await;
     assert_eq!(empty.status, 404);
-    let me = api.call("GET", "/users/me", Some(&admin), None).await;
+    let me = api.me(&admin).await;
     let id = me.body["user"]["id"].as_str().unwrap();
     let empty = api
         .call(
@@ -658,7 +637,7 @@ async fn rate_limits_per_user_and_per_key() {
     let vic = api.login("vic", "viewer-password").await;
     let mut remaining = Vec::new();
     for _ in 0..5 {
-        let r = api.call("GET", "/users/me", Some(&vic), None).await;
+        let r = api.me(&vic).await;
         assert_eq!(r.status, 200);
         assert_eq!(r.header("x-ratelimit-limit"), Some("5"));
         remaining.push(
@@ -669,31 +648,18 @@ async fn rate_limits_per_user_and_per_key() {
         );
     }
     assert_eq!(remaining, [4, 3, 2, 1, 0]);
-    let over = api.call("GET", "/users/me", Some(&vic), None).await;
+    let over = api.me(&vic).await;
     assert_eq!((over.status, over.code()), (429, "rate_limited"));
     assert!(over.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
     assert_eq!(over.header("x-ratelimit-remaining"), Some("0"));
     // The admin has its own bucket; a key has its own bucket and may have its own limit.
-    assert_eq!(
-        api.call("GET", "/users/me", Some(&admin), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(api.me(&admin).await.status, 200);
     let (_, key) = api
         .create_key(&admin, json!({"name": "slow", "rate_limit_per_minute": 2}))
         .await;
     let statuses: Vec<u16> = statuses(&api, &key, 3).await;
     assert_eq!(statuses, [200, 200, 429]);
-    let text = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = api.text("/metrics").await;
     assert!(
         text.contains(r#"revo_rate_limit_rejections_total{kind="user"} 1"#),
         "{text}"
@@ -704,7 +670,7 @@ async fn rate_limits_per_user_and_per_key() {
 async fn statuses(api: &Api, cred: &str, n: usize) -> Vec<u16> {
     let mut out = Vec::new();
     for _ in 0..n {
-        out.push(api.call("GET", "/users/me", Some(cred), None).await.status);
+        out.push(api.me(cred).await.status);
     }
     out
 }
@@ -786,7 +752,7 @@ async fn first_start_prints_the_admin_password_once_and_the_cli_adds_users() {
     let api = Api::new(&served);
     api.login("admin", &password).await;
     let cli = api.login("cli", &cli_pw).await;
-    let me = api.call("GET", "/users/me", Some(&cli), None).await;
+    let me = api.me(&cli).await;
     assert_eq!(me.body["roles"], json!(["developer", "viewer"]));
     served.stop().await;
     let mut rest = String::new();
@@ -800,15 +766,7 @@ async fn docs_and_openapi_list_every_endpoint() {
     let spec = api.call("GET", "/openapi.json", None, None).await;
     assert_eq!(spec.status, 200);
     assert!(spec.body["openapi"].as_str().unwrap().starts_with("3.1"));
-    let html = api
-        .http
-        .get(format!("{}/docs", api.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = api.text("/docs").await;
     let mut n = 0;
     for (path, item) in spec.body["paths"].as_object().unwrap() {
         for method in item.as_object().unwrap().keys() {

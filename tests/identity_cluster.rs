@@ -21,7 +21,7 @@ const PROPAGATION: u64 = 10;
 
 async fn status_becomes(api: &Api, cred: &str, want: u16) {
     eventually(PROPAGATION, || async {
-        (api.call("GET", "/users/me", Some(cred), None).await.status == want).then_some(())
+        (api.me(cred).await.status == want).then_some(())
     })
     .await;
 }
@@ -39,13 +39,7 @@ async fn tokens_revocations_users_and_keys_hold_on_every_edge_and_across_restart
 
     // One admin, whichever edge came first; a token from A works on B.
     let admin = api_a.login("admin", ADMIN_PW).await;
-    assert_eq!(
-        api_b
-            .call("GET", "/users/me", Some(&admin), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(api_b.me(&admin).await.status, 200);
     let users = api_b.call("GET", "/users", Some(&admin), None).await;
     assert_eq!(
         users.body["users"].as_array().unwrap().len(),
@@ -82,13 +76,7 @@ async fn tokens_revocations_users_and_keys_hold_on_every_edge_and_across_restart
 
     // Logout on A revokes on B.
     let carol = api_b.login("carol", "carol-password").await;
-    assert_eq!(
-        api_a
-            .call("GET", "/users/me", Some(&carol), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(api_a.me(&carol).await.status, 200);
     assert_eq!(
         api_a
             .call("POST", "/auth/logout", Some(&carol), None)
@@ -97,13 +85,7 @@ async fn tokens_revocations_users_and_keys_hold_on_every_edge_and_across_restart
         204
     );
     status_becomes(&api_b, &carol, 401).await;
-    assert_eq!(
-        api_b
-            .call("GET", "/users/me", Some(&carol), None)
-            .await
-            .code(),
-        "token_revoked"
-    );
+    assert_eq!(api_b.me(&carol).await.code(), "token_revoked");
 
     // A key issued on B, revoked on A.
     let carol2 = api_a.login("carol", "carol-password").await;
@@ -117,46 +99,16 @@ async fn tokens_revocations_users_and_keys_hold_on_every_edge_and_across_restart
         204
     );
     status_becomes(&api_b, &key, 401).await;
-    assert_eq!(
-        api_b
-            .call("GET", "/users/me", Some(&key), None)
-            .await
-            .code(),
-        "key_revoked"
-    );
+    assert_eq!(api_b.me(&key).await.code(), "key_revoked");
 
     // Restarts keep all of it (the directory is rebuilt from stored events).
     assert!(b.stop().await.success());
     let b = Served::start(&env).await;
     let api_b = Api::new(&b);
-    assert_eq!(
-        api_b
-            .call("GET", "/users/me", Some(&carol), None)
-            .await
-            .code(),
-        "token_revoked"
-    );
-    assert_eq!(
-        api_b
-            .call("GET", "/users/me", Some(&key), None)
-            .await
-            .code(),
-        "key_revoked"
-    );
-    assert_eq!(
-        api_b
-            .call("GET", "/users/me", Some(&carol2), None)
-            .await
-            .status,
-        200
-    );
-    assert_eq!(
-        api_b
-            .call("GET", "/users/me", Some(&admin), None)
-            .await
-            .status,
-        200
-    );
+    assert_eq!(api_b.me(&carol).await.code(), "token_revoked");
+    assert_eq!(api_b.me(&key).await.code(), "key_revoked");
+    assert_eq!(api_b.me(&carol2).await.status, 200);
+    assert_eq!(api_b.me(&admin).await.status, 200);
 
     assert!(a.stop().await.success());
     assert!(b.stop().await.success());
@@ -193,7 +145,7 @@ async fn one_rate_limit_holds_across_two_edges() {
     let mut refused = [0u32; 2];
     for i in 0..60 {
         let (api, side) = if i % 2 == 0 { (&api_a, 0) } else { (&api_b, 1) };
-        let r = api.call("GET", "/users/me", Some(&dan), None).await;
+        let r = api.me(&dan).await;
         match r.status {
             200 => admitted[side] += 1,
             429 => {

@@ -523,6 +523,22 @@ impl Api {
         self.send(req).await
     }
 
+    /// `GET /users/me` with `cred`.
+    pub async fn me(&self, cred: &str) -> Reply {
+        self.call("GET", "/users/me", Some(cred), None).await
+    }
+
+    /// A GET whose body is text (`/metrics`, `/docs`).
+    pub async fn text(&self, path: &str) -> String {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        res.text().await.unwrap()
+    }
+
     pub async fn login(&self, username: &str, password: &str) -> String {
         let r = self
             .call(
