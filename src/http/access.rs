@@ -17,6 +17,7 @@ use actix_web::http::StatusCode;
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, ResponseError};
 use revo_events::EventMeta;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::error::ApiError;
@@ -251,7 +252,11 @@ pub async fn admit(
         Some(err) => req
             .into_response(err.error_response())
             .map_into_right_body(),
-        None => next.call(req).await?.map_into_left_body(),
+        None => {
+            // Everything logged while handling the request carries its id.
+            let span = tracing::info_span!("request", request_id = %id);
+            next.call(req).instrument(span).await?.map_into_left_body()
+        }
     };
     let status = res.status();
     {

@@ -56,7 +56,7 @@ impl AppState {
         T: Send + 'static,
     {
         self.runtime
-            .spawn(fut)
+            .spawn(tracing::Instrument::in_current_span(fut))
             .await
             .map_err(|e| error::ApiError::unavailable(format!("node task failed: {e}")))
     }
