@@ -1,0 +1,86 @@
+//! The tokenizer built from the default model's GGUF metadata, against reference ids from
+//! Hugging Face's tokenizer as transformers wrote it from the same file (fixtures/smollm2).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use std::path::PathBuf;
+
+use revo_models::tokenizer;
+use revo_models::Gguf;
+
+fn smollm2() -> Gguf {
+    let path = std::env::var_os("TEST_SMOLLM2_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").unwrap_or_default();
+            PathBuf::from(home).join(".cache/revo/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-model.sh (scripts/test.sh does)",
+        path.display()
+    );
+    Gguf::open(&path).unwrap()
+}
+
+fn lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn encodes_like_the_reference_and_round_trips() {
+    let tok = tokenizer::from_gguf(&smollm2()).unwrap();
+    let cases = [
+        include_str!("fixtures/smollm2/tokenize-cases.jsonl"),
+        include_str!("fixtures/smollm2/tokenize-more.jsonl"),
+    ];
+    let mut n = 0;
+    for case in cases.iter().flat_map(|c| lines(c)) {
+        let text = case["text"].as_str().unwrap();
+        let got = tok.encode(text, false).unwrap();
+        assert_eq!(got.get_ids(), ids(&case["ids"]).as_slice(), "{text:?}");
+        let back = tok.decode(got.get_ids(), false).unwrap();
+        assert_eq!(back, text, "round trip");
+        n += 1;
+    }
+    assert!(n >= 40, "{n} cases");
+}
+
+#[test]
+fn chat_prompts_and_completions_match_the_reference() {
+    let tok = tokenizer::from_gguf(&smollm2()).unwrap();
+    for case in lines(include_str!("fixtures/smollm2/greedy-cases.jsonl")) {
+        let prompt = case["rendered_prompt"].as_str().unwrap();
+        let got = tok.encode(prompt, false).unwrap();
+        assert_eq!(
+            got.get_ids(),
+            ids(&case["prompt_ids"]).as_slice(),
+            "{prompt:?}"
+        );
+        let completion = tok.decode(&ids(&case["completion_ids"]), false).unwrap();
+        assert_eq!(completion, case["completion"].as_str().unwrap());
+    }
+}
+
+#[test]
+fn special_tokens_and_settings_come_from_the_gguf() {
+    let g = smollm2();
+    let json = tokenizer::tokenizer_json(&g).unwrap();
+    let added = json["added_tokens"].as_array().unwrap();
+    assert_eq!(added.len(), 17, "control tokens 0..=16");
+    assert_eq!(added[2]["content"], "<|im_end|>");
+    assert_eq!(added[2]["special"], true);
+    assert_eq!(json["pre_tokenizer"]["pretokenizers"][0]["type"], "Digits");
+    assert_eq!(json["model"]["vocab"].as_object().unwrap().len(), 49152);
+}
