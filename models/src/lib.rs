@@ -6,7 +6,9 @@
 //!
 //! Must not do network I/O; files are read only where a caller points.
 
+pub mod engine;
 pub mod gguf;
+pub mod onnx;
 pub mod quant;
 pub mod tokenizer;
 
