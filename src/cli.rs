@@ -44,6 +44,9 @@ pub struct GlobalArgs {
     /// `text` or `json` logs.
     #[arg(long, global = true, env = "REVO_LOG_FORMAT")]
     pub log_format: Option<String>,
+    /// The ONNX Runtime library (default: ORT_DYLIB_PATH, then scripts/fetch-ort.sh's cache).
+    #[arg(long, global = true, env = "REVO_ORT_DYLIB")]
+    pub ort_dylib: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +70,48 @@ pub enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// The local model registry (directories under <data_dir>/models).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Generate text with a local model, streamed to the terminal (greedy).
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Import a GGUF file (Llama-family): writes an ONNX graph, tokenizer.json and config.json.
+    Import {
+        file: PathBuf,
+        /// Registry name (default: from the file name).
+        #[arg(long)]
+        name: Option<String>,
+        /// `f32` (dequantise); `keep` and `f16` are not supported yet.
+        #[arg(long, default_value = "f32")]
+        weights: String,
+    },
+    /// Every imported model.
+    List,
+    /// One model's registry entry and config.
+    Show { name: String },
+    /// Remove a model from the registry and delete its directory.
+    Remove { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub model: String,
+    pub prompt: String,
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Inference threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
 }
 
 #[derive(Debug, Subcommand)]

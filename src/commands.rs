@@ -2,13 +2,15 @@
 
 use std::sync::Arc;
 
+use std::io::Write;
+
 use anyhow::bail;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, EventsCommand, ReplayCommand, UsersCommand};
+use crate::cli::{Cli, Command, EventsCommand, ModelsCommand, ReplayCommand, UsersCommand};
 use crate::config::{Config, LogFormat, Mode};
 use crate::metrics::Metrics;
-use crate::{node, replay, serve, store, users};
+use crate::{models, node, replay, serve, store, users};
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("REVO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -95,6 +97,66 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 None => println!("created user `{name}`"),
             }
             Ok(0)
+        }
+        Command::Models { command } => {
+            let models_dir = config.models_dir();
+            // Changing the registry needs the store to itself in embedded mode.
+            let _lock = match &command {
+                ModelsCommand::Import { .. } | ModelsCommand::Remove { .. } => {
+                    node::DataDirLock::acquire(&config)?
+                }
+                _ => None,
+            };
+            let s = node::open_store(&config, store_metrics, true).await?;
+            let mut out = std::io::stdout().lock();
+            let r = match command {
+                ModelsCommand::Import {
+                    file,
+                    name,
+                    weights,
+                } => models::import(s.as_ref(), &models_dir, &file, name, &weights)
+                    .await
+                    .and_then(|row| {
+                        writeln!(out, "imported:")?;
+                        models::print_row(&mut out, &row)?;
+                        Ok(())
+                    }),
+                ModelsCommand::List => models::registry(s.as_ref()).await.and_then(|reg| {
+                    for row in reg.all() {
+                        models::print_row(&mut out, row)?;
+                    }
+                    Ok(())
+                }),
+                ModelsCommand::Show { name } => {
+                    models::registry(s.as_ref()).await.and_then(|reg| {
+                        let row = reg
+                            .get(&name)
+                            .ok_or_else(|| anyhow::anyhow!("no model named `{name}`"))?;
+                        models::print_row(&mut out, row)?;
+                        let cfg =
+                            std::fs::read_to_string(models_dir.join(&row.dir).join("config.json"))?;
+                        writeln!(out, "{cfg}")?;
+                        Ok(())
+                    })
+                }
+                ModelsCommand::Remove { name } => models::remove(s.as_ref(), &models_dir, &name)
+                    .await
+                    .and_then(|()| Ok(writeln!(out, "removed `{name}`")?)),
+            };
+            s.close().await;
+            r.map(|()| 0)
+        }
+        Command::Generate(args) => {
+            let s = node::open_store(&config, store_metrics, true).await?;
+            let r = models::generate(
+                s.as_ref(),
+                &config.models_dir(),
+                config.ort_dylib.as_deref(),
+                &args,
+            )
+            .await;
+            s.close().await;
+            r.map(|()| 0)
         }
     }
 }

@@ -32,6 +32,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "REVO_RATE_LIMIT_ADMIN",
     "REVO_RATE_LIMIT_DEVELOPER",
     "REVO_RATE_LIMIT_VIEWER",
+    "REVO_ORT_DYLIB",
 ];
 
 /// `revo.toml`. Every key is optional; absent keys keep their defaults.
@@ -151,6 +152,15 @@ pub struct Config {
     pub log_format: LogFormat,
     pub auth: AuthConfig,
     pub http: HttpLimits,
+    /// Where imported models live: `<data_dir>/models`.
+    pub data_dir: PathBuf,
+    pub ort_dylib: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn models_dir(&self) -> PathBuf {
+        self.data_dir.join("models")
+    }
 }
 
 pub const DEFAULT_TOKEN_TTL_SECS: u64 = 3600;
@@ -239,7 +249,9 @@ impl Config {
         let database_url = args.database_url.clone().or(file.database_url);
         let nats_url = args.nats_url.clone().or(file.nats_url);
         let mode = match (database_url, nats_url) {
-            (None, None) => Mode::Embedded { data_dir },
+            (None, None) => Mode::Embedded {
+                data_dir: data_dir.clone(),
+            },
             (Some(database_url), Some(nats_url)) => Mode::Cluster {
                 database_url,
                 nats_url,
@@ -294,6 +306,8 @@ impl Config {
             log_format,
             auth,
             http,
+            data_dir,
+            ort_dylib: args.ort_dylib.clone(),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod http;
 pub mod identity;
 pub mod metrics;
+pub mod models;
 pub mod node;
 pub mod projections;
 pub mod replay;

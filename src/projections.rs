@@ -1,13 +1,14 @@
 //! The projections this build runs and can rebuild (`revo replay list`).
 
 use revo_events::projection::NodesProjection;
-use revo_events::{Directory, Projection};
+use revo_events::{Directory, ModelsProjection, Projection};
 
 /// A fresh instance of every projection.
 pub fn all() -> Vec<Box<dyn Projection>> {
     vec![
         Box::new(NodesProjection::default()),
         Box::new(Directory::default()),
+        Box::new(ModelsProjection::default()),
     ]
 }
 

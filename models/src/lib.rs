@@ -8,6 +8,8 @@
 
 pub mod engine;
 pub mod gguf;
+pub mod import;
+pub mod local;
 pub mod onnx;
 pub mod quant;
 pub mod tokenizer;

@@ -84,3 +84,27 @@ fn special_tokens_and_settings_come_from_the_gguf() {
     assert_eq!(json["pre_tokenizer"]["pretokenizers"][0]["type"], "Digits");
     assert_eq!(json["model"]["vocab"].as_object().unwrap().len(), 49152);
 }
+
+#[test]
+fn the_chat_template_renders_like_the_reference() {
+    let g = smollm2();
+    let template = g.str("tokenizer.chat_template").unwrap();
+    assert_eq!(
+        template,
+        include_str!("fixtures/smollm2/chat_template.reference.jinja").trim_end_matches('\n')
+    );
+    let mut n = 0;
+    for case in lines(include_str!("fixtures/smollm2/greedy-cases.jsonl")) {
+        if case["chat"] != true {
+            continue;
+        }
+        let user = revo_models::local::Message {
+            role: "user".into(),
+            content: case["prompt"].as_str().unwrap().into(),
+        };
+        let rendered = revo_models::local::render_chat(template, &[user]).unwrap();
+        assert_eq!(rendered, case["rendered_prompt"].as_str().unwrap());
+        n += 1;
+    }
+    assert!(n >= 2, "{n} chat cases");
+}

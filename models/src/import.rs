@@ -1,0 +1,184 @@
+//! `revo models import`: a GGUF file to a model directory: `model.onnx` (the decoder graph),
+//! `tokenizer.json` and `config.json` (architecture, geometry, special and stop tokens, chat
+//! template). The directory appears complete or not at all: it is written beside its final
+//! name and renamed into place.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::gguf::{Gguf, GgufError, Value};
+use crate::onnx::llama::{self, GraphError, LlamaConfig};
+use crate::tokenizer::{self, TokenizerError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Weights {
+    /// Keep quantised weights quantised (not yet: needs MatMulNBits).
+    Keep,
+    F32,
+    F16,
+}
+
+impl Weights {
+    pub fn parse(s: &str) -> Option<Weights> {
+        match s {
+            "keep" => Some(Weights::Keep),
+            "f32" => Some(Weights::F32),
+            "f16" => Some(Weights::F16),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("--weights {0} is not supported yet (f32 is)")]
+    Weights(&'static str),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} already exists")]
+    Exists(PathBuf),
+}
+
+/// `config.json` of a model directory (Revo's own, not Hugging Face's).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: String,
+    pub layers: usize,
+    pub hidden: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    /// Ids that end a generation.
+    pub stop_token_ids: Vec<u32>,
+    pub chat_template: Option<String>,
+    pub weights: String,
+    pub parameters: u64,
+    pub source: String,
+    pub source_sha256: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
+    move |source| ImportError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+pub fn sha256_file(path: &Path) -> Result<String, ImportError> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Reads `gguf` and writes the model directory `dest` (which must not exist).
+pub fn import(
+    gguf: &Path,
+    dest: &Path,
+    weights: Weights,
+    progress: &mut dyn FnMut(&str, usize, usize),
+) -> Result<ModelConfig, ImportError> {
+    match weights {
+        Weights::F32 => {}
+        Weights::Keep => return Err(ImportError::Weights("keep")),
+        Weights::F16 => return Err(ImportError::Weights("f16")),
+    }
+    if dest.exists() {
+        return Err(ImportError::Exists(dest.to_owned()));
+    }
+    let g = Gguf::open(gguf)?;
+    let c = LlamaConfig::from_gguf(&g)?;
+    let tok = tokenizer::tokenizer_json(&g)?;
+    // Prove the tokenizer loads before writing anything.
+    tokenizer::from_gguf(&g)?;
+    progress("checksum", 0, 1);
+    let source_sha256 = sha256_file(gguf)?;
+    let id = |k: &str| g.get(k).and_then(Value::as_u64).map(|v| v as u32);
+    let eos = id("tokenizer.ggml.eos_token_id");
+    let mut stop: Vec<u32> = eos.into_iter().collect();
+    // Chat models end a turn with a token of their own (`<|im_end|>`, `<|eot_id|>`, ...).
+    if let Some(tokens) = g.get("tokenizer.ggml.tokens").and_then(Value::as_array) {
+        for (i, t) in tokens.iter().enumerate() {
+            if matches!(
+                t.as_str(),
+                Some("<|im_end|>" | "<|eot_id|>" | "<|end|>" | "<end_of_turn>")
+            ) && !stop.contains(&(i as u32))
+            {
+                stop.push(i as u32);
+            }
+        }
+    }
+    let parameters = g.tensors.iter().map(|t| t.elements()).sum();
+    let config = ModelConfig {
+        architecture: c.arch.clone(),
+        layers: c.layers,
+        hidden: c.hidden,
+        heads: c.heads,
+        kv_heads: c.kv_heads,
+        head_dim: c.head_dim,
+        vocab: c.vocab,
+        context_length: c.context,
+        bos_token_id: id("tokenizer.ggml.bos_token_id"),
+        eos_token_id: eos,
+        stop_token_ids: stop,
+        chat_template: g
+            .get("tokenizer.chat_template")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        weights: "f32".into(),
+        parameters,
+        source: gguf
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        source_sha256,
+    };
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let onnx = llama::build(&g, &c, &mut |l, n| progress("layers", l, n))?;
+        let write = |file: &str, bytes: &[u8]| {
+            let p = tmp.join(file);
+            std::fs::write(&p, bytes).map_err(io(&p))
+        };
+        write("model.onnx", &onnx)?;
+        write("tokenizer.json", tok.to_string().as_bytes())?;
+        let json =
+            serde_json::to_vec_pretty(&config).map_err(|e| io(&tmp)(std::io::Error::other(e)))?;
+        write("config.json", &json)?;
+        std::fs::rename(&tmp, dest).map_err(io(dest))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result.map(|()| config)
+}
