@@ -12,7 +12,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use revo_events::codec::{decode_wire, encode_wire, payload_to_json};
 use revo_events::family::{decode_raw, map, EventFamily};
-use revo_events::{DecodeError, Envelope, EventMeta, IdentityEvent, SystemEvent};
+use revo_events::{DecodeError, Envelope, EventMeta, IdentityEvent, ModelEvent, SystemEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -181,6 +181,14 @@ fn committed_identity_fixtures_decode() {
             "key.issued",
             "key.revoked",
         ],
+    );
+}
+
+#[test]
+fn committed_model_fixtures_decode() {
+    check_fixtures::<ModelEvent>(
+        include_str!("fixtures/models.jsonl"),
+        &["model.imported", "model.removed"],
     );
 }
 
