@@ -201,18 +201,24 @@ pub async fn generate(
             prompt
         };
         let started = Instant::now();
+        let mut first: Option<Instant> = None;
         let mut stdout = std::io::stdout().lock();
         let (ids, finish, prompt_tokens) = model.generate(&text, max_tokens, |piece| {
+            first.get_or_insert_with(Instant::now);
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
         })?;
-        let secs = started.elapsed().as_secs_f64();
+        let end = Instant::now();
         let _ = writeln!(stdout);
+        let ttft = first.map_or(0.0, |f| (f - started).as_secs_f64() * 1e3);
+        // Decode rate: the tokens after the first, over the time after the first.
+        let decode = first
+            .filter(|_| ids.len() > 1)
+            .map_or(0.0, |f| (ids.len() - 1) as f64 / (end - f).as_secs_f64().max(1e-9));
         eprintln!(
-            "[{prompt_tokens} prompt + {} completion tokens, {:?}, {:.1} tokens/s]",
+            "[{prompt_tokens} prompt + {} completion tokens, {finish:?}; time to first token \
+             {ttft:.1} ms, decode {decode:.1} tokens/s]",
             ids.len(),
-            finish,
-            ids.len() as f64 / secs.max(1e-9)
         );
         Ok(())
     })

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The local model engine: import time and peak memory for the default model, then single-stream
+# greedy decoding with 1 and 2 threads, Revo (`revo generate`) beside Python onnxruntime 1.31.1
+# running the same ONNX file in the same run, ROUNDS times interleaved (medians reported).
+# Usage: load/models/bench.sh [MAX_TOKENS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MAX="${1:-128}"
+ROUNDS="${2:-3}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/revo/target}"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/revo"
+cargo build --release -p revo >&2
+REVO="$CARGO_TARGET_DIR/release/revo"
+MODEL=$(./scripts/fetch-model.sh)
+./scripts/fetch-ort.sh >/dev/null
+PY="$CACHE/venv-bench/bin/python"
+if ! "$PY" -c 'import onnxruntime, tokenizers' 2>/dev/null; then
+  python3 -m venv "$CACHE/venv-bench"
+  "$CACHE/venv-bench/bin/pip" install -q onnxruntime==1.31.1 tokenizers==0.23.3 numpy >&2
+fi
+DATA=$(mktemp -d)
+trap 'rm -rf "$DATA"' EXIT
+PROMPT="Once upon a time"
+
+/usr/bin/time -f "%e %M" -o "$DATA/import.time" \
+  env REVO_DATA_DIR="$DATA" REVO_LOG=warn "$REVO" models import "$MODEL" --name bench >/dev/null 2>&1
+read -r IMPORT_S IMPORT_KB <"$DATA/import.time"
+echo "import: ${IMPORT_S} s, peak RSS $((IMPORT_KB / 1024)) MiB"
+
+revo_run() {
+  REVO_DATA_DIR="$DATA" REVO_LOG=warn "$REVO" generate --model bench --threads "$1" \
+    --max-tokens "$MAX" "$PROMPT" 2>&1 >/dev/null | tail -1 |
+    sed -E 's/.*first token ([0-9.]+) ms, decode ([0-9.]+) tokens.*/\1 \2/'
+}
+
+py_run() {
+  "$PY" - "$DATA/models/bench" "$1" "$MAX" "$PROMPT" <<'PY'
+import sys, time, numpy as np, onnxruntime as ort, tokenizers, json
+d, threads, max_tokens, prompt = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+cfg = json.load(open(f"{d}/config.json"))
+so = ort.SessionOptions(); so.intra_op_num_threads = threads
+s = ort.InferenceSession(f"{d}/model.onnx", so, providers=["CPUExecutionProvider"])
+ids = tokenizers.Tokenizer.from_file(f"{d}/tokenizer.json").encode(prompt, add_special_tokens=False).ids
+L, kvh, hd = cfg["layers"], cfg["kv_heads"], cfg["head_dim"]
+past = {f"past_key_values.{i}.{k}": np.zeros((1, kvh, 0, hd), np.float32) for i in range(L) for k in ("key", "value")}
+names = [o.name for o in s.get_outputs()]
+start = time.perf_counter(); first = None; out = []; inp = ids; done = 0
+while len(out) < max_tokens:
+    total = done + len(inp)
+    r = dict(zip(names, s.run(None, {"input_ids": np.array([inp], np.int64),
+        "attention_mask": np.ones((1, total), np.int64),
+        "position_ids": np.arange(done, total, dtype=np.int64)[None], **past})))
+    nxt = int(r["logits"][0, -1].argmax())
+    past = {f"past_key_values.{i}.{k}": r[f"present.{i}.{k}"] for i in range(L) for k in ("key", "value")}
+    done, inp = total, [nxt]
+    if nxt in cfg["stop_token_ids"]: break
+    if first is None: first = time.perf_counter()
+    out.append(nxt)
+end = time.perf_counter()
+print(f"{(first - start) * 1e3:.1f} {(len(out) - 1) / (end - first):.1f}")
+PY
+}
+
+declare -A R
+for round in $(seq "$ROUNDS"); do
+  for t in 1 2; do
+    R[revo$t]+="$(revo_run $t)"$'\n'
+    R[py$t]+="$(py_run $t)"$'\n'
+  done
+  echo "round $round done" >&2
+done
+echo
+echo "greedy decode of \"$PROMPT\", up to $MAX tokens, $ROUNDS rounds (medians; each round: ttft ms, tokens/s)"
+printf '%-8s %-24s %12s %14s\n' threads engine "ttft ms" "decode tok/s"
+for t in 1 2; do
+  for e in revo py; do
+    label=$([ $e = revo ] && echo "revo (Rust, ort)" || echo "python onnxruntime")
+    python3 - "$t" "$label" "${R[$e$t]}" <<'PY'
+import statistics, sys
+t, label, text = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = [list(map(float, l.split())) for l in text.strip().splitlines()]
+med = [statistics.median(c) for c in zip(*rows)]
+print(f"{t:<8} {label:<24} {med[0]:>12.1f} {med[1]:>14.1f}   ({'; '.join(' '.join(str(v) for v in r) for r in rows)})")
+PY
+  done
+done
