@@ -9,6 +9,7 @@ pub mod commands;
 pub mod config;
 pub mod http;
 pub mod identity;
+pub mod inference;
 pub mod metrics;
 pub mod models;
 pub mod node;

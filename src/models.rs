@@ -13,7 +13,7 @@ use revo_events::{
     AppendRequest, EventFamily, EventMeta, EventStore, ExpectedVersion, ModelEvent,
     ModelsProjection,
 };
-use revo_models::engine;
+use revo_models::engine::{self, Sampling};
 use revo_models::import::{self, Weights};
 use revo_models::local::LocalModel;
 
@@ -203,22 +203,24 @@ pub async fn generate(
         let started = Instant::now();
         let mut first: Option<Instant> = None;
         let mut stdout = std::io::stdout().lock();
-        let (ids, finish, prompt_tokens) = model.generate(&text, max_tokens, |piece| {
+        let g = model.generate(&text, &Sampling::greedy(max_tokens), &[], |piece| {
             first.get_or_insert_with(Instant::now);
             let _ = stdout.write_all(piece.as_bytes());
             let _ = stdout.flush();
+            true
         })?;
         let end = Instant::now();
         let _ = writeln!(stdout);
         let ttft = first.map_or(0.0, |f| (f - started).as_secs_f64() * 1e3);
         // Decode rate: the tokens after the first, over the time after the first.
+        let n = g.completion_tokens;
         let decode = first
-            .filter(|_| ids.len() > 1)
-            .map_or(0.0, |f| (ids.len() - 1) as f64 / (end - f).as_secs_f64().max(1e-9));
+            .filter(|_| n > 1)
+            .map_or(0.0, |f| (n - 1) as f64 / (end - f).as_secs_f64().max(1e-9));
         eprintln!(
-            "[{prompt_tokens} prompt + {} completion tokens, {finish:?}; time to first token \
-             {ttft:.1} ms, decode {decode:.1} tokens/s]",
-            ids.len(),
+            "[{} prompt + {n} completion tokens, {:?}; time to first token {ttft:.1} ms, \
+             decode {decode:.1} tokens/s]",
+            g.prompt_tokens, g.finish,
         );
         Ok(())
     })

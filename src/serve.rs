@@ -109,6 +109,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     let (access, docs) = http::prepare()?;
+    // Every registered local model gets an in-process worker thread.
+    let local: Vec<(String, std::path::PathBuf)> = crate::models::registry(store.as_ref())
+        .await?
+        .all()
+        .map(|m| (m.name.clone(), config.models_dir().join(&m.dir)))
+        .collect();
+    let inference = Arc::new(crate::inference::Inference::start(
+        config.ort_dylib.clone(),
+        local,
+        2,
+    ));
     let projectors = projections::all()
         .into_iter()
         .map(|p| {
@@ -129,6 +140,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bus: bus.clone(),
         metrics: metrics.clone(),
         identity,
+        inference,
         access: Arc::new(access),
         docs: Arc::new(docs),
         node_id: node_id.clone(),

@@ -38,8 +38,117 @@ fn case(prompt: &str) -> serde_json::Value {
         .unwrap()
 }
 
-#[test]
-fn import_list_generate_and_remove() {
+async fn completions_over_http(data: &str, name: &str) {
+    let served = Served::start(&[("REVO_DATA_DIR", data), ("REVO_ADMIN_PASSWORD", ADMIN_PW)]).await;
+    let api = Api::new(&served);
+    let admin = api.login("admin", ADMIN_PW).await;
+    let c = case("Once upon a time");
+    let call =
+        |body: serde_json::Value| api.call("POST", "/v1/completions", Some(&admin), Some(body));
+    // Greedy: the reference, with usage.
+    let r = call(serde_json::json!({"model": name, "prompt": "Once upon a time", "max_tokens": 48, "temperature": 0})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["object"], "text_completion");
+    assert_eq!(r.body["choices"][0]["text"], c["completion"]);
+    assert_eq!(r.body["choices"][0]["finish_reason"], "length");
+    assert_eq!(r.body["usage"]["prompt_tokens"], 4);
+    assert_eq!(r.body["usage"]["completion_tokens"], 48);
+    // Streamed: the same text in pieces, a final chunk with the finish, then [DONE].
+    let res = api
+        .http
+        .post(format!("{}/v1/completions", api.base))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"model": name, "prompt": "Once upon a time", "max_tokens": 48, "temperature": 0, "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let sse = res.text().await.unwrap();
+    let events: Vec<&str> = sse.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(*events.last().unwrap(), "data: [DONE]");
+    let chunks: Vec<serde_json::Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    assert!(chunks.len() > 10, "streamed in pieces");
+    let text: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(text, c["completion"].as_str().unwrap());
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+    // A stop sequence ends the text before it.
+    let r = call(serde_json::json!({"model": name, "prompt": "Once upon a time", "max_tokens": 48, "temperature": 0, "stop": " city"})).await;
+    assert_eq!(r.body["choices"][0]["text"], ", the");
+    assert_eq!(r.body["choices"][0]["finish_reason"], "stop");
+    // Sampling with a seed is reproducible.
+    let sampled = serde_json::json!({"model": name, "prompt": "Once upon a time", "max_tokens": 12, "temperature": 0.9, "top_p": 0.9, "top_k": 40, "seed": 7});
+    let a = call(sampled.clone()).await;
+    let b = call(sampled).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["choices"][0]["text"], b.body["choices"][0]["text"]);
+    // Bad input.
+    for (body, status, code) in [
+        (
+            serde_json::json!({"model": "nope", "prompt": "x"}),
+            404,
+            "model_not_found",
+        ),
+        (
+            serde_json::json!({"model": name, "prompt": "x", "temperature": 3}),
+            422,
+            "invalid_parameter",
+        ),
+        (
+            serde_json::json!({"model": name, "prompt": "x", "max_tokens": 0}),
+            422,
+            "invalid_parameter",
+        ),
+        (
+            serde_json::json!({"model": name, "prompt": "x", "top_p": 0}),
+            422,
+            "invalid_parameter",
+        ),
+        (
+            serde_json::json!({"model": name, "prompt": ""}),
+            422,
+            "invalid_parameter",
+        ),
+        (
+            serde_json::json!({"model": name, "prompt": "hello ".repeat(9000)}),
+            400,
+            "context_length_exceeded",
+        ),
+        (
+            serde_json::json!({"model": name, "prompt": "x", "n": 2}),
+            422,
+            "invalid_body",
+        ),
+    ] {
+        let r = call(body.clone()).await;
+        assert_eq!((r.status, r.code()), (status, code), "{body}");
+    }
+    assert!(served.stop().await.success());
+    // Every generation is an event.
+    let (_, out, _) = output(&mut revo_cmd(
+        &["events", "tail", "--stream-type", "generation"],
+        &[("REVO_DATA_DIR", data)],
+    ));
+    let generations: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(generations.len(), 5, "{out}");
+    assert_eq!(generations[0]["payload"]["model"], name);
+    assert_eq!(generations[0]["payload"]["completion_tokens"], 48);
+    assert_eq!(generations[0]["payload"]["device"], "cpu");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_list_generate_and_remove() {
     let dir = TempDir::new();
     let data = dir.path().to_str().unwrap().to_owned();
     let env = [("REVO_DATA_DIR", data.as_str())];
@@ -123,6 +232,8 @@ fn import_list_generate_and_remove() {
             "{prompt}"
         );
     }
+
+    completions_over_http(&data, name).await;
 
     let (code, out, err) = output(&mut revo_cmd(&["replay", "verify", "models"], &env));
     assert_eq!(code, 0, "{out}{err}");

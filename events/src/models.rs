@@ -13,6 +13,7 @@ use crate::family::EventFamily;
 use crate::projection::{Projection, ProjectionError, Rows};
 
 pub const MODEL_STREAM: &str = "model";
+pub const GENERATION_STREAM: &str = "generation";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -33,6 +34,21 @@ pub enum ModelEvent {
     },
     #[serde(rename = "model.removed")]
     Removed { name: String },
+    /// One generation by a local model (stream `generation/<id>`).
+    #[serde(rename = "generation.completed")]
+    GenerationCompleted {
+        id: String,
+        model: String,
+        /// The node (process) that ran it, and on what.
+        node: String,
+        device: String,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+        time_to_first_token_ms: u64,
+        duration_ms: u64,
+        /// `stop` or `length`.
+        finish_reason: String,
+    },
 }
 
 impl EventFamily for ModelEvent {
@@ -40,12 +56,13 @@ impl EventFamily for ModelEvent {
         match self {
             ModelEvent::Imported { .. } => "model.imported",
             ModelEvent::Removed { .. } => "model.removed",
+            ModelEvent::GenerationCompleted { .. } => "generation.completed",
         }
     }
 
     fn current_schema(event_type: &str) -> Option<u32> {
         match event_type {
-            "model.imported" | "model.removed" => Some(1),
+            "model.imported" | "model.removed" | "generation.completed" => Some(1),
             _ => None,
         }
     }
@@ -129,6 +146,7 @@ impl Projection for ModelsProjection {
                 self.models.remove(&name);
                 dirty.insert(name);
             }
+            ModelEvent::GenerationCompleted { .. } => {}
         }
         Ok(())
     }

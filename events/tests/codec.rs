@@ -188,7 +188,7 @@ fn committed_identity_fixtures_decode() {
 fn committed_model_fixtures_decode() {
     check_fixtures::<ModelEvent>(
         include_str!("fixtures/models.jsonl"),
-        &["model.imported", "model.removed"],
+        &["model.imported", "model.removed", "generation.completed"],
     );
 }
 

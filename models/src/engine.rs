@@ -10,6 +10,8 @@ use std::sync::OnceLock;
 
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -24,6 +26,8 @@ pub enum EngineError {
     Ort(String),
     #[error("the prompt is empty")]
     EmptyPrompt,
+    #[error("invalid sampling parameter: {0}")]
+    Sampling(String),
     #[error(
         "{prompt} prompt tokens + {max_tokens} new tokens exceed the context window of {context}"
     )]
@@ -123,8 +127,27 @@ impl Model {
         prompt: &[u32],
         max_tokens: usize,
         eos: &[u32],
-        mut on_token: impl FnMut(u32),
+        on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, Finish), EngineError> {
+        self.generate(prompt, &Sampling::greedy(max_tokens), eos, on_token)
+    }
+
+    /// Decodes one sequence under `sampling`. `on_token` sees each new id and returns false to
+    /// stop (a stop sequence matched, the client left).
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        eos: &[u32],
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, Finish), EngineError> {
+        sampling.validate()?;
+        let max_tokens = sampling.max_tokens;
+        let mut rng = match sampling.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
+        let mut history: Vec<u32> = prompt.to_vec();
         let g = self.geometry;
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
@@ -174,7 +197,7 @@ impl Model {
                     .ok_or_else(|| ort_err("no logits output"))?;
                 let (_, data) = logits.try_extract_tensor::<f32>().map_err(ort_err)?;
                 let last = &data[(n - 1) * g.vocab..n * g.vocab];
-                argmax(last)
+                sampling.choose(last, &history, &mut rng)
             };
             for l in 0..g.layers {
                 for kind in ["key", "value"] {
@@ -189,10 +212,106 @@ impl Model {
             if eos.contains(&next) {
                 return Ok((out, Finish::Stop));
             }
-            on_token(next);
             out.push(next);
+            history.push(next);
+            if !on_token(next) {
+                return Ok((out, Finish::Stop));
+            }
             step = vec![i64::from(next)];
         }
+    }
+}
+
+/// How the next token is chosen. `temperature` 0 is greedy (argmax).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampling {
+    pub max_tokens: usize,
+    pub temperature: f32,
+    /// Nucleus: keep the smallest set of tokens whose probability reaches `top_p` (1: all).
+    pub top_p: f32,
+    /// Keep the `top_k` most likely tokens (0: all).
+    pub top_k: usize,
+    /// > 1 makes tokens already in the prompt or output less likely (1: off).
+    pub repetition_penalty: f32,
+    /// Same seed, same parameters, same prompt: same output.
+    pub seed: Option<u64>,
+}
+
+impl Sampling {
+    pub fn greedy(max_tokens: usize) -> Sampling {
+        Sampling {
+            max_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            top_k: 0,
+            repetition_penalty: 1.0,
+            seed: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let bad = |m: &str| Err(EngineError::Sampling(m.to_owned()));
+        if self.max_tokens == 0 {
+            return bad("max_tokens must be at least 1");
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return bad("temperature is 0 to 2");
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top_p is in (0, 1]");
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
+            return bad("repetition_penalty is in (0, 10]");
+        }
+        Ok(())
+    }
+
+    fn choose(&self, logits: &[f32], history: &[u32], rng: &mut StdRng) -> u32 {
+        let mut l = logits.to_vec();
+        if self.repetition_penalty != 1.0 {
+            for &t in history {
+                if let Some(x) = l.get_mut(t as usize) {
+                    *x = if *x > 0.0 {
+                        *x / self.repetition_penalty
+                    } else {
+                        *x * self.repetition_penalty
+                    };
+                }
+            }
+        }
+        if self.temperature == 0.0 {
+            return argmax(&l);
+        }
+        let mut order: Vec<usize> = (0..l.len()).collect();
+        order.sort_unstable_by(|&a, &b| l[b].total_cmp(&l[a]));
+        if self.top_k > 0 {
+            order.truncate(self.top_k);
+        }
+        let top = l[order[0]];
+        let mut probs: Vec<f32> = order
+            .iter()
+            .map(|&i| ((l[i] - top) / self.temperature).exp())
+            .collect();
+        let sum: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= sum);
+        let mut kept = probs.len();
+        let mut acc = 0.0;
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= self.top_p {
+                kept = i + 1;
+                break;
+            }
+        }
+        let total: f32 = probs[..kept].iter().sum();
+        let mut r = rng.gen::<f32>() * total;
+        for (i, p) in probs[..kept].iter().enumerate() {
+            r -= p;
+            if r <= 0.0 {
+                return order[i] as u32;
+            }
+        }
+        order[kept - 1] as u32
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use crate::engine::{EngineError, Finish, Geometry, Model};
+use crate::engine::{EngineError, Finish, Geometry, Model, Sampling};
 use crate::import::ModelConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,30 +100,95 @@ impl LocalModel {
         )
     }
 
-    /// Greedy generation from `prompt`, calling `on_text` with each new piece of text as soon
-    /// as it is whole UTF-8.
+    /// Generates from `prompt`, calling `on_text` with each new piece of text as soon as it is
+    /// whole UTF-8 and cannot be the start of a stop sequence; `on_text` returns false to stop.
     pub fn generate(
         &mut self,
         prompt: &str,
-        max_tokens: usize,
-        mut on_text: impl FnMut(&str),
-    ) -> Result<(Vec<u32>, Finish, usize), LocalError> {
+        sampling: &Sampling,
+        stop: &[String],
+        mut on_text: impl FnMut(&str) -> bool,
+    ) -> Result<Generation, LocalError> {
         let ids = self.encode(prompt)?;
-        let stop = self.config.stop_token_ids.clone();
+        let eos = self.config.stop_token_ids.clone();
         let mut produced: Vec<u32> = Vec::new();
         let mut shown = 0usize;
+        let mut text = String::new();
+        let mut stopped_by_text = false;
         let tokenizer = &self.tokenizer;
-        let (out, finish) = self.engine.greedy(&ids, max_tokens, &stop, |t| {
+        let (out, finish) = self.engine.generate(&ids, sampling, &eos, |t| {
             produced.push(t);
+            let Ok(full) = tokenizer.decode(&produced, true) else {
+                return true;
+            };
             // A byte-level token can end inside a character: wait until it is whole.
-            if let Ok(text) = tokenizer.decode(&produced, true) {
-                if !text.ends_with('\u{FFFD}') && text.len() > shown && text.is_char_boundary(shown)
-                {
-                    on_text(&text[shown..]);
-                    shown = text.len();
+            if full.ends_with('\u{FFFD}') {
+                return true;
+            }
+            text = full;
+            if let Some(at) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(at);
+                stopped_by_text = true;
+            }
+            let safe = if stopped_by_text {
+                text.len()
+            } else {
+                text.len() - held_back(&text, stop)
+            };
+            if safe > shown && text.is_char_boundary(shown) && text.is_char_boundary(safe) {
+                let go_on = on_text(&text[shown..safe]);
+                shown = safe;
+                if !go_on {
+                    return false;
                 }
             }
+            !stopped_by_text
         })?;
-        Ok((out, finish, ids.len()))
+        if !stopped_by_text && shown < text.len() {
+            on_text(&text[shown..]);
+        }
+        Ok(Generation {
+            text,
+            prompt_tokens: ids.len(),
+            completion_tokens: out.len(),
+            finish: if stopped_by_text {
+                Finish::Stop
+            } else {
+                finish
+            },
+        })
+    }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub text: String,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish: Finish,
+}
+
+/// Bytes at the end of `text` that could still grow into a stop sequence.
+fn held_back(text: &str, stop: &[String]) -> usize {
+    stop.iter()
+        .map(|s| {
+            (1..s.len().min(text.len() + 1))
+                .rev()
+                .find(|&n| s.is_char_boundary(n) && text.ends_with(&s[..n]))
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_possible_stop_prefix_is_held_back() {
+        let stop = vec!["\n\nUser:".to_owned()];
+        assert_eq!(super::held_back("Hello\n\nUs", &stop), 4);
+        assert_eq!(super::held_back("Hello", &stop), 0);
+        assert_eq!(super::held_back("", &stop), 0);
     }
 }

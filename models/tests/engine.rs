@@ -69,7 +69,10 @@ fn greedy_decoding_matches_the_reference_token_for_token() {
                 &ids(&case["prompt_ids"]),
                 case["max_tokens"].as_u64().unwrap() as usize,
                 &[2],
-                |t| streamed.push(t),
+                |t| {
+                    streamed.push(t);
+                    true
+                },
             )
             .unwrap();
         assert_eq!(out, ids(&case["completion_ids"]), "{}", case["prompt"]);
@@ -85,12 +88,12 @@ fn greedy_decoding_matches_the_reference_token_for_token() {
 
     // Bad input is refused before running.
     assert!(matches!(
-        model.greedy(&[], 4, &[2], |_| {}),
+        model.greedy(&[], 4, &[2], |_| true),
         Err(EngineError::EmptyPrompt)
     ));
     let long = vec![1u32; c.context];
     assert!(matches!(
-        model.greedy(&long, 1, &[2], |_| {}),
+        model.greedy(&long, 1, &[2], |_| true),
         Err(EngineError::Context { .. })
     ));
 }

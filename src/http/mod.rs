@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod completions;
 pub mod error;
 pub mod health;
 pub mod json;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub bus: Arc<dyn Bus>,
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
+    pub inference: Arc<crate::inference::Inference>,
     pub access: Arc<access::AccessTable>,
     pub docs: Arc<openapi::Docs>,
     pub node_id: String,
@@ -91,7 +93,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(users::update)
         .service(keys::create)
         .service(keys::list)
-        .service(keys::revoke);
+        .service(keys::revoke)
+        .service(completions::create);
 }
 
 /// The generated OpenAPI document.

@@ -24,6 +24,7 @@ use super::AppState;
         (name = "auth", description = "Log in and out"),
         (name = "users", description = "Accounts (argon2id passwords, roles)"),
         (name = "keys", description = "API keys for programs"),
+        (name = "models", description = "Text generation with local models (OpenAI-compatible)"),
         (name = "health", description = "Probes and metrics"),
         (name = "docs", description = "This documentation"),
     )

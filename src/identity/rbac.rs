@@ -19,16 +19,19 @@ pub enum Permission {
     KeysWrite,
     /// See and revoke every user's keys (a data-level widening of the two above).
     KeysAll,
+    /// Generate text with a model.
+    Generate,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 6] = [
+    pub const ALL: [Permission; 7] = [
         Permission::SelfRead,
         Permission::UsersRead,
         Permission::UsersWrite,
         Permission::KeysRead,
         Permission::KeysWrite,
         Permission::KeysAll,
+        Permission::Generate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +42,7 @@ impl Permission {
             Permission::KeysRead => "keys:read",
             Permission::KeysWrite => "keys:write",
             Permission::KeysAll => "keys:all",
+            Permission::Generate => "generate",
         }
     }
 
@@ -52,7 +56,7 @@ pub fn role_allows(role: Role, perm: Permission) -> bool {
     use Permission::*;
     match role {
         Role::Admin => true,
-        Role::Developer => matches!(perm, SelfRead | KeysRead | KeysWrite),
+        Role::Developer => matches!(perm, SelfRead | KeysRead | KeysWrite | Generate),
         Role::Viewer => matches!(perm, SelfRead | KeysRead),
     }
 }

@@ -1,0 +1,302 @@
+//! `POST /v1/completions`: OpenAI's completions shape, served by a local model through the
+//! in-process worker (`src/inference.rs`); `stream: true` answers with server-sent events.
+
+use actix_web::http::StatusCode;
+use actix_web::{post, web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use chrono::Utc;
+use revo_events::models::GENERATION_STREAM;
+use revo_events::{AppendRequest, EventFamily, EventMeta, ExpectedVersion, ModelEvent};
+use revo_models::engine::{Finish, Sampling};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::access::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::json::Json;
+use super::openapi::{BodyErrors, CallerErrors};
+use super::AppState;
+use crate::inference::{Event, Failure, Job, Outcome, SubmitError};
+
+pub const MAX_TOKENS_LIMIT: u32 = 4096;
+
+/// `stop`: one string or up to four.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompletionRequest {
+    /// A local model's registry name (`revo models list`).
+    pub model: String,
+    #[schema(min_length = 1)]
+    pub prompt: String,
+    /// Default 16, as OpenAI's.
+    #[schema(minimum = 1, maximum = 4096)]
+    pub max_tokens: Option<u32>,
+    /// 0 is greedy; default 1.
+    #[schema(minimum = 0, maximum = 2)]
+    pub temperature: Option<f32>,
+    #[schema(exclusive_minimum = 0, maximum = 1)]
+    pub top_p: Option<f32>,
+    /// 0: no limit.
+    pub top_k: Option<u32>,
+    #[schema(exclusive_minimum = 0, maximum = 10)]
+    pub repetition_penalty: Option<f32>,
+    pub stop: Option<Stop>,
+    /// Same seed and parameters, same output.
+    pub seed: Option<u64>,
+    pub stream: Option<bool>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Choice {
+    pub text: String,
+    pub index: u32,
+    /// Always null (not computed).
+    pub logprobs: Option<String>,
+    /// `stop` or `length`; null in all but the last streamed chunk.
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Completion {
+    pub id: String,
+    /// `text_completion`.
+    pub object: String,
+    pub created: i64,
+    pub model: String,
+    pub choices: Vec<Choice>,
+    pub usage: Option<Usage>,
+}
+
+fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::unprocessable("invalid_parameter", message)
+}
+
+fn sampling(r: &CompletionRequest) -> Result<(Sampling, Vec<String>), ApiError> {
+    let max_tokens = r.max_tokens.unwrap_or(16);
+    if max_tokens == 0 || max_tokens > MAX_TOKENS_LIMIT {
+        return Err(invalid(format!("max_tokens is 1 to {MAX_TOKENS_LIMIT}")));
+    }
+    if r.prompt.is_empty() {
+        return Err(invalid("prompt is empty"));
+    }
+    let s = Sampling {
+        max_tokens: max_tokens as usize,
+        temperature: r.temperature.unwrap_or(1.0),
+        top_p: r.top_p.unwrap_or(1.0),
+        top_k: r.top_k.unwrap_or(0) as usize,
+        repetition_penalty: r.repetition_penalty.unwrap_or(1.0),
+        seed: r.seed,
+    };
+    s.validate().map_err(|e| invalid(e.to_string()))?;
+    let stop = match &r.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.len() > 4 || stop.iter().any(String::is_empty) {
+        return Err(invalid("stop is up to 4 non-empty strings"));
+    }
+    Ok((s, stop))
+}
+
+fn failed(f: Failure) -> ApiError {
+    let status = match f.code {
+        "context_length_exceeded" => StatusCode::BAD_REQUEST,
+        "invalid_parameter" => StatusCode::UNPROCESSABLE_ENTITY,
+        "model_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError::new(status, f.code, f.message)
+}
+
+/// Appends `generation.completed` on the node's runtime (the response does not wait for it).
+fn record(state: &AppState, id: &str, model: &str, o: &Outcome, meta: EventMeta) {
+    let ev = ModelEvent::GenerationCompleted {
+        id: id.to_owned(),
+        model: model.to_owned(),
+        node: state.node_id.clone(),
+        device: "cpu".into(),
+        prompt_tokens: o.prompt_tokens as u64,
+        completion_tokens: o.completion_tokens as u64,
+        time_to_first_token_ms: o.time_to_first_token_ms,
+        duration_ms: o.duration_ms,
+        finish_reason: finish_reason(o.finish).into(),
+    };
+    let store = state.store.clone();
+    let id = id.to_owned();
+    state.runtime.spawn(async move {
+        let appended = match ev.to_new_event(meta) {
+            Ok(new) => store
+                .append(AppendRequest::new(
+                    GENERATION_STREAM,
+                    &id,
+                    ExpectedVersion::NoStream,
+                    vec![new],
+                ))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, "could not record a generation");
+        }
+    });
+}
+
+/// Generates text with a local model (OpenAI's completions API).
+#[utoipa::path(
+    tag = "models",
+    security(("bearer" = ["generate"])),
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion; with `stream: true`, server-sent events of `Completion` chunks ending with `data: [DONE]`", body = Completion),
+        (status = 404, description = "No such local model", body = ErrorBody),
+        (status = 503, description = "The model is busy or not loaded", body = ErrorBody),
+        BodyErrors,
+        CallerErrors,
+    )
+)]
+#[post("/v1/completions")]
+pub async fn create(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: Json<CompletionRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let r = body.0;
+    let (sampling, stop) = sampling(&r)?;
+    let (tx, mut rx) = mpsc::channel(64);
+    let job = Job {
+        prompt: r.prompt,
+        sampling,
+        stop,
+        events: tx,
+    };
+    state.inference.submit(&r.model, job).map_err(|e| match e {
+        SubmitError::Unknown(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string())
+        }
+        SubmitError::Busy(_) => ApiError::unavailable(e.to_string()).with_retry_after(1),
+        SubmitError::Down(_) => ApiError::unavailable(e.to_string()),
+    })?;
+    let id = format!("cmpl-{}", Uuid::now_v7().simple());
+    let created = Utc::now().timestamp();
+    let meta = caller.meta(&req);
+    if !r.stream.unwrap_or(false) {
+        loop {
+            match rx.recv().await {
+                Some(Event::Text(_)) => {}
+                Some(Event::Done(Ok(o))) => {
+                    record(&state, &id, &r.model, &o, meta);
+                    return Ok(HttpResponse::Ok().json(Completion {
+                        id,
+                        object: "text_completion".into(),
+                        created,
+                        model: r.model,
+                        choices: vec![Choice {
+                            text: o.text,
+                            index: 0,
+                            logprobs: None,
+                            finish_reason: Some(finish_reason(o.finish).into()),
+                        }],
+                        usage: Some(Usage {
+                            prompt_tokens: o.prompt_tokens as u64,
+                            completion_tokens: o.completion_tokens as u64,
+                            total_tokens: (o.prompt_tokens + o.completion_tokens) as u64,
+                        }),
+                    }));
+                }
+                Some(Event::Done(Err(f))) => return Err(failed(f)),
+                None => return Err(ApiError::unavailable("the model worker stopped")),
+            }
+        }
+    }
+    // Streaming: one SSE event per piece of text, then the finish, then [DONE]. A task on the
+    // node's runtime turns worker events into SSE bytes; the response streams them.
+    let (out, body) = mpsc::channel::<Bytes>(64);
+    let model = r.model;
+    let st = state.clone();
+    state.runtime.spawn(async move {
+        let chunk = |text: String, finish: Option<&str>, usage: Option<Usage>| {
+            let c = Completion {
+                id: id.clone(),
+                object: "text_completion".into(),
+                created,
+                model: model.clone(),
+                choices: vec![Choice {
+                    text,
+                    index: 0,
+                    logprobs: None,
+                    finish_reason: finish.map(str::to_owned),
+                }],
+                usage,
+            };
+            Bytes::from(format!(
+                "data: {}\n\n",
+                serde_json::to_string(&c).unwrap_or_default()
+            ))
+        };
+        loop {
+            match rx.recv().await {
+                Some(Event::Text(t)) => {
+                    // The client left: dropping `rx` stops the worker at its next token.
+                    if out.send(chunk(t, None, None)).await.is_err() {
+                        return;
+                    }
+                }
+                Some(Event::Done(Ok(o))) => {
+                    record(&st, &id, &model, &o, meta);
+                    let usage = Usage {
+                        prompt_tokens: o.prompt_tokens as u64,
+                        completion_tokens: o.completion_tokens as u64,
+                        total_tokens: (o.prompt_tokens + o.completion_tokens) as u64,
+                    };
+                    let last = chunk(String::new(), Some(finish_reason(o.finish)), Some(usage));
+                    let _ = out.send(last).await;
+                    break;
+                }
+                Some(Event::Done(Err(f))) => {
+                    let e = json!({"error": {"code": f.code, "message": f.message}});
+                    let _ = out.send(Bytes::from(format!("data: {e}\n\n"))).await;
+                    break;
+                }
+                None => break,
+            }
+        }
+        let _ = out.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+    });
+    let stream = futures::stream::unfold(body, |mut body| async move {
+        body.recv()
+            .await
+            .map(|b| (Ok::<_, actix_web::Error>(b), body))
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(stream))
+}
