@@ -16,12 +16,7 @@ use std::path::PathBuf;
 use common::*;
 
 fn smollm2() -> PathBuf {
-    let path = std::env::var_os("TEST_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            PathBuf::from(home).join(".cache/revo/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+    let path = revo_models::default_model_path();
     assert!(
         path.exists(),
         "{} is missing: run scripts/fetch-model.sh",

@@ -4,19 +4,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::path::PathBuf;
-
 use revo_models::engine::{self, EngineError, Finish, Geometry, Model};
 use revo_models::onnx::llama::{self, LlamaConfig};
 use revo_models::Gguf;
 
 fn smollm2() -> Gguf {
-    let path = std::env::var_os("TEST_SMOLLM2_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").unwrap_or_default();
-            PathBuf::from(home).join(".cache/revo/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+    let path = revo_models::default_model_path();
     assert!(
         path.exists(),
         "{} is missing: run scripts/fetch-model.sh",
@@ -25,7 +18,7 @@ fn smollm2() -> Gguf {
     Gguf::open(&path).unwrap()
 }
 
-struct Scratch(PathBuf);
+struct Scratch(std::path::PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
