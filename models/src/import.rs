@@ -1,5 +1,5 @@
-//! `revo models import`: a GGUF file to a model directory: `model.onnx` (the decoder graph),
-//! `tokenizer.json` and `config.json` (architecture, geometry, special and stop tokens, chat
+//! `revo models import`: a GGUF file to a model directory: `model.onnx` (the decoder graph)
+//! with its weights in `model.onnx.data`, `tokenizer.json` and `config.json` (architecture, geometry, special and stop tokens, chat
 //! template). The directory appears complete or not at all: it is written beside its final
 //! name and renamed into place.
 
@@ -50,6 +50,9 @@ pub enum ImportError {
     #[error("{0} already exists")]
     Exists(PathBuf),
 }
+
+/// The external data file of `model.onnx`: every large weight, in f32.
+pub const DATA_FILE: &str = "model.onnx.data";
 
 /// `config.json` of a model directory (Revo's own, not Hugging Face's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -165,7 +168,15 @@ pub fn import(
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let result = (|| {
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let onnx = llama::build(&g, &c, &mut |l, n| progress("layers", l, n))?;
+        // Weights stream into `model.onnx.data` (ONNX external data) as they are converted;
+        // the graph itself is small.
+        let data_path = tmp.join(DATA_FILE);
+        let file = std::fs::File::create(&data_path).map_err(io(&data_path))?;
+        let mut data = std::io::BufWriter::new(file);
+        let onnx = llama::build(&g, &c, &mut data, DATA_FILE, &mut |l, n| {
+            progress("layers", l, n)
+        })?;
+        std::io::Write::flush(&mut data).map_err(io(&data_path))?;
         let write = |file: &str, bytes: &[u8]| {
             let p = tmp.join(file);
             std::fs::write(&p, bytes).map_err(io(&p))

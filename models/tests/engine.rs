@@ -43,7 +43,11 @@ fn greedy_decoding_matches_the_reference_token_for_token() {
     let dir = Scratch(std::env::temp_dir().join(format!("revo-engine-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let onnx = dir.0.join("model.onnx");
-    std::fs::write(&onnx, llama::build(&g, &c, &mut |_, _| {}).unwrap()).unwrap();
+    let mut data =
+        std::io::BufWriter::new(std::fs::File::create(dir.0.join("model.onnx.data")).unwrap());
+    let graph = llama::build(&g, &c, &mut data, "model.onnx.data", &mut |_, _| {}).unwrap();
+    std::io::Write::flush(&mut data).unwrap();
+    std::fs::write(&onnx, graph).unwrap();
     let geometry = Geometry {
         layers: c.layers,
         kv_heads: c.kv_heads,

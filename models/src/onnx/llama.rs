@@ -71,14 +71,21 @@ impl LlamaConfig {
     }
 }
 
-/// Builds nodes with generated names.
-struct Builder {
+/// Builds nodes with generated names; large weights go to the external data file as they come,
+/// so memory holds one weight at a time, not the model.
+struct Builder<'w> {
     nodes: Vec<Node>,
     inits: Vec<Tensor>,
     next: usize,
+    data: &'w mut dyn std::io::Write,
+    data_name: String,
+    data_len: u64,
 }
 
-impl Builder {
+/// Weights at least this large go to the external data file.
+const EXTERNAL_MIN_BYTES: usize = 1024;
+
+impl Builder<'_> {
     fn op_to(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<(&str, Attr)>) {
         self.nodes.push(Node {
             op: op.to_owned(),
@@ -118,9 +125,29 @@ impl Builder {
         name
     }
 
-    fn weight(&mut self, name: &str, dims: &[i64], data: &[f32]) -> String {
-        self.inits.push(Tensor::f32(name, dims, data));
-        name.to_owned()
+    fn weight(&mut self, name: &str, dims: &[i64], data: &[f32]) -> Result<String, GraphError> {
+        let bytes = data.len() * 4;
+        if bytes < EXTERNAL_MIN_BYTES {
+            self.inits.push(Tensor::f32(name, dims, data));
+            return Ok(name.to_owned());
+        }
+        // ONNX Runtime maps external data; aligning each tensor keeps that cheap.
+        let pad = (64 - self.data_len % 64) % 64;
+        let mut raw = vec![0u8; pad as usize];
+        raw.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+        self.data
+            .write_all(&raw)
+            .map_err(|e| GraphError::Shape(format!("writing weights: {e}")))?;
+        let offset = self.data_len + pad;
+        self.data_len += raw.len() as u64;
+        self.inits.push(Tensor::f32_external(
+            name,
+            dims,
+            &self.data_name,
+            offset,
+            bytes as u64,
+        ));
+        Ok(name.to_owned())
     }
 
     fn rms_norm(&mut self, x: &str, w: &str, eps: &str) -> String {
@@ -167,12 +194,22 @@ fn unpermute(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> 
 /// Everything `build` reports as it goes (for a progress bar).
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
-/// Builds the graph and serialises the model.
-pub fn build(g: &Gguf, c: &LlamaConfig, progress: Progress<'_>) -> Result<Vec<u8>, GraphError> {
+/// Builds the graph and serialises the model. Weights are written to `data`, the external
+/// data file that the model names `data_name` (beside `model.onnx`).
+pub fn build(
+    g: &Gguf,
+    c: &LlamaConfig,
+    data: &mut dyn std::io::Write,
+    data_name: &str,
+    progress: Progress<'_>,
+) -> Result<Vec<u8>, GraphError> {
     let mut b = Builder {
         nodes: Vec::new(),
         inits: Vec::new(),
         next: 0,
+        data,
+        data_name: data_name.to_owned(),
+        data_len: 0,
     };
     let (h, hd, nh, kvh) = (
         c.hidden as i64,
@@ -225,8 +262,8 @@ pub fn build(g: &Gguf, c: &LlamaConfig, progress: Progress<'_>) -> Result<Vec<u8
             sin.push(angle.sin());
         }
     }
-    let cos_t = b.weight("rope.cos", &[c.context as i64, halfd as i64], &cos);
-    let sin_t = b.weight("rope.sin", &[c.context as i64, halfd as i64], &sin);
+    let cos_t = b.weight("rope.cos", &[c.context as i64, halfd as i64], &cos)?;
+    let sin_t = b.weight("rope.sin", &[c.context as i64, halfd as i64], &sin)?;
     let rope = |b: &mut Builder, table: &str| {
         let gathered = b.op(
             "Gather",
@@ -259,7 +296,7 @@ pub fn build(g: &Gguf, c: &LlamaConfig, progress: Progress<'_>) -> Result<Vec<u8
     };
 
     let embed = load("token_embd.weight")?;
-    let embed_t = b.weight("embed_tokens", &[c.vocab as i64, h], &embed);
+    let embed_t = b.weight("embed_tokens", &[c.vocab as i64, h], &embed)?;
     let mut x = b.op(
         "Gather",
         &[&embed_t, "input_ids"],
@@ -294,18 +331,18 @@ pub fn build(g: &Gguf, c: &LlamaConfig, progress: Progress<'_>) -> Result<Vec<u8
                 &format!("layers.{l}.{name}.weight"),
                 &[inn as i64, out as i64],
                 &wt,
-            );
+            )?;
             let y = b.op("MatMul", &[x, &wn], vec![]);
             let bias_name = p(&format!("{name}.bias"));
             if has(&bias_name) {
                 let bias = load(&bias_name)?;
-                let bn = b.weight(&format!("layers.{l}.{name}.bias"), &[out as i64], &bias);
+                let bn = b.weight(&format!("layers.{l}.{name}.bias"), &[out as i64], &bias)?;
                 return Ok(b.op("Add", &[&y, &bn], vec![]));
             }
             Ok(y)
         };
         let norm_w = load(&p("attn_norm.weight"))?;
-        let nw = b.weight(&format!("layers.{l}.attn_norm"), &[h], &norm_w);
+        let nw = b.weight(&format!("layers.{l}.attn_norm"), &[h], &norm_w)?;
         let hn = b.rms_norm(&x, &nw, &eps);
         let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let q = proj(
@@ -364,7 +401,7 @@ pub fn build(g: &Gguf, c: &LlamaConfig, progress: Progress<'_>) -> Result<Vec<u8
         x = b.op("Add", &[&x, &o], vec![]);
 
         let norm_w = load(&p("ffn_norm.weight"))?;
-        let nw = b.weight(&format!("layers.{l}.ffn_norm"), &[h], &norm_w);
+        let nw = b.weight(&format!("layers.{l}.ffn_norm"), &[h], &norm_w)?;
         let hn = b.rms_norm(&x, &nw, &eps);
         let gate = proj(&mut b, &hn, "ffn_gate", c.ffn, c.hidden, None)?;
         let up = proj(&mut b, &hn, "ffn_up", c.ffn, c.hidden, None)?;
@@ -377,12 +414,12 @@ pub fn build(g: &Gguf, c: &LlamaConfig, progress: Progress<'_>) -> Result<Vec<u8
     progress(c.layers, c.layers);
 
     let norm_w = load("output_norm.weight")?;
-    let nw = b.weight("norm", &[h], &norm_w);
+    let nw = b.weight("norm", &[h], &norm_w)?;
     let hn = b.rms_norm(&x, &nw, &eps);
     // Tied embeddings (no `output.weight`) reuse the embedding matrix: Gemm with transB.
     let head = if has("output.weight") {
         let w = load("output.weight")?;
-        b.weight("lm_head", &[c.vocab as i64, h], &w)
+        b.weight("lm_head", &[c.vocab as i64, h], &w)?
     } else {
         embed_t.clone()
     };

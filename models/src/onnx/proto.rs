@@ -58,6 +58,8 @@ pub struct Tensor {
     pub dims: Vec<i64>,
     pub data_type: i64,
     pub raw: Vec<u8>,
+    /// Stored in an external data file instead: (file name, offset, length).
+    pub external: Option<(String, u64, u64)>,
 }
 
 impl Tensor {
@@ -67,6 +69,18 @@ impl Tensor {
             dims: dims.to_vec(),
             data_type: FLOAT,
             raw: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            external: None,
+        }
+    }
+
+    /// An f32 tensor whose data lies in `file` at `offset` (ONNX external data).
+    pub fn f32_external(name: &str, dims: &[i64], file: &str, offset: u64, len: u64) -> Tensor {
+        Tensor {
+            name: name.to_owned(),
+            dims: dims.to_vec(),
+            data_type: FLOAT,
+            raw: Vec::new(),
+            external: Some((file.to_owned(), offset, len)),
         }
     }
 
@@ -76,6 +90,7 @@ impl Tensor {
             dims: dims.to_vec(),
             data_type: INT64,
             raw: data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            external: None,
         }
     }
 
@@ -86,7 +101,23 @@ impl Tensor {
         }
         b.int(2, self.data_type);
         b.str(8, &self.name);
-        b.bytes(9, &self.raw);
+        match &self.external {
+            None => b.bytes(9, &self.raw),
+            Some((file, offset, len)) => {
+                for (k, v) in [
+                    ("location", file.clone()),
+                    ("offset", offset.to_string()),
+                    ("length", len.to_string()),
+                ] {
+                    let mut entry = Buf::default();
+                    entry.str(1, k);
+                    entry.str(2, &v);
+                    b.msg(13, &entry);
+                }
+                // data_location = EXTERNAL
+                b.int(14, 1);
+            }
+        }
         b
     }
 }
