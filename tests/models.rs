@@ -184,7 +184,12 @@ async fn import_list_generate_and_remove() {
     assert_eq!(code, 0, "{err}");
     let name = "smollm2-135m-instruct-q4_1";
     assert!(out.contains(name) && out.contains("llama"), "{out}");
-    for file in ["model.onnx", "model.onnx.data", "tokenizer.json", "config.json"] {
+    for file in [
+        "model.onnx",
+        "model.onnx.data",
+        "tokenizer.json",
+        "config.json",
+    ] {
         assert!(models.join(name).join(file).is_file(), "{file}");
     }
     let (_, out, _) = output(&mut revo_cmd(&["models", "list"], &env));

@@ -133,12 +133,20 @@ fn failed(f: Failure) -> ApiError {
     ApiError::new(status, f.code, f.message)
 }
 
-/// Appends `generation.completed` on the node's runtime (the response does not wait for it).
-fn record(state: &AppState, id: &str, model: &str, o: &Outcome, meta: EventMeta) {
+/// Appends `generation.completed` (before the caller answers, so a completed generation is
+/// never missing from the log). A failure is logged, not returned: the text was generated.
+async fn record(
+    store: std::sync::Arc<dyn revo_events::EventStore>,
+    node: String,
+    id: String,
+    model: String,
+    o: Outcome,
+    meta: EventMeta,
+) {
     let ev = ModelEvent::GenerationCompleted {
-        id: id.to_owned(),
-        model: model.to_owned(),
-        node: state.node_id.clone(),
+        id: id.clone(),
+        model,
+        node,
         device: "cpu".into(),
         prompt_tokens: o.prompt_tokens as u64,
         completion_tokens: o.completion_tokens as u64,
@@ -146,26 +154,22 @@ fn record(state: &AppState, id: &str, model: &str, o: &Outcome, meta: EventMeta)
         duration_ms: o.duration_ms,
         finish_reason: finish_reason(o.finish).into(),
     };
-    let store = state.store.clone();
-    let id = id.to_owned();
-    state.runtime.spawn(async move {
-        let appended = match ev.to_new_event(meta) {
-            Ok(new) => store
-                .append(AppendRequest::new(
-                    GENERATION_STREAM,
-                    &id,
-                    ExpectedVersion::NoStream,
-                    vec![new],
-                ))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = appended {
-            tracing::warn!(error = %e, "could not record a generation");
-        }
-    });
+    let appended = match ev.to_new_event(meta) {
+        Ok(new) => store
+            .append(AppendRequest::new(
+                GENERATION_STREAM,
+                &id,
+                ExpectedVersion::NoStream,
+                vec![new],
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = appended {
+        tracing::warn!(error = %e, "could not record a generation");
+    }
 }
 
 /// Generates text with a local model (OpenAI's completions API).
@@ -212,7 +216,15 @@ pub async fn create(
             match rx.recv().await {
                 Some(Event::Text(_)) => {}
                 Some(Event::Done(Ok(o))) => {
-                    record(&state, &id, &r.model, &o, meta);
+                    let rec = record(
+                        state.store.clone(),
+                        state.node_id.clone(),
+                        id.clone(),
+                        r.model.clone(),
+                        o.clone(),
+                        meta,
+                    );
+                    state.on_node(rec).await?;
                     return Ok(HttpResponse::Ok().json(Completion {
                         id,
                         object: "text_completion".into(),
@@ -270,7 +282,16 @@ pub async fn create(
                     }
                 }
                 Some(Event::Done(Ok(o))) => {
-                    record(&st, &id, &model, &o, meta);
+                    let node = st.node_id.clone();
+                    record(
+                        st.store.clone(),
+                        node,
+                        id.clone(),
+                        model.clone(),
+                        o.clone(),
+                        meta,
+                    )
+                    .await;
                     let usage = Usage {
                         prompt_tokens: o.prompt_tokens as u64,
                         completion_tokens: o.completion_tokens as u64,
