@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::RecordedEvent;
 use crate::family::EventFamily;
-use crate::projection::{Projection, ProjectionError, Rows};
+use crate::projection::{from_rows, to_rows, Projection, ProjectionError, Rows};
 
 pub const MODEL_STREAM: &str = "model";
 pub const GENERATION_STREAM: &str = "generation";
@@ -158,23 +158,11 @@ impl Projection for ModelsProjection {
     }
 
     fn rows(&self) -> Rows {
-        self.models
-            .iter()
-            .filter_map(|(k, r)| serde_json::to_value(r).ok().map(|v| (k.clone(), v)))
-            .collect()
+        to_rows(&self.models)
     }
 
     fn load(&mut self, rows: Rows) -> Result<(), ProjectionError> {
-        let mut models = BTreeMap::new();
-        for (key, doc) in rows {
-            let row: ModelRow =
-                serde_json::from_value(doc).map_err(|e| ProjectionError::BadRow {
-                    key: key.clone(),
-                    reason: e.to_string(),
-                })?;
-            models.insert(key, row);
-        }
-        self.models = models;
+        self.models = from_rows(rows)?;
         Ok(())
     }
 }

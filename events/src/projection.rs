@@ -64,6 +64,28 @@ pub trait Projection: Send + 'static {
     fn load(&mut self, rows: Rows) -> Result<(), ProjectionError>;
 }
 
+/// The rows of a projection that keeps one typed row per key.
+pub fn to_rows<R: Serialize>(map: &BTreeMap<String, R>) -> Rows {
+    map.iter()
+        .filter_map(|(k, r)| serde_json::to_value(r).ok().map(|v| (k.clone(), v)))
+        .collect()
+}
+
+/// The inverse of [`to_rows`]: a row that does not fit `R` is an error naming its key.
+pub fn from_rows<R: serde::de::DeserializeOwned>(
+    rows: Rows,
+) -> Result<BTreeMap<String, R>, ProjectionError> {
+    rows.into_iter()
+        .map(|(key, doc)| match serde_json::from_value(doc) {
+            Ok(row) => Ok((key, row)),
+            Err(e) => Err(ProjectionError::BadRow {
+                key,
+                reason: e.to_string(),
+            }),
+        })
+        .collect()
+}
+
 /// One difference between a live read model and a rebuilt one.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowDiff {
@@ -225,23 +247,11 @@ impl Projection for NodesProjection {
     }
 
     fn rows(&self) -> Rows {
-        self.nodes
-            .iter()
-            .filter_map(|(k, r)| serde_json::to_value(r).ok().map(|v| (k.clone(), v)))
-            .collect()
+        to_rows(&self.nodes)
     }
 
     fn load(&mut self, rows: Rows) -> Result<(), ProjectionError> {
-        let mut nodes = BTreeMap::new();
-        for (key, doc) in rows {
-            let row: NodeRow =
-                serde_json::from_value(doc).map_err(|e| ProjectionError::BadRow {
-                    key: key.clone(),
-                    reason: e.to_string(),
-                })?;
-            nodes.insert(key, row);
-        }
-        self.nodes = nodes;
+        self.nodes = from_rows(rows)?;
         Ok(())
     }
 }
