@@ -4,19 +4,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+mod common;
+
+use common::smollm2;
 use revo_models::engine::{self, EngineError, Finish, Geometry, Model};
 use revo_models::onnx::llama::{self, LlamaConfig};
-use revo_models::Gguf;
-
-fn smollm2() -> Gguf {
-    let path = revo_models::default_model_path();
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-model.sh",
-        path.display()
-    );
-    Gguf::open(&path).unwrap()
-}
 
 struct Scratch(std::path::PathBuf);
 

@@ -3,9 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use std::io::Write;
-use std::path::PathBuf;
+mod common;
 
+use std::io::Write;
+
+use common::smollm2_path;
 use revo_models::quant::dequantize;
 use revo_models::{Gguf, GgufError, TensorType};
 
@@ -63,19 +65,10 @@ fn every_block_type_matches_the_reference() {
 }
 
 /// The default model, fetched by scripts/fetch-model.sh (scripts/test.sh runs it).
-fn smollm2() -> PathBuf {
-    let path = revo_models::default_model_path();
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-model.sh (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
 
 #[test]
 fn the_default_model_reads_and_dequantises_like_the_reference() {
-    let g = Gguf::open(&smollm2()).unwrap();
+    let g = Gguf::open(&smollm2_path()).unwrap();
     assert_eq!(g.version, 3);
     assert_eq!(g.str("general.architecture").unwrap(), "llama");
     assert_eq!(g.u64("llama.block_count").unwrap(), 30);

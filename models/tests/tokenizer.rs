@@ -3,18 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use revo_models::tokenizer;
-use revo_models::Gguf;
+mod common;
 
-fn smollm2() -> Gguf {
-    let path = revo_models::default_model_path();
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-model.sh (scripts/test.sh does)",
-        path.display()
-    );
-    Gguf::open(&path).unwrap()
-}
+use common::smollm2;
+use revo_models::tokenizer;
 
 fn lines(text: &str) -> Vec<serde_json::Value> {
     text.lines()

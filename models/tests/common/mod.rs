@@ -1,0 +1,20 @@
+//! Shared by the model tests: the default model, fetched by scripts/fetch-model.sh.
+
+#![allow(clippy::unwrap_used, clippy::panic, dead_code)] // test code; not every test uses all
+
+use revo_models::Gguf;
+
+/// The default model's path, or a failure saying how to get it.
+pub fn smollm2_path() -> std::path::PathBuf {
+    let path = revo_models::default_model_path();
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-model.sh (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+pub fn smollm2() -> Gguf {
+    Gguf::open(&smollm2_path()).unwrap()
+}
