@@ -77,6 +77,12 @@ pub enum Command {
     },
     /// Generate text with a local model, streamed to the terminal (greedy).
     Generate(GenerateArgs),
+    /// Serve one local model to the cluster's edges over NATS (cluster mode).
+    Worker {
+        /// The model's registry name (`revo models list`).
+        #[arg(long)]
+        model: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

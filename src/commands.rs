@@ -34,6 +34,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let store_metrics = Metrics::new()?.store;
     match cli.command {
         Command::Serve(_) => serve::run(config).await.map(|()| 0),
+        Command::Worker { model } => crate::inference::worker::run(config, model)
+            .await
+            .map(|()| 0),
         Command::Migrate => match &config.mode {
             Mode::Cluster { database_url, .. } => {
                 store::postgres::migrate(database_url).await?;
@@ -152,6 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 s.as_ref(),
                 &config.models_dir(),
                 config.ort_dylib.as_deref(),
+                &config.models,
                 &args,
             )
             .await;

@@ -33,6 +33,11 @@ pub const KNOWN_ENV: &[&str] = &[
     "REVO_RATE_LIMIT_DEVELOPER",
     "REVO_RATE_LIMIT_VIEWER",
     "REVO_ORT_DYLIB",
+    "REVO_MODEL_THREADS",
+    "REVO_MODEL_MAX_BATCH",
+    "REVO_MODEL_DEVICE",
+    "REVO_MODEL_GPU",
+    "REVO_WORKER_TIMEOUT_MS",
 ];
 
 /// `revo.toml`. Every key is optional; absent keys keep their defaults.
@@ -53,6 +58,24 @@ pub struct FileConfig {
     pub rate_limits: RateLimitsFile,
     #[serde(default)]
     pub http: HttpFile,
+    #[serde(default)]
+    pub models: ModelsFile,
+}
+
+/// `[models]`: how local models run (in `revo serve` and `revo worker`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsFile {
+    /// Inference threads per model.
+    pub threads: Option<usize>,
+    /// Sequences decoded together per model.
+    pub max_batch: Option<usize>,
+    /// `cpu`, `cuda` or `cuda:N`.
+    pub device: Option<String>,
+    /// With a CUDA device: `require` (fail without it) or `prefer` (warn and use the CPU).
+    pub gpu: Option<String>,
+    /// Cluster edges: a worker silent this long is lost (its request fails).
+    pub worker_timeout_ms: Option<u64>,
 }
 
 /// `[auth]` in `revo.toml`.
@@ -155,6 +178,7 @@ pub struct Config {
     /// Where imported models live: `<data_dir>/models`.
     pub data_dir: PathBuf,
     pub ort_dylib: Option<PathBuf>,
+    pub models: crate::inference::ModelSettings,
 }
 
 impl Config {
@@ -308,8 +332,54 @@ impl Config {
             http,
             data_dir,
             ort_dylib: args.ort_dylib.clone(),
+            models: models_config(file.models)?,
         })
     }
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, file: Option<T>) -> anyhow::Result<Option<T>> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{name}=`{v}` is not a valid value")),
+        Err(_) => Ok(file),
+    }
+}
+
+fn models_config(file: ModelsFile) -> anyhow::Result<crate::inference::ModelSettings> {
+    use revo_models::engine::Device;
+    let d = crate::inference::ModelSettings::default();
+    let threads = env_or("REVO_MODEL_THREADS", file.threads)?.unwrap_or(d.threads);
+    let max_batch = env_or("REVO_MODEL_MAX_BATCH", file.max_batch)?.unwrap_or(d.max_batch);
+    if threads == 0 || max_batch == 0 || max_batch > 64 {
+        bail!("[models] threads must be positive and max_batch 1 to 64");
+    }
+    let required = match env_or("REVO_MODEL_GPU", file.gpu)?.as_deref() {
+        None | Some("require") => true,
+        Some("prefer") => false,
+        Some(other) => bail!("[models] gpu `{other}` is not `require` or `prefer`"),
+    };
+    let device = match env_or("REVO_MODEL_DEVICE", file.device)?.as_deref() {
+        None | Some("cpu") => Device::Cpu,
+        Some("cuda") => Device::Cuda { id: 0, required },
+        Some(other) => match other.strip_prefix("cuda:").map(str::parse::<i32>) {
+            Some(Ok(id)) if id >= 0 => Device::Cuda { id, required },
+            _ => bail!("[models] device `{other}` is not `cpu`, `cuda` or `cuda:N`"),
+        },
+    };
+    let timeout = env_or("REVO_WORKER_TIMEOUT_MS", file.worker_timeout_ms)?
+        .map_or(d.worker_timeout, Duration::from_millis);
+    if timeout < Duration::from_millis(100) {
+        bail!("[models] worker_timeout_ms must be at least 100");
+    }
+    Ok(crate::inference::ModelSettings {
+        threads,
+        max_batch,
+        device,
+        worker_timeout: timeout,
+        ..d
+    })
 }
 
 fn auth_config(

@@ -182,9 +182,11 @@ pub async fn generate(
     store: &dyn EventStore,
     models_dir: &Path,
     runtime: Option<&Path>,
+    settings: &crate::inference::ModelSettings,
     args: &GenerateArgs,
 ) -> anyhow::Result<()> {
     let (name, max_tokens, chat, threads) = (&args.model, args.max_tokens, args.chat, args.threads);
+    let device = settings.device;
     let row = registry(store)
         .await?
         .get(name)
@@ -194,7 +196,7 @@ pub async fn generate(
     let dir: PathBuf = models_dir.join(&row.dir);
     let prompt = args.prompt.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut model = LocalModel::open(&dir, &runtime, threads)?;
+        let mut model = LocalModel::open(&dir, &runtime, threads, device)?;
         let text = if chat {
             model.chat_prompt(&prompt)?
         } else {

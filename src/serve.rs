@@ -109,17 +109,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     let (access, docs) = http::prepare()?;
-    // Every registered local model gets an in-process worker thread.
-    let local: Vec<(String, std::path::PathBuf)> = crate::models::registry(store.as_ref())
-        .await?
-        .all()
-        .map(|m| (m.name.clone(), config.models_dir().join(&m.dir)))
-        .collect();
-    let inference = Arc::new(crate::inference::Inference::start(
-        config.ort_dylib.clone(),
-        local,
-        2,
-    ));
+    // Embedded mode: every registered local model gets a thread in this process. Cluster
+    // mode: requests go to `revo worker` processes over NATS.
+    let inference = Arc::new(match &config.mode {
+        Mode::Embedded { .. } => {
+            let local: Vec<(String, std::path::PathBuf)> = crate::models::registry(store.as_ref())
+                .await?
+                .all()
+                .map(|m| (m.name.clone(), config.models_dir().join(&m.dir)))
+                .collect();
+            crate::inference::Inference::local(
+                config.ort_dylib.clone(),
+                local,
+                &config.models,
+                &node_id,
+            )
+        }
+        Mode::Cluster { nats_url, .. } => crate::inference::Inference::Remote(
+            crate::inference::remote::Remote::connect(
+                nats_url,
+                subjects.clone(),
+                config.models.worker_timeout,
+                tasks.clone(),
+                cancel.clone(),
+            )
+            .await
+            .context("connecting to NATS for the model workers")?,
+        ),
+    });
     let projectors = projections::all()
         .into_iter()
         .map(|p| {
@@ -297,7 +314,7 @@ async fn open_identity(
     ))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

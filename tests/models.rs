@@ -11,27 +11,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
 use common::*;
-
-fn smollm2() -> PathBuf {
-    let path = revo_models::default_model_path();
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-model.sh",
-        path.display()
-    );
-    path
-}
-
-fn case(prompt: &str) -> serde_json::Value {
-    include_str!("../models/tests/fixtures/smollm2/greedy-cases.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .find(|c| c["prompt"] == prompt)
-        .unwrap()
-}
 
 async fn completions_over_http(data: &str, name: &str) {
     let served = Served::start(&[("REVO_DATA_DIR", data), ("REVO_ADMIN_PASSWORD", ADMIN_PW)]).await;

@@ -1,17 +1,23 @@
 //! Running a decoder-with-past ONNX model with ONNX Runtime (`ort`, loaded at run time from a
-//! shared library): prefill the prompt, then one token per step with the KV cache carried
-//! between steps.
+//! shared library), several sequences at once.
 //!
-//! Today: one sequence at a time, greedy. Sampling, batching and the worker threads build on it.
+//! A new sequence's prompt is prefilled alone; its cache then joins the batch between decode
+//! steps. Each step runs every active sequence one token forward in one call: the batch's cache
+//! is left-padded to the longest sequence, the attention mask hides the padding and each row
+//! keeps its own positions, so a sequence gets the same tokens alone or in a batch. Sequences
+//! join and leave between steps; the cache is regrouped (copied) only then, and trimmed to the
+//! longest remaining sequence.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ort::session::{Session, SessionInputValue};
+use ort::ep::ExecutionProvider;
+use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+
+use crate::sampling::Sampler;
+pub use crate::sampling::Sampling;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -24,6 +30,10 @@ pub enum EngineError {
     Runtime { path: PathBuf, reason: String },
     #[error("ONNX Runtime: {0}")]
     Ort(String),
+    #[error("the CUDA execution provider is required but unavailable: {0}")]
+    NoCuda(String),
+    #[error("this model is decoding other sequences; use start and step")]
+    Busy,
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("invalid sampling parameter: {0}")]
@@ -90,18 +100,88 @@ pub struct Geometry {
     pub context: usize,
 }
 
-pub struct Model {
-    session: Session,
-    geometry: Geometry,
+/// Where a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// CUDA device `id`; `required`: fail when unavailable, else warn and use the CPU.
+    Cuda { id: i32, required: bool },
 }
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
-    /// An end-of-sequence token (not included in the output).
+    /// An end-of-sequence token (not included in the output), a stop sequence or a cancel.
     Stop,
     /// `max_tokens` reached.
     Length,
+}
+
+/// A sequence in the batch.
+pub type SeqId = u64;
+
+/// What a sequence produced: a new token, and whether it has finished (it then leaves the
+/// batch). An end-of-sequence token finishes it without a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Produced {
+    pub seq: SeqId,
+    pub token: Option<u32>,
+    pub finish: Option<Finish>,
+}
+
+struct Seq {
+    id: SeqId,
+    sampler: Sampler,
+    eos: Vec<u32>,
+    produced: usize,
+    /// Positions in the cache (prompt and tokens fed so far).
+    len: usize,
+    /// The last token chosen, fed at the next step.
+    next: u32,
+    /// Its row in the cache.
+    row: usize,
+}
+
+impl Seq {
+    /// Chooses the next token from `logits`.
+    fn advance(&mut self, logits: &[f32]) -> Produced {
+        let t = self.sampler.next(logits);
+        let mut p = Produced {
+            seq: self.id,
+            token: Some(t),
+            finish: None,
+        };
+        if self.eos.contains(&t) {
+            p.token = None;
+            p.finish = Some(Finish::Stop);
+        } else {
+            self.produced += 1;
+            self.next = t;
+            if self.produced == self.sampler.sampling.max_tokens {
+                p.finish = Some(Finish::Length);
+            }
+        }
+        p
+    }
+}
+
+pub struct Model {
+    session: Session,
+    geometry: Geometry,
+    device: Device,
+    /// The batch, one row each, in the order of the cache's rows.
+    rows: Vec<Seq>,
+    /// The batch's cache, `present` of the last step: key then value per layer, each
+    /// `[rows, kv_heads, width, head_dim]`. Empty when `rows` is.
+    past: Vec<DynValue>,
+    width: usize,
+    /// Prefilled sequences with their own cache (`[1, kv_heads, len, head_dim]`), joining at the
+    /// next step.
+    joining: Vec<(Seq, Vec<DynValue>)>,
+    /// Rows that left since the last step.
+    left: bool,
+    next_id: SeqId,
 }
 
 impl Model {
@@ -110,15 +190,47 @@ impl Model {
         onnx: &Path,
         geometry: Geometry,
         threads: usize,
+        device: Device,
     ) -> Result<Model, EngineError> {
         let env = runtime(runtime_path)?;
-        let session = Session::builder(env)
+        let mut builder = Session::builder(env)
             .map_err(ort_err)?
             .with_intra_threads(threads.max(1))
-            .map_err(ort_err)?
-            .commit_from_file(onnx)
             .map_err(ort_err)?;
-        Ok(Model { session, geometry })
+        let mut used = Device::Cpu;
+        if let Device::Cuda { id, required } = device {
+            let cuda = ort::ep::CUDA::default().with_device_id(id);
+            match cuda.register(&mut builder) {
+                Ok(()) => used = device,
+                Err(e) if required => return Err(EngineError::NoCuda(e.to_string())),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "the CUDA execution provider is unavailable; running on the CPU"
+                ),
+            }
+        }
+        let session = builder.commit_from_file(onnx).map_err(ort_err)?;
+        Ok(Model {
+            session,
+            geometry,
+            device: used,
+            rows: Vec::new(),
+            past: Vec::new(),
+            width: 0,
+            joining: Vec::new(),
+            left: false,
+            next_id: 0,
+        })
+    }
+
+    /// The device the model actually runs on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Sequences being decoded (including those joining at the next step).
+    pub fn active(&self) -> usize {
+        self.rows.len() + self.joining.len()
     }
 
     /// Greedy decoding of one sequence: the ids produced, and why it stopped.
@@ -132,8 +244,8 @@ impl Model {
         self.generate(prompt, &Sampling::greedy(max_tokens), eos, on_token)
     }
 
-    /// Decodes one sequence under `sampling`. `on_token` sees each new id and returns false to
-    /// stop (a stop sequence matched, the client left).
+    /// Decodes one sequence alone under `sampling`. `on_token` sees each new id and returns
+    /// false to stop (a stop sequence matched, the client left).
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -141,187 +253,244 @@ impl Model {
         eos: &[u32],
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, Finish), EngineError> {
+        if self.active() > 0 {
+            return Err(EngineError::Busy);
+        }
+        let mut out = Vec::new();
+        let mut p = self.start(prompt, sampling, eos)?;
+        loop {
+            if let Some(t) = p.token {
+                out.push(t);
+                if !on_token(t) {
+                    self.cancel(p.seq);
+                    return Ok((out, Finish::Stop));
+                }
+            }
+            if let Some(f) = p.finish {
+                return Ok((out, f));
+            }
+            p = match self.step()?.pop() {
+                Some(p) => p,
+                None => return Err(ort_err("the sequence left the batch")),
+            };
+        }
+    }
+
+    /// Prefills `prompt` alone and chooses its first token. Unless that finishes it, the
+    /// sequence joins the batch at the next [`Model::step`].
+    pub fn start(
+        &mut self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        eos: &[u32],
+    ) -> Result<Produced, EngineError> {
         sampling.validate()?;
-        let max_tokens = sampling.max_tokens;
-        let mut rng = match sampling.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_entropy(),
-        };
-        let mut history: Vec<u32> = prompt.to_vec();
         let g = self.geometry;
         if prompt.is_empty() {
             return Err(EngineError::EmptyPrompt);
         }
-        if prompt.len() + max_tokens > g.context {
+        if prompt.len() + sampling.max_tokens > g.context {
             return Err(EngineError::Context {
                 prompt: prompt.len(),
-                max_tokens,
+                max_tokens: sampling.max_tokens,
                 context: g.context,
             });
         }
-        let mut past: Vec<DynValue> = Vec::with_capacity(2 * g.layers);
+        let n = prompt.len();
+        let mut empty = Vec::with_capacity(2 * g.layers);
         for _ in 0..2 * g.layers {
-            let empty =
-                Tensor::<f32>::from_array(([1usize, g.kv_heads, 0, g.head_dim], Vec::<f32>::new()))
-                    .map_err(ort_err)?;
-            past.push(empty.into_dyn());
+            let t = Tensor::<f32>::from_array(([1usize, g.kv_heads, 0, g.head_dim], Vec::new()))
+                .map_err(ort_err)?;
+            empty.push(t.into_dyn());
         }
-        let mut step: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
-        let mut done = 0usize;
-        let mut out = Vec::new();
-        loop {
-            if out.len() == max_tokens {
-                return Ok((out, Finish::Length));
+        let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+        let (logits, present) = self.run(ids, vec![1; n], (0..n as i64).collect(), 1, empty)?;
+        self.next_id += 1;
+        let mut seq = Seq {
+            id: self.next_id,
+            sampler: Sampler::new(sampling, prompt),
+            eos: eos.to_vec(),
+            produced: 0,
+            len: n,
+            next: 0,
+            row: 0,
+        };
+        let p = seq.advance(&logits);
+        if p.finish.is_none() {
+            self.joining.push((seq, present));
+        }
+        Ok(p)
+    }
+
+    /// Takes a sequence out of the batch (a stop sequence matched, the client left).
+    pub fn cancel(&mut self, seq: SeqId) {
+        self.joining.retain(|(s, _)| s.id != seq);
+        let before = self.rows.len();
+        self.rows.retain(|s| s.id != seq);
+        // The cache still has the row; the next step regroups it away.
+        self.left |= self.rows.len() != before;
+    }
+
+    /// Runs every active sequence one token forward. Sequences that finish leave the batch.
+    /// On an error every sequence is dropped (the caller fails them all).
+    pub fn step(&mut self) -> Result<Vec<Produced>, EngineError> {
+        let result = self.try_step();
+        if result.is_err() {
+            self.rows.clear();
+            self.joining.clear();
+            self.past.clear();
+            self.width = 0;
+            self.left = false;
+        }
+        result
+    }
+
+    fn try_step(&mut self) -> Result<Vec<Produced>, EngineError> {
+        self.regroup()?;
+        let b = self.rows.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        let w = self.width;
+        let mut mask = vec![0i64; b * (w + 1)];
+        // After a regroup, row r of the cache is self.rows[r].
+        for (r, s) in self.rows.iter().enumerate() {
+            // Left padding: a row's positions are the last `len` columns, then the new token.
+            mask[r * (w + 1) + (w - s.len)..(r + 1) * (w + 1)].fill(1);
+        }
+        let ids = self.rows.iter().map(|s| i64::from(s.next)).collect();
+        let pos = self.rows.iter().map(|s| s.len as i64).collect();
+        let past = std::mem::take(&mut self.past);
+        let (logits, present) = self.run(ids, mask, pos, b, past)?;
+        self.past = present;
+        self.width = w + 1;
+        let v = self.geometry.vocab;
+        let mut out = Vec::with_capacity(b);
+        for (r, s) in self.rows.iter_mut().enumerate() {
+            s.len += 1;
+            out.push(s.advance(&logits[r * v..(r + 1) * v]));
+        }
+        let before = self.rows.len();
+        self.rows
+            .retain(|s| !out.iter().any(|p| p.seq == s.id && p.finish.is_some()));
+        self.left |= self.rows.len() != before;
+        Ok(out)
+    }
+
+    /// One forward pass over `batch` rows of `ids.len() / batch` new tokens each: the logits of
+    /// each row's last position (`[batch, vocab]`, flat) and the new cache.
+    fn run(
+        &mut self,
+        ids: Vec<i64>,
+        mask: Vec<i64>,
+        pos: Vec<i64>,
+        batch: usize,
+        past: Vec<DynValue>,
+    ) -> Result<(Vec<f32>, Vec<DynValue>), EngineError> {
+        let n = ids.len() / batch;
+        let total = mask.len() / batch;
+        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(3 + past.len());
+        let t = |shape: [usize; 2], v: Vec<i64>| Tensor::from_array((shape, v)).map_err(ort_err);
+        inputs.push(("input_ids".into(), t([batch, n], ids)?.into()));
+        inputs.push(("attention_mask".into(), t([batch, total], mask)?.into()));
+        inputs.push(("position_ids".into(), t([batch, n], pos)?.into()));
+        for (i, v) in past.into_iter().enumerate() {
+            let kind = if i % 2 == 0 { "key" } else { "value" };
+            inputs.push((format!("past_key_values.{}.{kind}", i / 2).into(), v.into()));
+        }
+        let mut outputs = self.session.run(inputs).map_err(ort_err)?;
+        let g = self.geometry;
+        let logits = {
+            let l = outputs
+                .get("logits")
+                .ok_or_else(|| ort_err("no logits output"))?;
+            let (_, data) = l.try_extract_tensor::<f32>().map_err(ort_err)?;
+            // Only each row's last position is needed.
+            let mut last = Vec::with_capacity(batch * g.vocab);
+            for r in 0..batch {
+                let at = (r * n + n - 1) * g.vocab;
+                last.extend_from_slice(&data[at..at + g.vocab]);
             }
-            let total = done + step.len();
-            let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-                Vec::with_capacity(3 + past.len());
-            let n = step.len();
-            let ids =
-                Tensor::from_array(([1usize, n], std::mem::take(&mut step))).map_err(ort_err)?;
-            let mask = Tensor::from_array(([1usize, total], vec![1i64; total])).map_err(ort_err)?;
-            let pos =
-                Tensor::from_array(([1usize, n], (done as i64..total as i64).collect::<Vec<_>>()))
-                    .map_err(ort_err)?;
-            inputs.push(("input_ids".into(), ids.into()));
-            inputs.push(("attention_mask".into(), mask.into()));
-            inputs.push(("position_ids".into(), pos.into()));
-            for (i, v) in std::mem::take(&mut past).into_iter().enumerate() {
-                let kind = if i % 2 == 0 { "key" } else { "value" };
-                inputs.push((format!("past_key_values.{}.{kind}", i / 2).into(), v.into()));
+            last
+        };
+        let present = presents(&mut outputs, g.layers)?;
+        Ok((logits, present))
+    }
+
+    /// Rebuilds the cache after sequences joined or left: each row right-aligned in a tensor as
+    /// wide as the longest row.
+    fn regroup(&mut self) -> Result<(), EngineError> {
+        if self.joining.is_empty() && !self.left {
+            return Ok(());
+        }
+        self.left = false;
+        let joining = std::mem::take(&mut self.joining);
+        // The common case of a lone sequence keeps its prefilled cache as it is.
+        if self.rows.is_empty() && joining.len() == 1 {
+            if let Some((seq, cache)) = joining.into_iter().next() {
+                self.width = seq.len;
+                self.rows.push(seq);
+                self.past = cache;
             }
-            let mut outputs = self.session.run(inputs).map_err(ort_err)?;
-            let next = {
-                let logits = outputs
-                    .get("logits")
-                    .ok_or_else(|| ort_err("no logits output"))?;
-                let (_, data) = logits.try_extract_tensor::<f32>().map_err(ort_err)?;
-                let last = &data[(n - 1) * g.vocab..n * g.vocab];
-                sampling.choose(last, &history, &mut rng)
-            };
-            for l in 0..g.layers {
-                for kind in ["key", "value"] {
-                    let v = outputs
-                        .remove(format!("present.{l}.{kind}"))
-                        .ok_or_else(|| ort_err(format!("no present.{l}.{kind} output")))?;
-                    past.push(v);
+            return Ok(());
+        }
+        let g = self.geometry;
+        let old_rows: Vec<(usize, usize)> = self.rows.iter().map(|s| (s.row, s.len)).collect();
+        let old = std::mem::take(&mut self.past);
+        let old_width = self.width;
+        let width = old_rows
+            .iter()
+            .map(|&(_, len)| len)
+            .chain(joining.iter().map(|(s, _)| s.len))
+            .max()
+            .unwrap_or(0);
+        let rows = old_rows.len() + joining.len();
+        let (h, d) = (g.kv_heads, g.head_dim);
+        let mut past = Vec::with_capacity(2 * g.layers);
+        for k in 0..2 * g.layers {
+            let mut dst = vec![0f32; rows * h * width * d];
+            let mut copy =
+                |src: &[f32], src_row: usize, src_width: usize, len: usize, row: usize| {
+                    for head in 0..h {
+                        let from = ((src_row * h + head) * src_width + src_width - len) * d;
+                        let to = ((row * h + head) * width + width - len) * d;
+                        dst[to..to + len * d].copy_from_slice(&src[from..from + len * d]);
+                    }
+                };
+            if let Some(t) = old.get(k) {
+                let (_, data) = t.try_extract_tensor::<f32>().map_err(ort_err)?;
+                for (row, &(src_row, len)) in old_rows.iter().enumerate() {
+                    copy(data, src_row, old_width, len, row);
                 }
             }
-            drop(outputs);
-            done = total;
-            if eos.contains(&next) {
-                return Ok((out, Finish::Stop));
+            for (i, (s, cache)) in joining.iter().enumerate() {
+                let (_, data) = cache[k].try_extract_tensor::<f32>().map_err(ort_err)?;
+                copy(data, 0, s.len, s.len, old_rows.len() + i);
             }
-            out.push(next);
-            history.push(next);
-            if !on_token(next) {
-                return Ok((out, Finish::Stop));
-            }
-            step = vec![i64::from(next)];
+            let t = Tensor::from_array(([rows, h, width, d], dst)).map_err(ort_err)?;
+            past.push(t.into_dyn());
         }
-    }
-}
-
-/// How the next token is chosen. `temperature` 0 is greedy (argmax).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sampling {
-    pub max_tokens: usize,
-    pub temperature: f32,
-    /// Nucleus: keep the smallest set of tokens whose probability reaches `top_p` (1: all).
-    pub top_p: f32,
-    /// Keep the `top_k` most likely tokens (0: all).
-    pub top_k: usize,
-    /// > 1 makes tokens already in the prompt or output less likely (1: off).
-    pub repetition_penalty: f32,
-    /// Same seed, same parameters, same prompt: same output.
-    pub seed: Option<u64>,
-}
-
-impl Sampling {
-    pub fn greedy(max_tokens: usize) -> Sampling {
-        Sampling {
-            max_tokens,
-            temperature: 0.0,
-            top_p: 1.0,
-            top_k: 0,
-            repetition_penalty: 1.0,
-            seed: None,
-        }
-    }
-
-    pub fn validate(&self) -> Result<(), EngineError> {
-        let bad = |m: &str| Err(EngineError::Sampling(m.to_owned()));
-        if self.max_tokens == 0 {
-            return bad("max_tokens must be at least 1");
-        }
-        if !(0.0..=2.0).contains(&self.temperature) {
-            return bad("temperature is 0 to 2");
-        }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return bad("top_p is in (0, 1]");
-        }
-        if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
-            return bad("repetition_penalty is in (0, 10]");
+        self.past = past;
+        self.width = width;
+        self.rows.extend(joining.into_iter().map(|(s, _)| s));
+        for (r, s) in self.rows.iter_mut().enumerate() {
+            s.row = r;
         }
         Ok(())
     }
-
-    fn choose(&self, logits: &[f32], history: &[u32], rng: &mut StdRng) -> u32 {
-        let mut l = logits.to_vec();
-        if self.repetition_penalty != 1.0 {
-            for &t in history {
-                if let Some(x) = l.get_mut(t as usize) {
-                    *x = if *x > 0.0 {
-                        *x / self.repetition_penalty
-                    } else {
-                        *x * self.repetition_penalty
-                    };
-                }
-            }
-        }
-        if self.temperature == 0.0 {
-            return argmax(&l);
-        }
-        let mut order: Vec<usize> = (0..l.len()).collect();
-        order.sort_unstable_by(|&a, &b| l[b].total_cmp(&l[a]));
-        if self.top_k > 0 {
-            order.truncate(self.top_k);
-        }
-        let top = l[order[0]];
-        let mut probs: Vec<f32> = order
-            .iter()
-            .map(|&i| ((l[i] - top) / self.temperature).exp())
-            .collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        let mut kept = probs.len();
-        let mut acc = 0.0;
-        for (i, p) in probs.iter().enumerate() {
-            acc += p;
-            if acc >= self.top_p {
-                kept = i + 1;
-                break;
-            }
-        }
-        let total: f32 = probs[..kept].iter().sum();
-        let mut r = rng.gen::<f32>() * total;
-        for (i, p) in probs[..kept].iter().enumerate() {
-            r -= p;
-            if r <= 0.0 {
-                return order[i] as u32;
-            }
-        }
-        order[kept - 1] as u32
-    }
 }
 
-/// The index of the largest value (the first one on ties), as a token id.
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
+/// Takes `present.N.key/value` out of a run's outputs, in the order the next run feeds them.
+fn presents(outputs: &mut SessionOutputs<'_>, layers: usize) -> Result<Vec<DynValue>, EngineError> {
+    let mut past = Vec::with_capacity(2 * layers);
+    for l in 0..layers {
+        for kind in ["key", "value"] {
+            let v = outputs
+                .remove(format!("present.{l}.{kind}"))
+                .ok_or_else(|| ort_err(format!("no present.{l}.{kind} output")))?;
+            past.push(v);
         }
     }
-    best as u32
+    Ok(past)
 }

@@ -12,6 +12,7 @@ pub mod import;
 pub mod local;
 pub mod onnx;
 pub mod quant;
+pub mod sampling;
 pub mod tokenizer;
 
 pub use gguf::{Gguf, GgufError, TensorInfo, Value};

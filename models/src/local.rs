@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use crate::engine::{EngineError, Finish, Geometry, Model, Sampling};
+use std::collections::HashMap;
+
+use crate::engine::{Device, EngineError, Finish, Geometry, Model, Produced, Sampling, SeqId};
 use crate::import::ModelConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +25,7 @@ pub struct LocalModel {
     pub config: ModelConfig,
     tokenizer: tokenizers::Tokenizer,
     engine: Model,
+    streams: HashMap<SeqId, TextStream>,
 }
 
 /// One chat message.
@@ -45,7 +48,12 @@ pub fn render_chat(template: &str, messages: &[Message]) -> Result<String, Local
 }
 
 impl LocalModel {
-    pub fn open(dir: &Path, runtime: &Path, threads: usize) -> Result<LocalModel, LocalError> {
+    pub fn open(
+        dir: &Path,
+        runtime: &Path,
+        threads: usize,
+        device: Device,
+    ) -> Result<LocalModel, LocalError> {
         let bad = |reason: String| LocalError::Dir {
             path: dir.display().to_string(),
             reason,
@@ -64,12 +72,18 @@ impl LocalModel {
             vocab: config.vocab,
             context: config.context_length,
         };
-        let engine = Model::load(runtime, &dir.join("model.onnx"), geometry, threads)?;
+        let engine = Model::load(runtime, &dir.join("model.onnx"), geometry, threads, device)?;
         Ok(LocalModel {
             config,
             tokenizer,
             engine,
+            streams: HashMap::new(),
         })
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.engine.device()
     }
 
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, LocalError> {
@@ -100,8 +114,9 @@ impl LocalModel {
         )
     }
 
-    /// Generates from `prompt`, calling `on_text` with each new piece of text as soon as it is
-    /// whole UTF-8 and cannot be the start of a stop sequence; `on_text` returns false to stop.
+    /// Generates from `prompt` alone, calling `on_text` with each new piece of text as soon as
+    /// it is whole UTF-8 and cannot be the start of a stop sequence; `on_text` returns false to
+    /// stop.
     pub fn generate(
         &mut self,
         prompt: &str,
@@ -109,54 +124,175 @@ impl LocalModel {
         stop: &[String],
         mut on_text: impl FnMut(&str) -> bool,
     ) -> Result<Generation, LocalError> {
-        let ids = self.encode(prompt)?;
-        let eos = self.config.stop_token_ids.clone();
-        let mut produced: Vec<u32> = Vec::new();
-        let mut shown = 0usize;
-        let mut text = String::new();
-        let mut stopped_by_text = false;
-        let tokenizer = &self.tokenizer;
-        let (out, finish) = self.engine.generate(&ids, sampling, &eos, |t| {
-            produced.push(t);
-            let Ok(full) = tokenizer.decode(&produced, true) else {
-                return true;
-            };
-            // A byte-level token can end inside a character: wait until it is whole.
-            if full.ends_with('\u{FFFD}') {
-                return true;
-            }
-            text = full;
-            if let Some(at) = stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(at);
-                stopped_by_text = true;
-            }
-            let safe = if stopped_by_text {
-                text.len()
-            } else {
-                text.len() - held_back(&text, stop)
-            };
-            if safe > shown && text.is_char_boundary(shown) && text.is_char_boundary(safe) {
-                let go_on = on_text(&text[shown..safe]);
-                shown = safe;
-                if !go_on {
-                    return false;
+        if self.engine.active() > 0 {
+            return Err(EngineError::Busy.into());
+        }
+        let (seq, mut update) = self.start(prompt, sampling, stop)?;
+        loop {
+            if let Some(piece) = &update.text {
+                if !on_text(piece) {
+                    return Ok(self.cancel(seq).unwrap_or(Generation {
+                        text: String::new(),
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                        finish: Finish::Stop,
+                    }));
                 }
             }
-            !stopped_by_text
-        })?;
-        if !stopped_by_text && shown < text.len() {
-            on_text(&text[shown..]);
+            if let Some(done) = update.done {
+                return Ok(done);
+            }
+            update = match self.step()?.into_iter().find(|(s, _)| *s == seq) {
+                Some((_, u)) => u,
+                None => {
+                    return Err(LocalError::Engine(EngineError::Ort(
+                        "the sequence left".into(),
+                    )))
+                }
+            };
         }
-        Ok(Generation {
-            text,
+    }
+
+    /// Starts generating from `prompt` next to whatever else is being generated; its first
+    /// update comes at once (prefill), the rest from [`LocalModel::step`].
+    pub fn start(
+        &mut self,
+        prompt: &str,
+        sampling: &Sampling,
+        stop: &[String],
+    ) -> Result<(SeqId, Update), LocalError> {
+        let ids = self.encode(prompt)?;
+        let eos = self.config.stop_token_ids.clone();
+        let p = self.engine.start(&ids, sampling, &eos)?;
+        let mut text = TextStream {
+            stop: stop.to_vec(),
             prompt_tokens: ids.len(),
-            completion_tokens: out.len(),
-            finish: if stopped_by_text {
+            tokens: Vec::new(),
+            text: String::new(),
+            shown: 0,
+            stopped: false,
+        };
+        let update = text.push(&self.tokenizer, p);
+        if update.done.is_none() {
+            self.streams.insert(p.seq, text);
+        } else if p.finish.is_none() {
+            // A stop sequence in the first token; the engine would go on.
+            self.engine.cancel(p.seq);
+        }
+        Ok((p.seq, update))
+    }
+
+    /// Runs every sequence one token forward: an update for each.
+    pub fn step(&mut self) -> Result<Vec<(SeqId, Update)>, LocalError> {
+        let produced = match self.engine.step() {
+            Ok(p) => p,
+            Err(e) => {
+                self.streams.clear();
+                return Err(e.into());
+            }
+        };
+        let mut out = Vec::with_capacity(produced.len());
+        for p in produced {
+            let Some(stream) = self.streams.get_mut(&p.seq) else {
+                continue;
+            };
+            let update = stream.push(&self.tokenizer, p);
+            if update.done.is_some() {
+                self.streams.remove(&p.seq);
+                if p.finish.is_none() {
+                    // A stop sequence ended it; the engine would go on.
+                    self.engine.cancel(p.seq);
+                }
+            }
+            out.push((p.seq, update));
+        }
+        Ok(out)
+    }
+
+    /// Ends a sequence early (its client left): what it had generated.
+    pub fn cancel(&mut self, seq: SeqId) -> Option<Generation> {
+        self.engine.cancel(seq);
+        self.streams
+            .remove(&seq)
+            .map(|s| s.generation(Finish::Stop))
+    }
+
+    /// Sequences being generated.
+    pub fn active(&self) -> usize {
+        self.streams.len()
+    }
+}
+
+/// What one step did for a sequence: a piece of text to show, and the generation when it ended.
+#[derive(Debug, Clone, Default)]
+pub struct Update {
+    pub text: Option<String>,
+    pub done: Option<Generation>,
+}
+
+/// Turns a sequence's tokens into text: whole characters only, stop sequences cut and held back
+/// while they might still match.
+struct TextStream {
+    stop: Vec<String>,
+    prompt_tokens: usize,
+    tokens: Vec<u32>,
+    text: String,
+    shown: usize,
+    stopped: bool,
+}
+
+impl TextStream {
+    fn push(&mut self, tokenizer: &tokenizers::Tokenizer, p: Produced) -> Update {
+        let mut update = Update::default();
+        if let Some(t) = p.token {
+            self.tokens.push(t);
+            if let Ok(full) = tokenizer.decode(&self.tokens, true) {
+                // A byte-level token can end inside a character: wait until it is whole.
+                if !full.ends_with('\u{FFFD}') {
+                    self.text = full;
+                    if let Some(at) = self
+                        .stop
+                        .iter()
+                        .filter_map(|s| self.text.find(s.as_str()))
+                        .min()
+                    {
+                        self.text.truncate(at);
+                        self.stopped = true;
+                    }
+                }
+            }
+        }
+        let finished = self.stopped || p.finish.is_some();
+        let safe = if finished {
+            self.text.len()
+        } else {
+            self.text.len() - held_back(&self.text, &self.stop)
+        };
+        if safe > self.shown
+            && self.text.is_char_boundary(self.shown)
+            && self.text.is_char_boundary(safe)
+        {
+            update.text = Some(self.text[self.shown..safe].to_owned());
+            self.shown = safe;
+        }
+        if finished {
+            let finish = if self.stopped {
                 Finish::Stop
             } else {
-                finish
-            },
-        })
+                p.finish.unwrap_or(Finish::Stop)
+            };
+            update.done = Some(self.generation(finish));
+        }
+        update
+    }
+
+    fn generation(&self, finish: Finish) -> Generation {
+        Generation {
+            text: self.text[..self.shown.min(self.text.len())].to_owned(),
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.tokens.len(),
+            finish,
+        }
     }
 }
 

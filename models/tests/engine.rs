@@ -7,7 +7,9 @@
 mod common;
 
 use common::smollm2;
-use revo_models::engine::{self, EngineError, Finish, Geometry, Model};
+use std::collections::HashMap;
+
+use revo_models::engine::{self, Device, EngineError, Finish, Geometry, Model, Sampling, SeqId};
 use revo_models::onnx::llama::{self, LlamaConfig};
 
 struct Scratch(std::path::PathBuf);
@@ -26,13 +28,15 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn greedy_decoding_matches_the_reference_token_for_token() {
+/// The default model's graph, built into a scratch directory.
+fn build_default() -> (Scratch, Model, LlamaConfig) {
     let runtime =
         engine::locate_runtime(None).expect("run scripts/fetch-ort.sh (scripts/test.sh does)");
     let g = smollm2();
     let c = LlamaConfig::from_gguf(&g).unwrap();
-    let dir = Scratch(std::env::temp_dir().join(format!("revo-engine-{}", std::process::id())));
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = Scratch(std::env::temp_dir().join(format!("revo-engine-{}-{n}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let onnx = dir.0.join("model.onnx");
     let mut data =
@@ -47,7 +51,21 @@ fn greedy_decoding_matches_the_reference_token_for_token() {
         vocab: c.vocab,
         context: c.context,
     };
-    let mut model = Model::load(&runtime, &onnx, geometry, 1).unwrap();
+    let model = Model::load(&runtime, &onnx, geometry, 1, Device::Cpu).unwrap();
+    (dir, model, c)
+}
+
+fn cases() -> Vec<serde_json::Value> {
+    include_str!("fixtures/smollm2/greedy-cases.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn greedy_decoding_matches_the_reference_token_for_token() {
+    let (_dir, mut model, c) = build_default();
     let cases = include_str!("fixtures/smollm2/greedy-cases.jsonl");
     let mut n = 0;
     for line in cases.lines().filter(|l| !l.trim().is_empty()) {
@@ -87,6 +105,106 @@ fn greedy_decoding_matches_the_reference_token_for_token() {
     ));
 }
 
+/// Runs `start`ed sequences to the end, starting the rest of `pending` a few steps apart so that
+/// they join a batch already decoding; returns each sequence's tokens and finish by index.
+fn run_batched(
+    model: &mut Model,
+    mut pending: Vec<(usize, Vec<u32>, Sampling)>,
+    every: usize,
+    cancel_after: Option<(usize, usize)>,
+) -> HashMap<usize, (Vec<u32>, Finish)> {
+    let mut of: HashMap<SeqId, usize> = HashMap::new();
+    let mut out: HashMap<usize, (Vec<u32>, Option<Finish>)> = HashMap::new();
+    let mut steps = 0;
+    pending.reverse();
+    let mut widest = 0;
+    loop {
+        if steps % every == 0 {
+            if let Some((i, prompt, sampling)) = pending.pop() {
+                let p = model.start(&prompt, &sampling, &[2]).unwrap();
+                of.insert(p.seq, i);
+                let e = out.entry(i).or_default();
+                e.0.extend(p.token);
+                e.1 = p.finish;
+            }
+        }
+        widest = widest.max(model.active());
+        if model.active() == 0 && pending.is_empty() {
+            break;
+        }
+        for p in model.step().unwrap() {
+            let e = out.get_mut(&of[&p.seq]).unwrap();
+            e.0.extend(p.token);
+            e.1 = p.finish;
+        }
+        steps += 1;
+        if let Some((i, n)) = cancel_after {
+            if out.get(&i).is_some_and(|e| e.0.len() == n && e.1.is_none()) {
+                let seq = *of.iter().find(|(_, v)| **v == i).unwrap().0;
+                model.cancel(seq);
+                out.get_mut(&i).unwrap().1 = Some(Finish::Stop);
+            }
+        }
+    }
+    assert!(
+        widest > 2,
+        "sequences decoded together (at most {widest} at once)"
+    );
+    out.into_iter()
+        .map(|(i, (t, f))| (i, (t, f.unwrap())))
+        .collect()
+}
+
+#[test]
+fn a_batch_gives_each_sequence_the_tokens_it_gets_alone() {
+    let (_dir, mut model, _) = build_default();
+    let cases = cases();
+    // Greedy: the references, with the cases joining two steps apart (different prompt
+    // lengths, so rows are padded differently as they join and leave).
+    let greedy: Vec<(usize, Vec<u32>, Sampling)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let max = c["max_tokens"].as_u64().unwrap() as usize;
+            (i, ids(&c["prompt_ids"]), Sampling::greedy(max))
+        })
+        .collect();
+    let got = run_batched(&mut model, greedy, 2, None);
+    for (i, c) in cases.iter().enumerate() {
+        assert_eq!(got[&i].0, ids(&c["completion_ids"]), "{}", c["prompt"]);
+    }
+    // Seeded sampling: the same tokens alone and batched; a cancelled neighbour changes nothing.
+    let sampled: Vec<(usize, Vec<u32>, Sampling)> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let s = Sampling {
+                max_tokens: 24,
+                temperature: 0.8,
+                top_p: 0.95,
+                top_k: 40,
+                repetition_penalty: 1.1,
+                seed: Some(7 + i as u64),
+            };
+            (i, ids(&c["prompt_ids"]), s)
+        })
+        .collect();
+    let mut alone = HashMap::new();
+    for (i, prompt, s) in &sampled {
+        alone.insert(*i, model.generate(prompt, s, &[2], |_| true).unwrap());
+    }
+    let together = run_batched(&mut model, sampled, 1, Some((1, 5)));
+    for (i, (tokens, finish)) in &alone {
+        if *i == 1 {
+            assert_eq!(together[i].0, tokens[..5], "cancelled after 5 tokens");
+            continue;
+        }
+        assert_eq!(&together[i].0, tokens, "case {i}");
+        assert_eq!(together[i].1, *finish, "case {i}");
+    }
+    assert_eq!(model.active(), 0);
+}
+
 #[test]
 fn a_missing_runtime_is_a_clear_error() {
     // An explicit path that exists wins; one that does not is skipped (and named if nothing else
@@ -106,6 +224,8 @@ fn a_missing_runtime_is_a_clear_error() {
         vocab: 2,
         context: 8,
     };
-    let err = Model::load(&here, &here, geometry, 1).err().unwrap();
+    let err = Model::load(&here, &here, geometry, 1, Device::Cpu)
+        .err()
+        .unwrap();
     assert!(matches!(err, EngineError::Runtime { .. }), "{err}");
 }

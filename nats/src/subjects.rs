@@ -92,6 +92,22 @@ impl Subjects {
         ))
     }
 
+    /// `<prefix>.cmd.model.<model>`: generation requests, taken by the model's workers as one
+    /// queue group.
+    pub fn model_requests(&self, model: &str) -> Result<String, BadToken> {
+        Ok(format!("{}.cmd.model.{}", self.prefix, token(model)?))
+    }
+
+    /// `<prefix>.cmd.worker.<worker>.cancel`: requests a worker should drop (payload: the
+    /// request's reply subject).
+    pub fn worker_cancel(&self, worker: &str) -> Result<String, BadToken> {
+        Ok(format!(
+            "{}.cmd.worker.{}.cancel",
+            self.prefix,
+            token(worker)?
+        ))
+    }
+
     /// `<prefix>.sig.>`.
     pub fn all_signals(&self) -> String {
         format!("{}.sig.>", self.prefix)
@@ -134,6 +150,12 @@ mod tests {
             "T_1X_EVENTS"
         );
         assert!(Subjects::new("a.b").is_err());
+        assert_eq!(
+            s.model_requests("smollm2").unwrap(),
+            "revo.cmd.model.smollm2"
+        );
+        assert!(s.model_requests("a.b").is_err());
+        assert_eq!(s.worker_cancel("w1").unwrap(), "revo.cmd.worker.w1.cancel");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use revo_events::models::GENERATION_STREAM;
 use revo_events::{AppendRequest, EventFamily, EventMeta, ExpectedVersion, ModelEvent};
-use revo_models::engine::{Finish, Sampling};
+use revo_models::engine::Sampling;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -19,7 +19,8 @@ use super::error::{ApiError, ErrorBody};
 use super::json::Json;
 use super::openapi::{BodyErrors, CallerErrors};
 use super::AppState;
-use crate::inference::{Event, Failure, Job, Outcome, SubmitError};
+use crate::inference::wire::finish_reason;
+use crate::inference::{Event, Failure, Job, Outcome, SubmitError, FAILURE_CODES};
 
 pub const MAX_TOKENS_LIMIT: u32 = 4096;
 
@@ -84,13 +85,6 @@ pub struct Completion {
     pub usage: Option<Usage>,
 }
 
-fn finish_reason(f: Finish) -> &'static str {
-    match f {
-        Finish::Stop => "stop",
-        Finish::Length => "length",
-    }
-}
-
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::unprocessable("invalid_parameter", message)
 }
@@ -123,21 +117,28 @@ fn sampling(r: &CompletionRequest) -> Result<(Sampling, Vec<String>), ApiError> 
     Ok((s, stop))
 }
 
+fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+}
+
 fn failed(f: Failure) -> ApiError {
-    let status = match f.code {
-        "context_length_exceeded" => StatusCode::BAD_REQUEST,
-        "invalid_parameter" => StatusCode::UNPROCESSABLE_ENTITY,
-        "model_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ApiError::new(status, f.code, f.message)
+    let status = FAILURE_CODES
+        .iter()
+        .find(|(c, _)| *c == f.code)
+        .and_then(|(_, s)| StatusCode::from_u16(*s).ok())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let e = ApiError::new(status, f.code, f.message);
+    if f.code == "model_busy" {
+        e.with_retry_after(1)
+    } else {
+        e
+    }
 }
 
 /// Appends `generation.completed` (before the caller answers, so a completed generation is
 /// never missing from the log). A failure is logged, not returned: the text was generated.
 async fn record(
     store: std::sync::Arc<dyn revo_events::EventStore>,
-    node: String,
     id: String,
     model: String,
     o: Outcome,
@@ -146,8 +147,8 @@ async fn record(
     let ev = ModelEvent::GenerationCompleted {
         id: id.clone(),
         model,
-        node,
-        device: "cpu".into(),
+        node: o.worker.clone(),
+        device: o.device.clone(),
         prompt_tokens: o.prompt_tokens as u64,
         completion_tokens: o.completion_tokens as u64,
         time_to_first_token_ms: o.time_to_first_token_ms,
@@ -180,7 +181,8 @@ async fn record(
     responses(
         (status = 200, description = "The completion; with `stream: true`, server-sent events of `Completion` chunks ending with `data: [DONE]`", body = Completion),
         (status = 404, description = "No such local model", body = ErrorBody),
-        (status = 503, description = "The model is busy or not loaded", body = ErrorBody),
+        (status = 502, description = "The worker generating the text stopped answering (`worker_lost`)", body = ErrorBody),
+        (status = 503, description = "The model is busy (`model_busy`), not loaded or has no worker (`model_unavailable`)", body = ErrorBody),
         BodyErrors,
         CallerErrors,
     )
@@ -194,20 +196,38 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let r = body.0;
     let (sampling, stop) = sampling(&r)?;
-    let (tx, mut rx) = mpsc::channel(64);
+    let (tx, mut rx) = mpsc::unbounded_channel();
     let job = Job {
         prompt: r.prompt,
         sampling,
         stop,
         events: tx,
+        received: std::time::Instant::now(),
     };
-    state.inference.submit(&r.model, job).map_err(|e| match e {
-        SubmitError::Unknown(_) => {
-            ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string())
-        }
-        SubmitError::Busy(_) => ApiError::unavailable(e.to_string()).with_retry_after(1),
-        SubmitError::Down(_) => ApiError::unavailable(e.to_string()),
-    })?;
+    if let Err(e) = state.inference.submit(&r.model, job).await {
+        let not_found = || ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string());
+        return Err(match &e {
+            SubmitError::Unknown(_) => not_found(),
+            SubmitError::Busy(_) => unavailable("model_busy", e.to_string()).with_retry_after(1),
+            SubmitError::Down(_) => unavailable("model_unavailable", e.to_string()),
+            // No worker serves it: a model the registry does not know is a 404.
+            SubmitError::NoWorker(m) => {
+                let known = crate::models::registry(state.store.as_ref())
+                    .await
+                    .map(|reg| reg.get(m).is_some())
+                    .unwrap_or(true);
+                if known {
+                    unavailable("model_unavailable", e.to_string())
+                } else {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "model_not_found",
+                        format!("no local model named `{m}`"),
+                    )
+                }
+            }
+        });
+    }
     let id = format!("cmpl-{}", Uuid::now_v7().simple());
     let created = Utc::now().timestamp();
     let meta = caller.meta(&req);
@@ -218,7 +238,6 @@ pub async fn create(
                 Some(Event::Done(Ok(o))) => {
                     let rec = record(
                         state.store.clone(),
-                        state.node_id.clone(),
                         id.clone(),
                         r.model.clone(),
                         o.clone(),
@@ -244,7 +263,7 @@ pub async fn create(
                     }));
                 }
                 Some(Event::Done(Err(f))) => return Err(failed(f)),
-                None => return Err(ApiError::unavailable("the model worker stopped")),
+                None => return Err(unavailable("model_unavailable", "the model worker stopped")),
             }
         }
     }
@@ -282,16 +301,7 @@ pub async fn create(
                     }
                 }
                 Some(Event::Done(Ok(o))) => {
-                    let node = st.node_id.clone();
-                    record(
-                        st.store.clone(),
-                        node,
-                        id.clone(),
-                        model.clone(),
-                        o.clone(),
-                        meta,
-                    )
-                    .await;
+                    record(st.store.clone(), id.clone(), model.clone(), o.clone(), meta).await;
                     let usage = Usage {
                         prompt_tokens: o.prompt_tokens as u64,
                         completion_tokens: o.completion_tokens as u64,

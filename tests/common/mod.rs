@@ -606,3 +606,32 @@ pub fn cluster_env<'a>(
         ("REVO_JWT_KEYS", TEST_JWT_KEYS),
     ]
 }
+
+/// The default model's GGUF (scripts/fetch-model.sh; scripts/test.sh fetches it).
+pub fn smollm2() -> PathBuf {
+    let path = revo_models::default_model_path();
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-model.sh",
+        path.display()
+    );
+    path
+}
+
+/// A reference greedy completion of the default model, by prompt.
+pub fn case(prompt: &str) -> serde_json::Value {
+    include_str!("../../models/tests/fixtures/smollm2/greedy-cases.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|c| c["prompt"] == prompt)
+        .unwrap()
+}
+
+/// Every reference greedy completion of the default model.
+pub fn cases() -> Vec<serde_json::Value> {
+    include_str!("../../models/tests/fixtures/smollm2/greedy-cases.jsonl")
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .collect()
+}

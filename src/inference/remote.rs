@@ -1,0 +1,181 @@
+//! The cluster edge's side of the worker protocol (`wire.rs`): send a request to a model's queue
+//! group, relay the worker's replies to the job, give up when the worker falls silent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use revo_nats::{Subjects, WorkClient};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::wire::{Heartbeat, Reply, Request};
+use super::{Event, Failure, Job, SubmitError};
+
+/// Live workers by model, from their heartbeats.
+type Seen = Arc<Mutex<HashMap<String, HashMap<String, (Instant, Heartbeat)>>>>;
+
+pub struct Remote {
+    client: WorkClient,
+    subjects: Subjects,
+    timeout: Duration,
+    seen: Seen,
+    tasks: TaskTracker,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Remote {
+    /// Connects and starts following the workers' heartbeats (until `cancel`). Requests run
+    /// as tasks of `tasks`.
+    pub async fn connect(
+        url: &str,
+        subjects: Subjects,
+        timeout: Duration,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+    ) -> anyhow::Result<Remote> {
+        let client = WorkClient::connect(url, "revo-edge").await?;
+        let mut beats = client
+            .subscribe(&format!("{}.sig.worker.*", subjects.prefix()))
+            .await?;
+        let seen: Seen = Arc::default();
+        let s = seen.clone();
+        tasks.spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = beats.next() => m,
+                    _ = cancel.cancelled() => None,
+                };
+                let Some(msg) = msg else { return };
+                let Ok(hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) else {
+                    continue;
+                };
+                if let Ok(mut seen) = s.lock() {
+                    seen.entry(hb.model.clone())
+                        .or_default()
+                        .insert(hb.worker.clone(), (Instant::now(), hb));
+                }
+            }
+        });
+        Ok(Remote {
+            client,
+            subjects,
+            timeout,
+            seen,
+            tasks,
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// Workers of `model` heard from within the worker timeout, with the model loaded.
+    pub fn live_workers(&self, model: &str) -> Vec<Heartbeat> {
+        let Ok(seen) = self.seen.lock() else {
+            return Vec::new();
+        };
+        seen.get(model)
+            .map(|w| {
+                w.values()
+                    .filter(|(at, hb)| hb.loaded && at.elapsed() < self.timeout)
+                    .map(|(_, hb)| hb.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends `job` to a worker of `model`; its replies go to the job's events.
+    pub fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
+        if self.live_workers(model).is_empty() {
+            return Err(SubmitError::NoWorker(model.to_owned()));
+        }
+        let subject = self
+            .subjects
+            .model_requests(model)
+            .map_err(|_| SubmitError::Unknown(model.to_owned()))?;
+        let request = Request::new(job.prompt.clone(), &job.sampling, job.stop.clone());
+        let payload = serde_json::to_vec(&request).map_err(|_| SubmitError::Down(model.into()))?;
+        let (client, subjects, timeout) =
+            (self.client.clone(), self.subjects.clone(), self.timeout);
+        // On the node's runtime, not the HTTP worker's: the request outlives the handler when
+        // it streams.
+        let relayed = async move {
+            if let Err(f) = relay(&client, &subjects, &subject, payload, timeout, &job).await {
+                let _ = job.events.send(Event::Done(Err(f)));
+            }
+        };
+        self.tasks.spawn_on(relayed, &self.runtime);
+        Ok(())
+    }
+}
+
+fn lost(message: String) -> Failure {
+    Failure {
+        code: "worker_lost",
+        message,
+    }
+}
+
+/// Publishes the request and relays replies until the outcome, the client leaving (the worker
+/// is told to cancel), or `timeout` of silence.
+async fn relay(
+    client: &WorkClient,
+    subjects: &Subjects,
+    subject: &str,
+    payload: Vec<u8>,
+    timeout: Duration,
+    job: &Job,
+) -> Result<(), Failure> {
+    let (inbox, mut replies) = client
+        .request(subject, payload.into())
+        .await
+        .map_err(|e| lost(format!("NATS: {e}")))?;
+    let mut worker: Option<String> = None;
+    loop {
+        let next = tokio::select! {
+            r = tokio::time::timeout(timeout, replies.next()) => r,
+            _ = job.events.closed() => {
+                if let Some(w) = &worker {
+                    if let Ok(s) = subjects.worker_cancel(w) {
+                        let _ = client.publish(&s, inbox.clone().into()).await;
+                    }
+                }
+                return Ok(());
+            }
+        };
+        let msg = match next {
+            Ok(Some(m)) => m,
+            Ok(None) => return Err(lost("the reply subscription ended".into())),
+            Err(_) => {
+                return Err(match &worker {
+                    Some(w) => lost(format!(
+                        "worker {w} stopped answering (nothing for {} ms)",
+                        timeout.as_millis()
+                    )),
+                    None => Failure {
+                        code: "model_unavailable",
+                        message: format!(
+                            "no worker took the request within {} ms",
+                            timeout.as_millis()
+                        ),
+                    },
+                })
+            }
+        };
+        let reply: Reply = serde_json::from_slice(&msg.payload)
+            .map_err(|e| lost(format!("a worker sent an unreadable reply: {e}")))?;
+        match reply {
+            Reply::Accepted { worker: w, .. } => worker = Some(w),
+            Reply::Alive => {}
+            Reply::Text { text } => {
+                // A closed channel is seen by `closed()` on the next turn.
+                let _ = job.events.send(Event::Text(text));
+            }
+            done => {
+                if let Some(outcome) = done.outcome() {
+                    let _ = job.events.send(Event::Done(outcome));
+                }
+                return Ok(());
+            }
+        }
+    }
+}

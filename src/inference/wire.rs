@@ -1,0 +1,161 @@
+//! What edges and workers say to each other over core NATS, as JSON.
+//!
+//! - An edge publishes a [`Request`] to `<prefix>.cmd.model.<model>` with a reply subject (an
+//!   inbox); one worker of the model's queue group takes it.
+//! - The worker answers on the inbox: [`Reply::Accepted`] (or `Error` with `model_busy`), then
+//!   `Text` pieces, `Alive` every heartbeat interval while the request waits or runs, and last
+//!   `Done` or `Error`. An edge that hears nothing for its worker timeout gives up (`worker_lost`).
+//! - An edge whose client left publishes the inbox to `<prefix>.cmd.worker.<id>.cancel`.
+//! - Workers announce themselves with a [`Heartbeat`] on `<prefix>.sig.worker.<model>`.
+
+use revo_models::engine::{Finish, Sampling};
+use serde::{Deserialize, Serialize};
+
+use super::{known_code, Failure, Outcome};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub prompt: String,
+    pub max_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub repetition_penalty: f32,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+}
+
+impl Request {
+    pub fn new(prompt: String, s: &Sampling, stop: Vec<String>) -> Request {
+        Request {
+            prompt,
+            max_tokens: s.max_tokens,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            top_k: s.top_k,
+            repetition_penalty: s.repetition_penalty,
+            seed: s.seed,
+            stop,
+        }
+    }
+
+    pub fn sampling(&self) -> Sampling {
+        Sampling {
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply {
+    Accepted {
+        worker: String,
+        device: String,
+    },
+    Text {
+        text: String,
+    },
+    Alive,
+    Done {
+        text: String,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        /// `stop` or `length`.
+        finish_reason: String,
+        time_to_first_token_ms: u64,
+        duration_ms: u64,
+        worker: String,
+        device: String,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+pub fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+    }
+}
+
+impl Reply {
+    pub fn done(o: Outcome) -> Reply {
+        Reply::Done {
+            finish_reason: finish_reason(o.finish).into(),
+            text: o.text,
+            prompt_tokens: o.prompt_tokens,
+            completion_tokens: o.completion_tokens,
+            time_to_first_token_ms: o.time_to_first_token_ms,
+            duration_ms: o.duration_ms,
+            worker: o.worker,
+            device: o.device,
+        }
+    }
+
+    pub fn error(f: &Failure) -> Reply {
+        Reply::Error {
+            code: f.code.into(),
+            message: f.message.clone(),
+        }
+    }
+
+    /// The outcome a `Done` or `Error` carries.
+    pub fn outcome(self) -> Option<Result<Outcome, Failure>> {
+        match self {
+            Reply::Done {
+                text,
+                prompt_tokens,
+                completion_tokens,
+                finish_reason,
+                time_to_first_token_ms,
+                duration_ms,
+                worker,
+                device,
+            } => Some(Ok(Outcome {
+                text,
+                prompt_tokens,
+                completion_tokens,
+                finish: if finish_reason == "length" {
+                    Finish::Length
+                } else {
+                    Finish::Stop
+                },
+                time_to_first_token_ms,
+                duration_ms,
+                worker,
+                device,
+            })),
+            Reply::Error { code, message } => Some(Err(Failure {
+                code: known_code(&code),
+                message,
+            })),
+            _ => None,
+        }
+    }
+}
+
+/// A worker's periodic announcement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub worker: String,
+    pub model: String,
+    /// `cpu`, `cuda:N`, or why the model failed to load.
+    pub device: String,
+    pub loaded: bool,
+    pub queued: usize,
+    pub active: usize,
+    pub max_batch: usize,
+    /// Tokens produced per second over the last interval.
+    pub tokens_per_s: f64,
+    /// Interval between heartbeats, in milliseconds.
+    pub every_ms: u64,
+}
