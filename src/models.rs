@@ -219,9 +219,10 @@ pub async fn generate(
         let decode = first
             .filter(|_| n > 1)
             .map_or(0.0, |f| (n - 1) as f64 / (end - f).as_secs_f64().max(1e-9));
+        let device = model.device();
         eprintln!(
-            "[{} prompt + {n} completion tokens, {:?}; time to first token {ttft:.1} ms, \
-             decode {decode:.1} tokens/s]",
+            "[{} prompt + {n} completion tokens, {:?}, {device}; time to first token {ttft:.1} \
+             ms, decode {decode:.1} tokens/s]",
             g.prompt_tokens, g.finish,
         );
         Ok(())

@@ -102,7 +102,7 @@ async fn edges_generate_through_workers_and_notice_a_dead_one() {
     assert_eq!(beat["model"], "smollm2");
     assert_eq!(beat["loaded"], true);
     assert_eq!(beat["device"], "cpu");
-    assert_eq!(beat["max_batch"], 8);
+    assert_eq!(beat["max_batch"], 16);
     let worker_id = beat["worker"].as_str().unwrap().to_owned();
 
     // Requests run concurrently on the worker, batched; each gets the reference tokens.

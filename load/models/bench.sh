@@ -9,10 +9,13 @@ MAX="${1:-128}"
 ROUNDS="${2:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/revo/target}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/revo"
-cargo build --release -p revo >&2
-REVO="$CARGO_TARGET_DIR/release/revo"
-MODEL=$(./scripts/fetch-model.sh)
-./scripts/fetch-ort.sh >/dev/null
+# REVO and MODEL may name a prebuilt binary and a GGUF (machines without cargo or network).
+if [ -z "${REVO:-}" ]; then
+  cargo build --release -p revo >&2
+  REVO="$CARGO_TARGET_DIR/release/revo"
+fi
+MODEL="${MODEL:-$(./scripts/fetch-model.sh)}"
+[ -n "${REVO_ORT_DYLIB:-}" ] || ./scripts/fetch-ort.sh >/dev/null
 PY="$CACHE/venv-bench/bin/python"
 if ! "$PY" -c 'import onnxruntime, tokenizers' 2>/dev/null; then
   python3 -m venv "$CACHE/venv-bench"

@@ -109,6 +109,16 @@ pub enum Device {
     Cuda { id: i32, required: bool },
 }
 
+impl std::fmt::Display for Device {
+    /// `cpu` or `cuda:N`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda { id, .. } => write!(f, "cuda:{id}"),
+        }
+    }
+}
+
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Finish {
@@ -221,6 +231,10 @@ impl Model {
             left: false,
             next_id: 0,
         })
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     /// The device the model actually runs on.

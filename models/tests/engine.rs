@@ -55,6 +55,37 @@ fn build_default() -> (Scratch, Model, LlamaConfig) {
     (dir, model, c)
 }
 
+#[test]
+fn cuda_is_required_or_preferred_as_configured() {
+    let (dir, model, _) = build_default();
+    let runtime = engine::locate_runtime(None).unwrap();
+    let geometry = model.geometry();
+    drop(model);
+    let onnx = dir.0.join("model.onnx");
+    // The GPU build of ONNX Runtime ships its CUDA provider beside the library.
+    let gpu_build = runtime
+        .with_file_name("libonnxruntime_providers_cuda.so")
+        .exists();
+    let cuda = |required| Device::Cuda { id: 0, required };
+    let required = Model::load(&runtime, &onnx, geometry, 1, cuda(true));
+    let preferred = Model::load(&runtime, &onnx, geometry, 1, cuda(false)).unwrap();
+    if gpu_build {
+        assert_eq!(required.unwrap().device(), cuda(true));
+        assert_eq!(preferred.device(), cuda(false));
+    } else {
+        let err = required.err().unwrap();
+        assert!(matches!(err, EngineError::NoCuda(_)), "{err}");
+        assert!(err.to_string().contains("CUDA"), "{err}");
+        // Preferred: the CPU, and it still generates.
+        assert_eq!(preferred.device(), Device::Cpu);
+        let mut m = preferred;
+        let (out, _) = m
+            .greedy(&[6403, 1980, 253, 655], 3, &[2], |_| true)
+            .unwrap();
+        assert_eq!(out, vec![28, 260, 2240]);
+    }
+}
+
 fn cases() -> Vec<serde_json::Value> {
     include_str!("fixtures/smollm2/greedy-cases.jsonl")
         .lines()

@@ -38,7 +38,7 @@ impl Default for ModelSettings {
     fn default() -> Self {
         ModelSettings {
             threads: 2,
-            max_batch: 8,
+            max_batch: 16,
             queue: 16,
             device: Device::Cpu,
             worker_timeout: Duration::from_secs(5),

@@ -9,7 +9,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendE
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use revo_models::engine::{Device, SeqId};
+use revo_models::engine::SeqId;
 use revo_models::local::{LocalModel, Update};
 
 use super::{failure, Event, Failure, Job, ModelSettings, Outcome, SubmitError};
@@ -65,13 +65,6 @@ impl ModelThread {
     }
 }
 
-fn device_name(d: Device) -> String {
-    match d {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda { id, .. } => format!("cuda:{id}"),
-    }
-}
-
 struct Running {
     job: Job,
     started: Instant,
@@ -94,7 +87,7 @@ fn run(
         });
     let mut model = match loaded {
         Ok(m) => {
-            let device = device_name(m.device());
+            let device = m.device().to_string();
             tracing::info!(model = name, device, "local model loaded");
             if let Ok(mut d) = stats.device.lock() {
                 *d = device;
@@ -118,7 +111,7 @@ fn run(
             return;
         }
     };
-    let device = device_name(model.device());
+    let device = model.device().to_string();
     let mut running: HashMap<SeqId, Running> = HashMap::new();
     let mut closed = false;
     loop {

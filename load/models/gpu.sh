@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# One-shot GPU benchmark: the default model on the CUDA execution provider (ONNX Runtime 1.31.1,
+# GPU build, CUDA 13 and cuDNN 9 from PyPI's nvidia packages): single-stream greedy decoding,
+# Revo beside Python onnxruntime-gpu on the same ONNX file, then aggregate throughput at 1, 4, 8
+# and 16 concurrent requests (load/models/concurrency.sh). REVO_MODEL_GPU=require, so a CUDA
+# provider that does not load fails the run instead of silently measuring the CPU.
+#
+#   load/models/gpu.sh                       # a machine with cargo and PyPI
+#   load/models/gpu.sh --download DIR        # elsewhere: put the wheels and the model in DIR ...
+#   WHEELS=DIR REVO=path/to/revo load/models/gpu.sh   # ... then run offline on the GPU machine
+#
+# Usage: [WHEELS=DIR] [REVO=BIN] [MODEL=GGUF] load/models/gpu.sh [MAX_TOKENS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PKGS=("onnxruntime-gpu[cuda,cudnn]==1.31.1" "nvidia-cublas~=13.0" "tokenizers==0.23.3" numpy)
+if [ "${1:-}" = "--download" ]; then
+  DIR="${2:?--download DIR}"
+  mkdir -p "$DIR"
+  python3 -m pip download -q -d "$DIR" "${PKGS[@]}"
+  cp "$(./scripts/fetch-model.sh)" "$DIR/"
+  echo "wheels and model in $DIR; copy it to the GPU machine and run WHEELS=$DIR $0" >&2
+  exit 0
+fi
+MAX="${1:-128}"
+ROUNDS="${2:-3}"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/revo"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || {
+  echo "no NVIDIA GPU here (nvidia-smi failed)" >&2; exit 1; }
+if [ -z "${REVO:-}" ]; then
+  cargo build --release -p revo >&2
+  REVO="$CARGO_TARGET_DIR/release/revo"
+fi
+if [ -n "${WHEELS:-}" ]; then
+  MODEL="${MODEL:-$(ls "$WHEELS"/*.gguf | head -1)}"
+else
+  MODEL="${MODEL:-$(./scripts/fetch-model.sh)}"
+fi
+VENV="$CACHE/venv-gpu"
+PY="$VENV/bin/python"
+if ! "$PY" -c 'import onnxruntime, tokenizers, numpy' 2>/dev/null; then
+  python3 -m venv "$VENV"
+  if [ -n "${WHEELS:-}" ]; then
+    "$VENV/bin/pip" install -q --no-index --find-links "$WHEELS" "${PKGS[@]}"
+  else
+    "$VENV/bin/pip" install -q "${PKGS[@]}"
+  fi
+fi
+SITE=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+# The CUDA provider finds CUDA, cuBLAS and cuDNN through the loader path.
+LD_LIBRARY_PATH="$(find "$SITE/nvidia" -type d -name lib 2>/dev/null | paste -sd:)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH
+export REVO_ORT_DYLIB="$SITE/onnxruntime/capi/libonnxruntime.so.1.31.1"
+export REVO_MODEL_DEVICE=cuda REVO_MODEL_GPU=require
+DATA=$(mktemp -d)
+trap 'rm -rf "$DATA"' EXIT
+PROMPT="Once upon a time"
+REVO_DATA_DIR="$DATA" REVO_LOG=warn "$REVO" models import "$MODEL" --name bench >/dev/null
+
+revo_run() {
+  REVO_DATA_DIR="$DATA" REVO_LOG=warn "$REVO" generate --model bench --max-tokens "$MAX" "$PROMPT" 2>&1 >/dev/null | tail -1
+}
+py_run() {
+  "$PY" - "$DATA/models/bench" "$MAX" "$PROMPT" <<'PY'
+import sys, time, json, numpy as np, onnxruntime as ort, tokenizers
+d, max_tokens, prompt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+cfg = json.load(open(f"{d}/config.json"))
+s = ort.InferenceSession(f"{d}/model.onnx", providers=["CUDAExecutionProvider"])
+assert s.get_providers()[0] == "CUDAExecutionProvider", s.get_providers()
+ids = tokenizers.Tokenizer.from_file(f"{d}/tokenizer.json").encode(prompt, add_special_tokens=False).ids
+L, kvh, hd = cfg["layers"], cfg["kv_heads"], cfg["head_dim"]
+past = {f"past_key_values.{i}.{k}": np.zeros((1, kvh, 0, hd), np.float32) for i in range(L) for k in ("key", "value")}
+names = [o.name for o in s.get_outputs()]
+start = time.perf_counter(); first = None; out = []; inp = ids; done = 0
+while len(out) < max_tokens:
+    total = done + len(inp)
+    r = dict(zip(names, s.run(None, {"input_ids": np.array([inp], np.int64),
+        "attention_mask": np.ones((1, total), np.int64),
+        "position_ids": np.arange(done, total, dtype=np.int64)[None], **past})))
+    nxt = int(r["logits"][0, -1].argmax())
+    past = {f"past_key_values.{i}.{k}": r[f"present.{i}.{k}"] for i in range(L) for k in ("key", "value")}
+    done, inp = total, [nxt]
+    if nxt in cfg["stop_token_ids"]: break
+    if first is None: first = time.perf_counter()
+    out.append(nxt)
+end = time.perf_counter()
+print(f"python onnxruntime-gpu: time to first token {(first - start) * 1e3:.1f} ms, decode {(len(out) - 1) / (end - first):.1f} tokens/s")
+PY
+}
+
+echo "== single stream, greedy, up to $MAX tokens, $ROUNDS rounds"
+for round in $(seq "$ROUNDS"); do
+  echo "round $round"
+  echo "  revo: $(revo_run)"
+  echo "  $(py_run)"
+done
+echo
+echo "== concurrent requests"
+REVO="$REVO" MODEL="$MODEL" ./load/models/concurrency.sh 64 2 "$ROUNDS" 16
