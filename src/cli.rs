@@ -87,8 +87,11 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
-    /// Import a GGUF file (Llama-family): writes an ONNX graph, tokenizer.json and config.json.
+    /// Import a GGUF file (Llama-family; writes an ONNX graph, tokenizer.json and config.json),
+    /// or a directory exported by optimum or onnxruntime-genai (model.onnx, tokenizer.json,
+    /// config.json or genai_config.json; copied, and loaded once to check it runs).
     Import {
+        /// A .gguf file or an ONNX export directory.
         file: PathBuf,
         /// Registry name (default: from the file name).
         #[arg(long)]

@@ -117,13 +117,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     file,
                     name,
                     weights,
-                } => models::import(s.as_ref(), &models_dir, &file, name, &weights)
-                    .await
-                    .and_then(|row| {
-                        writeln!(out, "imported:")?;
-                        models::print_row(&mut out, &row)?;
-                        Ok(())
-                    }),
+                } => models::import(
+                    s.as_ref(),
+                    &models_dir,
+                    &file,
+                    name,
+                    &weights,
+                    config.ort_dylib.as_deref(),
+                )
+                .await
+                .and_then(|row| {
+                    writeln!(out, "imported:")?;
+                    models::print_row(&mut out, &row)?;
+                    Ok(())
+                }),
                 ModelsCommand::List => models::registry(s.as_ref()).await.and_then(|reg| {
                     for row in reg.all() {
                         models::print_row(&mut out, row)?;

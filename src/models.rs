@@ -74,12 +74,15 @@ pub fn default_name(file: &Path) -> String {
     name
 }
 
+/// Imports a GGUF file, or an ONNX export directory (which must then load in ONNX Runtime:
+/// `runtime` is where the library is looked for).
 pub async fn import(
     store: &dyn EventStore,
     models_dir: &Path,
     file: &Path,
     name: Option<String>,
     weights: &str,
+    runtime: Option<&Path>,
 ) -> anyhow::Result<ModelRow> {
     let name = name.unwrap_or_else(|| default_name(file));
     if !valid_model_name(&name) {
@@ -102,20 +105,40 @@ pub async fn import(
     let file_owned = file.to_owned();
     let dest_owned = dest.clone();
     // CPU-heavy (dequantising, transposing, writing hundreds of MB): off the async threads.
-    let config = tokio::task::spawn_blocking(move || {
+    let export = file.is_dir();
+    let runtime = if export {
+        Some(engine::locate_runtime(runtime)?)
+    } else {
+        None
+    };
+    let config = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut last = Instant::now();
-        import::import(
-            &file_owned,
-            &dest_owned,
-            weights,
-            &mut |step, done, total| {
-                if last.elapsed() > Duration::from_millis(200) || done == total {
-                    last = Instant::now();
-                    eprint!("\r{step}: {done}/{total}   ");
-                    let _ = std::io::stderr().flush();
-                }
-            },
-        )
+        let mut progress = |step: &str, done: usize, total: usize| {
+            if last.elapsed() > Duration::from_millis(200) || done == total {
+                last = Instant::now();
+                eprint!("\r{step}: {done}/{total}   ");
+                let _ = std::io::stderr().flush();
+            }
+        };
+        let Some(runtime) = runtime else {
+            return Ok(import::import(
+                &file_owned,
+                &dest_owned,
+                weights,
+                &mut progress,
+            )?);
+        };
+        if weights != Weights::F32 {
+            bail!("--weights applies to GGUF files; an ONNX export is used as it is");
+        }
+        let config = revo_models::export::import_export(&file_owned, &dest_owned, &mut progress)?;
+        // An export is registered only if it runs: load it once.
+        let loaded = LocalModel::open(&dest_owned, &runtime, 1, revo_models::engine::Device::Cpu);
+        if let Err(e) = loaded {
+            let _ = std::fs::remove_dir_all(&dest_owned);
+            bail!("{} does not load: {e}", file_owned.display());
+        }
+        Ok(config)
     })
     .await?
     .with_context(|| format!("importing {}", file.display()))?;

@@ -214,6 +214,7 @@ async fn import_list_generate_and_remove() {
     }
 
     completions_over_http(&data, name).await;
+    onnx_exports_import_and_generate(dir.path(), name);
 
     let (code, out, err) = output(&mut revo_cmd(&["replay", "verify", "models"], &env));
     assert_eq!(code, 0, "{out}{err}");
@@ -225,4 +226,99 @@ async fn import_list_generate_and_remove() {
     let (code, _, err) = output(&mut revo_cmd(&["generate", "--model", name, "hi"], &env));
     assert_ne!(code, 0);
     assert!(err.contains("no model named"), "{err}");
+}
+
+/// An export directory as optimum writes it (Hugging Face config, tokenizer_config.json with the
+/// chat template, generation_config.json), made from the imported model's graph; it imports,
+/// loads and generates the reference. Broken exports are refused, leaving nothing behind.
+fn onnx_exports_import_and_generate(data: &std::path::Path, imported: &str) {
+    let env = [("REVO_DATA_DIR", data.to_str().unwrap())];
+    let ours: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data.join("models").join(imported).join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let export = data.join("smollm2-export");
+    std::fs::create_dir_all(&export).unwrap();
+    for f in ["model.onnx", "model.onnx.data", "tokenizer.json"] {
+        std::fs::copy(data.join("models").join(imported).join(f), export.join(f)).unwrap();
+    }
+    let hf = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "num_hidden_layers": 30, "hidden_size": 576, "num_attention_heads": 9,
+        "num_key_value_heads": 3, "vocab_size": 49152, "max_position_embeddings": 8192,
+        "bos_token_id": 1, "eos_token_id": 2, "torch_dtype": "float32"
+    });
+    let write = |f: &str, v: &serde_json::Value| {
+        std::fs::write(export.join(f), serde_json::to_vec_pretty(v).unwrap()).unwrap()
+    };
+    write("config.json", &hf);
+    write(
+        "tokenizer_config.json",
+        &serde_json::json!({"chat_template": ours["chat_template"], "eos_token": "<|im_end|>"}),
+    );
+    write(
+        "generation_config.json",
+        &serde_json::json!({"eos_token_id": 2}),
+    );
+    let dir = export.to_str().unwrap();
+
+    // Broken: no tokenizer; a graph that is not ONNX. Nothing is registered or left.
+    let broken = data.join("broken-export");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::copy(export.join("config.json"), broken.join("config.json")).unwrap();
+    std::fs::write(broken.join("model.onnx"), b"not a graph").unwrap();
+    let (code, _, err) = output(&mut revo_cmd(
+        &["models", "import", broken.to_str().unwrap()],
+        &env,
+    ));
+    assert_ne!(code, 0);
+    assert!(err.contains("no tokenizer.json"), "{err}");
+    std::fs::copy(export.join("tokenizer.json"), broken.join("tokenizer.json")).unwrap();
+    let (code, _, err) = output(&mut revo_cmd(
+        &["models", "import", broken.to_str().unwrap()],
+        &env,
+    ));
+    assert_ne!(code, 0);
+    assert!(err.contains("does not load"), "{err}");
+    assert!(!data.join("models/broken-export").exists());
+
+    let (code, out, err) = output(&mut revo_cmd(
+        &["models", "import", dir, "--name", "exported"],
+        &env,
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("exported"), "{out}");
+    let (code, out, _) = output(&mut revo_cmd(&["models", "show", "exported"], &env));
+    assert_eq!(code, 0);
+    let cfg: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    assert_eq!(cfg["layers"], 30);
+    assert_eq!(cfg["kv_heads"], 3);
+    assert_eq!(cfg["head_dim"], 64);
+    assert_eq!(cfg["weights"], "onnx");
+    assert_eq!(
+        cfg["stop_token_ids"],
+        serde_json::json!([2]),
+        "eos and <|im_end|> (id 2)"
+    );
+    let c = case("What is the capital of Japan?");
+    let max = c["max_tokens"].as_u64().unwrap().to_string();
+    let (code, out, err) = output(&mut revo_cmd(
+        &[
+            "generate",
+            "--model",
+            "exported",
+            "--chat",
+            "--max-tokens",
+            &max,
+            "What is the capital of Japan?",
+        ],
+        &env,
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out.trim_end_matches('\n'),
+        c["completion"].as_str().unwrap()
+    );
+    let (code, _, err) = output(&mut revo_cmd(&["models", "remove", "exported"], &env));
+    assert_eq!(code, 0, "{err}");
 }

@@ -34,6 +34,8 @@ pub enum EngineError {
     NoCuda(String),
     #[error("this model is decoding other sequences; use start and step")]
     Busy,
+    #[error("the graph is not a decoder with a KV cache as Revo runs it: {0}")]
+    Layout(String),
     #[error("the prompt is empty")]
     EmptyPrompt,
     #[error("invalid sampling parameter: {0}")]
@@ -179,6 +181,8 @@ impl Seq {
 pub struct Model {
     session: Session,
     geometry: Geometry,
+    /// Whether the graph takes `position_ids` (some exports derive them from the mask).
+    positions: bool,
     device: Device,
     /// The batch, one row each, in the order of the cache's rows.
     rows: Vec<Seq>,
@@ -220,9 +224,11 @@ impl Model {
             }
         }
         let session = builder.commit_from_file(onnx).map_err(ort_err)?;
+        let positions = check_layout(&session, geometry.layers)?;
         Ok(Model {
             session,
             geometry,
+            positions,
             device: used,
             rows: Vec::new(),
             past: Vec::new(),
@@ -408,7 +414,9 @@ impl Model {
         let t = |shape: [usize; 2], v: Vec<i64>| Tensor::from_array((shape, v)).map_err(ort_err);
         inputs.push(("input_ids".into(), t([batch, n], ids)?.into()));
         inputs.push(("attention_mask".into(), t([batch, total], mask)?.into()));
-        inputs.push(("position_ids".into(), t([batch, n], pos)?.into()));
+        if self.positions {
+            inputs.push(("position_ids".into(), t([batch, n], pos)?.into()));
+        }
         for (i, v) in past.into_iter().enumerate() {
             let kind = if i % 2 == 0 { "key" } else { "value" };
             inputs.push((format!("past_key_values.{}.{kind}", i / 2).into(), v.into()));
@@ -493,6 +501,45 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// Checks the graph's inputs against the decoder-with-past layout; whether it takes
+/// `position_ids`.
+fn check_layout(session: &Session, layers: usize) -> Result<bool, EngineError> {
+    use ort::value::TensorElementType;
+    let bad = |m: String| Err(EngineError::Layout(m));
+    let mut positions = false;
+    let mut cache = 0;
+    for input in session.inputs() {
+        let name = input.name();
+        match name {
+            "input_ids" | "attention_mask" => {}
+            "position_ids" => positions = true,
+            _ if name.starts_with("past_key_values.") => {
+                cache += 1;
+                let ty = input.dtype().tensor_type();
+                if ty != Some(TensorElementType::Float32) {
+                    return bad(format!(
+                        "{name} is {ty:?}; only float32 caches are supported"
+                    ));
+                }
+            }
+            _ => return bad(format!("unexpected input `{name}`")),
+        }
+    }
+    let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+    for needed in ["input_ids", "attention_mask"] {
+        if !names.contains(&needed) {
+            return bad(format!("no `{needed}` input"));
+        }
+    }
+    if cache != 2 * layers {
+        return bad(format!(
+            "{cache} past_key_values inputs for {layers} layers (expected {})",
+            2 * layers
+        ));
+    }
+    Ok(positions)
 }
 
 /// Takes `present.N.key/value` out of a run's outputs, in the order the next run feeds them.

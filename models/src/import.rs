@@ -49,6 +49,34 @@ pub enum ImportError {
     },
     #[error("{0} already exists")]
     Exists(PathBuf),
+    #[error("{path}: {reason}")]
+    Export { path: PathBuf, reason: String },
+}
+
+/// Tokens chat models end a turn with, which end a generation too.
+pub const END_OF_TURN: &[&str] = &["<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"];
+
+/// Writes a directory beside `dest` with `fill` and renames it into place, so that `dest`
+/// appears complete or not at all.
+pub(crate) fn write_atomically(
+    dest: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), ImportError>,
+) -> Result<(), ImportError> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    let result = std::fs::create_dir_all(&tmp)
+        .map_err(io(&tmp))
+        .and_then(|()| fill(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, dest).map_err(io(dest)));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
 }
 
 /// The external data file of `model.onnx`: every large weight, in f32.
@@ -76,7 +104,7 @@ pub struct ModelConfig {
     pub source_sha256: String,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ImportError + '_ {
     move |source| ImportError::Io {
         path: path.to_owned(),
         source,
@@ -125,11 +153,7 @@ pub fn import(
     // Chat models end a turn with a token of their own (`<|im_end|>`, `<|eot_id|>`, ...).
     if let Some(tokens) = g.get("tokenizer.ggml.tokens").and_then(Value::as_array) {
         for (i, t) in tokens.iter().enumerate() {
-            if matches!(
-                t.as_str(),
-                Some("<|im_end|>" | "<|eot_id|>" | "<|end|>" | "<end_of_turn>")
-            ) && !stop.contains(&(i as u32))
-            {
+            if t.as_str().is_some_and(|t| END_OF_TURN.contains(&t)) && !stop.contains(&(i as u32)) {
                 stop.push(i as u32);
             }
         }
@@ -159,15 +183,7 @@ pub fn import(
             .unwrap_or_default(),
         source_sha256,
     };
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    let result = (|| {
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    write_atomically(dest, |tmp| {
         // Weights stream into `model.onnx.data` (ONNX external data) as they are converted;
         // the graph itself is small.
         let data_path = tmp.join(DATA_FILE);
@@ -184,12 +200,8 @@ pub fn import(
         write("model.onnx", &onnx)?;
         write("tokenizer.json", tok.to_string().as_bytes())?;
         let json =
-            serde_json::to_vec_pretty(&config).map_err(|e| io(&tmp)(std::io::Error::other(e)))?;
-        write("config.json", &json)?;
-        std::fs::rename(&tmp, dest).map_err(io(dest))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result.map(|()| config)
+            serde_json::to_vec_pretty(&config).map_err(|e| io(tmp)(std::io::Error::other(e)))?;
+        write("config.json", &json)
+    })?;
+    Ok(config)
 }

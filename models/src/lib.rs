@@ -7,6 +7,7 @@
 //! Must not do network I/O; files are read only where a caller points.
 
 pub mod engine;
+pub mod export;
 pub mod gguf;
 pub mod import;
 pub mod local;
