@@ -4,7 +4,8 @@
 //!
 //! Byte-level BPE (`tokenizer.ggml.model = gpt2`) is supported, with the pre-tokenizers of
 //! SmolLM (`smollm`: digits one by one, then GPT-2's split), GPT-2 (`gpt2`, `default`),
-//! Llama 3 (`llama-bpe`) and Qwen2 (`qwen2`). SentencePiece vocabularies (`llama`) are not yet.
+//! Llama 3 (`llama-bpe`) and Qwen2 (`qwen2`); so are SentencePiece BPE vocabularies
+//! (`llama`: Llama 2, Mistral), whose merges are derived from the pieces' scores.
 
 use serde_json::{json, Value as Json};
 
@@ -14,7 +15,7 @@ use crate::gguf::{Gguf, GgufError, Value};
 pub enum TokenizerError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("tokenizer model `{0}` is not supported (byte-level BPE, `gpt2`, is)")]
+    #[error("tokenizer model `{0}` is not supported (`gpt2`: byte-level BPE, and `llama`: SentencePiece BPE, are)")]
     Model(String),
     #[error("pre-tokenizer `{0}` is not supported (smollm, gpt2, default, llama-bpe, qwen2 are)")]
     Pre(String),
@@ -25,8 +26,12 @@ pub enum TokenizerError {
 }
 
 /// GGUF token types (`tokenizer.ggml.token_type`).
+const NORMAL: u64 = 1;
+const UNKNOWN: u64 = 2;
 const CONTROL: u64 = 3;
 const USER_DEFINED: u64 = 4;
+/// SentencePiece's word-boundary mark, which stands for a space.
+const SPACE: &str = "\u{2581}";
 
 /// Llama 3's split (`llama-bpe`): contractions, letters with one leading non-letter, numbers of
 /// up to three digits, punctuation runs, newlines, other whitespace.
@@ -74,15 +79,10 @@ fn pre_tokenizer(pre: &str) -> Result<Json, TokenizerError> {
 /// Builds `tokenizer.json` from the model's metadata.
 pub fn tokenizer_json(g: &Gguf) -> Result<Json, TokenizerError> {
     let model = g.str("tokenizer.ggml.model")?;
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         return Err(TokenizerError::Model(model.to_owned()));
     }
-    let pre = g
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
     let tokens = strings(g, "tokenizer.ggml.tokens")?;
-    let merges = strings(g, "tokenizer.ggml.merges")?;
     let types: Vec<u64> = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
         Some(t) if t.len() == tokens.len() => t.iter().map(|v| v.as_u64().unwrap_or(1)).collect(),
         Some(_) => {
@@ -100,7 +100,15 @@ pub fn tokenizer_json(g: &Gguf) -> Result<Json, TokenizerError> {
             )));
         }
     }
-    let merges: Vec<Json> = merges
+    let added = added_tokens(&tokens, &types);
+    if model == "llama" {
+        return sentencepiece(g, &tokens, &types, vocab, added);
+    }
+    let pre = g
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let merges: Vec<Json> = strings(g, "tokenizer.ggml.merges")?
         .iter()
         .map(|m| {
             m.split_once(' ')
@@ -108,15 +116,6 @@ pub fn tokenizer_json(g: &Gguf) -> Result<Json, TokenizerError> {
                 .ok_or_else(|| TokenizerError::Metadata(format!("merge `{m}` is not `a b`")))
         })
         .collect::<Result<_, _>>()?;
-    let added: Vec<Json> = types
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| **t == CONTROL || **t == USER_DEFINED)
-        .map(|(id, t)| {
-            json!({"id": id, "content": tokens[id], "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": *t == CONTROL})
-        })
-        .collect();
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -129,6 +128,97 @@ pub fn tokenizer_json(g: &Gguf) -> Result<Json, TokenizerError> {
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": false, "vocab": vocab, "merges": merges,
+        },
+    }))
+}
+
+/// Control tokens (special: never produced from text by accident, skipped when decoding) and
+/// user-defined ones (matched whole in text).
+fn added_tokens(tokens: &[&str], types: &[u64]) -> Vec<Json> {
+    types
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| **t == CONTROL || **t == USER_DEFINED)
+        .map(|(id, t)| {
+            json!({"id": id, "content": tokens[id], "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": *t == CONTROL})
+        })
+        .collect()
+}
+
+/// A SentencePiece BPE vocabulary (`llama`) as a BPE with byte fallback. SentencePiece merges
+/// the adjacent pair whose union scores highest; a BPE whose merges are every split of every
+/// piece into two pieces, ranked by the union's score, merges the same way. Spaces become `▁`
+/// and one is put before the text (unless `tokenizer.ggml.add_space_prefix` is false); decoding
+/// keeps a leading space, as a completion continues its prompt.
+fn sentencepiece(
+    g: &Gguf,
+    tokens: &[&str],
+    types: &[u64],
+    vocab: serde_json::Map<String, Json>,
+    added: Vec<Json>,
+) -> Result<Json, TokenizerError> {
+    let scores: Vec<f32> = match g.get("tokenizer.ggml.scores").and_then(Value::as_array) {
+        Some(s) if s.len() == tokens.len() => s.iter().map(|v| v.as_f32().unwrap_or(0.0)).collect(),
+        _ => {
+            return Err(TokenizerError::Metadata(
+                "`tokenizer.ggml.scores` is missing or differs in number from the tokens".into(),
+            ))
+        }
+    };
+    let id = |t: &str| vocab.get(t).and_then(Json::as_u64);
+    let mut merges: Vec<(f32, u64, u64, u64, &str, &str)> = Vec::new();
+    for (i, piece) in tokens.iter().enumerate() {
+        if types[i] != NORMAL {
+            continue;
+        }
+        for (at, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(at);
+            if let (Some(li), Some(ri)) = (id(l), id(r)) {
+                merges.push((scores[i], i as u64, li, ri, l, r));
+            }
+        }
+    }
+    // Highest score first; ties by the union's id, then the parts'.
+    merges.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+            .then(a.3.cmp(&b.3))
+    });
+    let merges: Vec<Json> = merges.iter().map(|m| json!([m.4, m.5])).collect();
+    let unk = types
+        .iter()
+        .position(|t| *t == UNKNOWN)
+        .map(|i| tokens[i].to_owned());
+    let prefix = g
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let mut normalizers = Vec::new();
+    if prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": SPACE}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": SPACE}));
+    Ok(json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        // Normalizers, not a Metaspace pre-tokenizer: that one skips the prefix when the text
+        // already starts with a space, and SentencePiece does not.
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": SPACE}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+        ]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
             "ignore_merges": false, "vocab": vocab, "merges": merges,
         },
     }))

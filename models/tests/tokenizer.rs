@@ -93,3 +93,43 @@ fn the_chat_template_renders_like_the_reference() {
     }
     assert!(n >= 2, "{n} chat cases");
 }
+
+/// A SentencePiece BPE vocabulary (as Llama 2 and Mistral GGUFs carry) against Google's
+/// `sentencepiece` on the same model (fixtures/spm).
+#[test]
+fn sentencepiece_vocabularies_encode_like_sentencepiece() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/spm/spm-tokenizer.gguf");
+    let g = revo_models::Gguf::open(&path).unwrap();
+    let tok = tokenizer::from_gguf(&g).unwrap();
+    let cases = lines(include_str!("fixtures/spm/spm-cases.jsonl"));
+    let reference = |text: &str| {
+        let c = cases.iter().find(|c| c["text"] == text).unwrap();
+        ids(&c["ids"])
+    };
+    let mut n = 0;
+    for case in &cases {
+        let text = case["text"].as_str().unwrap();
+        let got = tok.encode(text, false).unwrap();
+        let want = match text.strip_prefix("<|im_start|>") {
+            // Special tokens split the text and each piece after one gets the space prefix:
+            // llama.cpp's rule, which GGUF models are made for (sentencepiece prefixes only
+            // the whole text).
+            Some(rest) => {
+                let inner = rest.strip_suffix("<|im_end|>").unwrap();
+                [vec![3], reference(inner), vec![4]].concat()
+            }
+            None => ids(&case["ids"]),
+        };
+        assert_eq!(got.get_ids(), want.as_slice(), "{text:?}");
+        // Decoding keeps the space SentencePiece puts first (a completion continues its
+        // prompt); past it, the text comes back as sentencepiece decodes it.
+        let back = tok.decode(got.get_ids(), false).unwrap();
+        let decoded = case["decoded"].as_str().unwrap();
+        if !text.starts_with("<|") {
+            assert_eq!(back.strip_prefix(' ').unwrap_or(&back), decoded, "{text:?}");
+        }
+        n += 1;
+    }
+    assert_eq!(n, 21);
+}
