@@ -183,6 +183,9 @@ pub struct Model {
     geometry: Geometry,
     /// Whether the graph takes `position_ids` (some exports derive them from the mask).
     positions: bool,
+    /// `past_key_values.N.key/value` and `present.N.key/value`, in cache order.
+    past_names: Vec<String>,
+    present_names: Vec<String>,
     device: Device,
     /// The batch, one row each, in the order of the cache's rows.
     rows: Vec<Seq>,
@@ -225,10 +228,17 @@ impl Model {
         }
         let session = builder.commit_from_file(onnx).map_err(ort_err)?;
         let positions = check_layout(&session, geometry.layers)?;
+        let names = |prefix: &str| -> Vec<String> {
+            (0..geometry.layers)
+                .flat_map(|l| ["key", "value"].map(|k| format!("{prefix}.{l}.{k}")))
+                .collect()
+        };
         Ok(Model {
             session,
             geometry,
             positions,
+            past_names: names("past_key_values"),
+            present_names: names("present"),
             device: used,
             rows: Vec::new(),
             past: Vec::new(),
@@ -417,9 +427,8 @@ impl Model {
         if self.positions {
             inputs.push(("position_ids".into(), t([batch, n], pos)?.into()));
         }
-        for (i, v) in past.into_iter().enumerate() {
-            let kind = if i % 2 == 0 { "key" } else { "value" };
-            inputs.push((format!("past_key_values.{}.{kind}", i / 2).into(), v.into()));
+        for (name, v) in self.past_names.iter().zip(past) {
+            inputs.push((name.as_str().into(), v.into()));
         }
         let mut outputs = self.session.run(inputs).map_err(ort_err)?;
         let g = self.geometry;
@@ -436,7 +445,7 @@ impl Model {
             }
             last
         };
-        let present = presents(&mut outputs, g.layers)?;
+        let present = presents(&mut outputs, &self.present_names)?;
         Ok((logits, present))
     }
 
@@ -543,15 +552,16 @@ fn check_layout(session: &Session, layers: usize) -> Result<bool, EngineError> {
 }
 
 /// Takes `present.N.key/value` out of a run's outputs, in the order the next run feeds them.
-fn presents(outputs: &mut SessionOutputs<'_>, layers: usize) -> Result<Vec<DynValue>, EngineError> {
-    let mut past = Vec::with_capacity(2 * layers);
-    for l in 0..layers {
-        for kind in ["key", "value"] {
-            let v = outputs
-                .remove(format!("present.{l}.{kind}"))
-                .ok_or_else(|| ort_err(format!("no present.{l}.{kind} output")))?;
-            past.push(v);
-        }
-    }
-    Ok(past)
+fn presents(
+    outputs: &mut SessionOutputs<'_>,
+    names: &[String],
+) -> Result<Vec<DynValue>, EngineError> {
+    names
+        .iter()
+        .map(|n| {
+            outputs
+                .remove(n.as_str())
+                .ok_or_else(|| ort_err(format!("no {n} output")))
+        })
+        .collect()
 }

@@ -51,10 +51,13 @@ impl Sampling {
     }
 
     fn choose(&self, logits: &[f32], history: &[u32], rng: &mut StdRng) -> u32 {
-        let mut l = logits.to_vec();
-        if self.repetition_penalty != 1.0 {
+        let penalised;
+        let l: &[f32] = if self.repetition_penalty == 1.0 {
+            logits
+        } else {
+            let mut p = logits.to_vec();
             for &t in history {
-                if let Some(x) = l.get_mut(t as usize) {
+                if let Some(x) = p.get_mut(t as usize) {
                     *x = if *x > 0.0 {
                         *x / self.repetition_penalty
                     } else {
@@ -62,40 +65,60 @@ impl Sampling {
                     };
                 }
             }
-        }
+            penalised = p;
+            &penalised
+        };
         if self.temperature == 0.0 {
-            return argmax(&l);
+            return argmax(l);
         }
+        // Candidates: the top_k most likely (a selection, not a sort of the whole vocabulary).
+        let desc = |a: &usize, b: &usize| l[*b].total_cmp(&l[*a]);
         let mut order: Vec<usize> = (0..l.len()).collect();
-        order.sort_unstable_by(|&a, &b| l[b].total_cmp(&l[a]));
-        if self.top_k > 0 {
+        if self.top_k > 0 && self.top_k < order.len() {
+            order.select_nth_unstable_by(self.top_k - 1, desc);
             order.truncate(self.top_k);
         }
-        let top = l[order[0]];
-        let mut probs: Vec<f32> = order
+        let top = order
             .iter()
-            .map(|&i| ((l[i] - top) / self.temperature).exp())
-            .collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        let mut kept = probs.len();
-        let mut acc = 0.0;
-        for (i, p) in probs.iter().enumerate() {
-            acc += p;
-            if acc >= self.top_p {
-                kept = i + 1;
-                break;
+            .map(|&i| l[i])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let weight = |i: usize| ((l[i] - top) / self.temperature).exp();
+        let sum: f32 = order.iter().map(|&i| weight(i)).sum();
+        // The nucleus: the smallest most-likely prefix reaching top_p. Only that prefix needs
+        // sorting; grow it until it reaches top_p.
+        let mut kept = order.len();
+        if self.top_p < 1.0 {
+            let mut n = 64.min(order.len());
+            loop {
+                if n < order.len() {
+                    order.select_nth_unstable_by(n - 1, desc);
+                }
+                order[..n].sort_unstable_by(desc);
+                let mut acc = 0.0;
+                let reached = order[..n].iter().position(|&i| {
+                    acc += weight(i) / sum;
+                    acc >= self.top_p
+                });
+                if let Some(at) = reached {
+                    kept = at + 1;
+                    break;
+                }
+                if n == order.len() {
+                    break;
+                }
+                n = (n * 4).min(order.len());
             }
         }
-        let total: f32 = probs[..kept].iter().sum();
+        let candidates = &order[..kept];
+        let total: f32 = candidates.iter().map(|&i| weight(i)).sum();
         let mut r = rng.gen::<f32>() * total;
-        for (i, p) in probs[..kept].iter().enumerate() {
-            r -= p;
+        for &i in candidates {
+            r -= weight(i);
             if r <= 0.0 {
-                return order[i] as u32;
+                return i as u32;
             }
         }
-        order[kept - 1] as u32
+        candidates[kept - 1] as u32
     }
 }
 
@@ -136,4 +159,85 @@ fn argmax(v: &[f32]) -> u32 {
         }
     }
     best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(temperature: f32, top_p: f32, top_k: usize) -> Sampling {
+        Sampling {
+            max_tokens: 1,
+            temperature,
+            top_p,
+            top_k,
+            repetition_penalty: 1.0,
+            seed: Some(1),
+        }
+    }
+
+    fn frequencies(s: &Sampling, logits: &[f32], draws: usize) -> Vec<f64> {
+        let mut rng = StdRng::seed_from_u64(42);
+        let mut n = vec![0usize; logits.len()];
+        for _ in 0..draws {
+            n[s.choose(logits, &[], &mut rng) as usize] += 1;
+        }
+        n.iter().map(|&c| c as f64 / draws as f64).collect()
+    }
+
+    #[test]
+    fn draws_follow_the_distribution_top_k_and_top_p() {
+        // Probabilities 0.5, 0.25, 0.125, 0.125.
+        let logits = [2f32.ln() * 3.0, 2f32.ln() * 2.0, 2f32.ln(), 2f32.ln()];
+        let all = frequencies(&sampling(1.0, 1.0, 0), &logits, 40_000);
+        for (f, p) in all.iter().zip([0.5, 0.25, 0.125, 0.125]) {
+            assert!((f - p).abs() < 0.01, "{all:?}");
+        }
+        // top_k 2: the two most likely, renormalised (2:1).
+        let k = frequencies(&sampling(1.0, 1.0, 2), &logits, 30_000);
+        assert!(
+            (k[0] - 2.0 / 3.0).abs() < 0.015 && k[2] == 0.0 && k[3] == 0.0,
+            "{k:?}"
+        );
+        // top_p 0.5: the most likely token alone reaches it.
+        let p = frequencies(&sampling(1.0, 0.5, 0), &logits, 1_000);
+        assert_eq!(p[0], 1.0, "{p:?}");
+        // top_p 0.7: the first two.
+        let p = frequencies(&sampling(1.0, 0.7, 0), &logits, 30_000);
+        assert!((p[0] - 2.0 / 3.0).abs() < 0.015 && p[2] == 0.0, "{p:?}");
+        // Greedy, and the repetition penalty turning it.
+        assert_eq!(
+            sampling(0.0, 1.0, 0).choose(&logits, &[], &mut StdRng::seed_from_u64(0)),
+            0
+        );
+        let mut s = sampling(0.0, 1.0, 0);
+        s.repetition_penalty = 4.0;
+        assert_eq!(s.choose(&logits, &[0], &mut StdRng::seed_from_u64(0)), 1);
+    }
+
+    #[test]
+    fn a_large_nucleus_matches_a_full_sort() {
+        // 5,000 logits where the 0.9 nucleus holds hundreds of tokens (past the first prefix
+        // of 64 that is sorted).
+        let mut rng = StdRng::seed_from_u64(3);
+        let logits: Vec<f32> = (0..5000).map(|_| rng.gen::<f32>() * 4.0).collect();
+        let s = sampling(1.0, 0.9, 0);
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+        let top = logits[order[0]];
+        let w: Vec<f32> = order.iter().map(|&i| (logits[i] - top).exp()).collect();
+        let sum: f32 = w.iter().sum();
+        let mut acc = 0.0;
+        let size = w.iter().position(|x| {
+            acc += x / sum;
+            acc >= 0.9
+        });
+        let nucleus: std::collections::HashSet<usize> =
+            order[..size.unwrap() + 1].iter().copied().collect();
+        assert!(nucleus.len() > 256, "{}", nucleus.len());
+        for _ in 0..2000 {
+            let t = s.choose(&logits, &[], &mut rng) as usize;
+            assert!(nucleus.contains(&t), "{t} is outside the nucleus");
+        }
+    }
 }
