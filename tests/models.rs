@@ -140,11 +140,11 @@ async fn import_list_generate_and_remove() {
     assert_ne!(code, 0);
     assert!(err.contains("truncated or corrupt"), "{err}");
     let (code, _, err) = output(&mut revo_cmd(
-        &["models", "import", gguf, "--weights", "keep"],
+        &["models", "import", gguf, "--weights", "int3"],
         &env,
     ));
     assert_ne!(code, 0);
-    assert!(err.contains("not supported yet"), "{err}");
+    assert!(err.contains("--weights is keep, f32 or f16"), "{err}");
     let (code, _, err) = output(&mut revo_cmd(
         &["models", "import", gguf, "--name", "Bad Name"],
         &env,

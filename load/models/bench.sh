@@ -2,7 +2,7 @@
 # The local model engine: import time and peak memory for the default model, then single-stream
 # greedy decoding with 1 and 2 threads, Revo (`revo generate`) beside Python onnxruntime 1.31.1
 # running the same ONNX file in the same run, ROUNDS times interleaved (medians reported).
-# Usage: load/models/bench.sh [MAX_TOKENS] [ROUNDS]
+# Usage: [WEIGHTS=f32|f16|keep] load/models/bench.sh [MAX_TOKENS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MAX="${1:-128}"
@@ -26,9 +26,9 @@ trap 'rm -rf "$DATA"' EXIT
 PROMPT="Once upon a time"
 
 /usr/bin/time -f "%e %M" -o "$DATA/import.time" \
-  env REVO_DATA_DIR="$DATA" REVO_LOG=warn "$REVO" models import "$MODEL" --name bench >/dev/null 2>&1
+  env REVO_DATA_DIR="$DATA" REVO_LOG=warn "$REVO" models import "$MODEL" --name bench --weights "${WEIGHTS:-f32}" >/dev/null 2>&1
 read -r IMPORT_S IMPORT_KB <"$DATA/import.time"
-echo "import: ${IMPORT_S} s, peak RSS $((IMPORT_KB / 1024)) MiB"
+echo "import (--weights ${WEIGHTS:-f32}): ${IMPORT_S} s, peak RSS $((IMPORT_KB / 1024)) MiB, $(du -sh "$DATA/models/bench" | cut -f1) on disk"
 
 revo_run() {
   REVO_DATA_DIR="$DATA" REVO_LOG=warn "$REVO" generate --model bench --threads "$1" \

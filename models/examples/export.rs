@@ -15,9 +15,14 @@ fn main() {
     let data_name = format!("{}.data", out.file_name().unwrap().to_string_lossy());
     let mut data =
         std::io::BufWriter::new(std::fs::File::create(out.with_file_name(&data_name)).unwrap());
-    let graph = revo_models::onnx::llama::build(&g, &c, &mut data, &data_name, &mut |l, n| {
-        eprint!("\rlayer {l}/{n}")
-    })
+    let graph = revo_models::onnx::llama::build(
+        &g,
+        &c,
+        revo_models::onnx::llama::WeightFormat::F32,
+        &mut data,
+        &data_name,
+        &mut |l, n| eprint!("\rlayer {l}/{n}"),
+    )
     .unwrap();
     data.flush().unwrap();
     std::fs::write(out, graph).unwrap();

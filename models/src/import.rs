@@ -10,14 +10,17 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::gguf::{Gguf, GgufError, Value};
-use crate::onnx::llama::{self, GraphError, LlamaConfig};
+use crate::onnx::llama::{self, GraphError, LlamaConfig, WeightFormat};
 use crate::tokenizer::{self, TokenizerError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Weights {
-    /// Keep quantised weights quantised (not yet: needs MatMulNBits).
+    /// Keep the projections quantised: 8-bit blocks for ONNX Runtime's `MatMulNBits`
+    /// (requantised from the file's blocks; int8 activations). Fastest on CPU, not exact.
     Keep,
+    /// Dequantised to f32: the reference numerics.
     F32,
+    /// Dequantised to f16 on disk (half the size of f32), f32 in memory.
     F16,
 }
 
@@ -40,8 +43,6 @@ pub enum ImportError {
     Graph(#[from] GraphError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
-    #[error("--weights {0} is not supported yet (f32 is)")]
-    Weights(&'static str),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -79,7 +80,7 @@ pub(crate) fn write_atomically(
     result
 }
 
-/// The external data file of `model.onnx`: every large weight, in f32.
+/// The external data file of `model.onnx`: every large weight.
 pub const DATA_FILE: &str = "model.onnx.data";
 
 /// `config.json` of a model directory (Revo's own, not Hugging Face's).
@@ -132,11 +133,11 @@ pub fn import(
     weights: Weights,
     progress: &mut dyn FnMut(&str, usize, usize),
 ) -> Result<ModelConfig, ImportError> {
-    match weights {
-        Weights::F32 => {}
-        Weights::Keep => return Err(ImportError::Weights("keep")),
-        Weights::F16 => return Err(ImportError::Weights("f16")),
-    }
+    let (format, weights_name) = match weights {
+        Weights::F32 => (WeightFormat::F32, "f32"),
+        Weights::F16 => (WeightFormat::F16, "f16"),
+        Weights::Keep => (WeightFormat::Q8, "q8"),
+    };
     if dest.exists() {
         return Err(ImportError::Exists(dest.to_owned()));
     }
@@ -175,7 +176,7 @@ pub fn import(
             .get("tokenizer.chat_template")
             .and_then(Value::as_str)
             .map(str::to_owned),
-        weights: "f32".into(),
+        weights: weights_name.into(),
         parameters,
         source: gguf
             .file_name()
@@ -189,7 +190,7 @@ pub fn import(
         let data_path = tmp.join(DATA_FILE);
         let file = std::fs::File::create(&data_path).map_err(io(&data_path))?;
         let mut data = std::io::BufWriter::new(file);
-        let onnx = llama::build(&g, &c, &mut data, DATA_FILE, &mut |l, n| {
+        let onnx = llama::build(&g, &c, format, &mut data, DATA_FILE, &mut |l, n| {
             progress("layers", l, n)
         })?;
         std::io::Write::flush(&mut data).map_err(io(&data_path))?;

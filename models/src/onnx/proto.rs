@@ -3,7 +3,9 @@
 
 /// ONNX element types.
 pub const FLOAT: i64 = 1;
+pub const UINT8: i64 = 2;
 pub const INT64: i64 = 7;
+pub const FLOAT16: i64 = 10;
 
 #[derive(Default)]
 pub struct Buf(pub Vec<u8>);
@@ -73,12 +75,19 @@ impl Tensor {
         }
     }
 
-    /// An f32 tensor whose data lies in `file` at `offset` (ONNX external data).
-    pub fn f32_external(name: &str, dims: &[i64], file: &str, offset: u64, len: u64) -> Tensor {
+    /// A tensor of `data_type` whose data lies in `file` at `offset` (ONNX external data).
+    pub fn external(
+        name: &str,
+        dims: &[i64],
+        data_type: i64,
+        file: &str,
+        offset: u64,
+        len: u64,
+    ) -> Tensor {
         Tensor {
             name: name.to_owned(),
             dims: dims.to_vec(),
-            data_type: FLOAT,
+            data_type,
             raw: Vec::new(),
             external: Some((file.to_owned(), offset, len)),
         }
@@ -216,8 +225,9 @@ pub struct Graph {
     pub outputs: Vec<ValueInfo>,
 }
 
-/// Serialises a model: IR version 8, the default opset at `opset`.
-pub fn model(graph: &Graph, opset: i64, producer: &str) -> Vec<u8> {
+/// Serialises a model: IR version 8, the default opset at `opset`, plus `extra` (domain,
+/// version) opsets (e.g. `com.microsoft` for ONNX Runtime's contrib ops).
+pub fn model(graph: &Graph, opset: i64, extra: &[(&str, i64)], producer: &str) -> Vec<u8> {
     let mut g = Buf::default();
     for (i, n) in graph.nodes.iter().enumerate() {
         g.msg(1, &n.encode(i));
@@ -236,9 +246,11 @@ pub fn model(graph: &Graph, opset: i64, producer: &str) -> Vec<u8> {
     m.int(1, 8);
     m.str(2, producer);
     m.msg(7, &g);
-    let mut op = Buf::default();
-    op.str(1, "");
-    op.int(2, opset);
-    m.msg(8, &op);
+    for (domain, version) in std::iter::once(("", opset)).chain(extra.iter().copied()) {
+        let mut op = Buf::default();
+        op.str(1, domain);
+        op.int(2, version);
+        m.msg(8, &op);
+    }
     m.0
 }
