@@ -70,6 +70,8 @@ pub struct ModelsFile {
     pub threads: Option<usize>,
     /// Sequences decoded together per model.
     pub max_batch: Option<usize>,
+    /// Cache positions a model's batch may reserve (prompt + max_tokens per sequence).
+    pub max_batch_tokens: Option<usize>,
     /// `cpu`, `cuda` or `cuda:N`.
     pub device: Option<String>,
     /// With a CUDA device: `require` (fail without it) or `prefer` (warn and use the CPU).
@@ -355,6 +357,10 @@ fn models_config(file: ModelsFile) -> anyhow::Result<crate::inference::ModelSett
     if threads == 0 || max_batch == 0 || max_batch > 64 {
         bail!("[models] threads must be positive and max_batch 1 to 64");
     }
+    let max_batch_tokens = file.max_batch_tokens.unwrap_or(d.max_batch_tokens);
+    if max_batch_tokens == 0 {
+        bail!("[models] max_batch_tokens must be positive");
+    }
     let required = match env_or("REVO_MODEL_GPU", file.gpu)?.as_deref() {
         None | Some("require") => true,
         Some("prefer") => false,
@@ -376,6 +382,7 @@ fn models_config(file: ModelsFile) -> anyhow::Result<crate::inference::ModelSett
     Ok(crate::inference::ModelSettings {
         threads,
         max_batch,
+        max_batch_tokens,
         device,
         worker_timeout: timeout,
         ..d

@@ -25,6 +25,9 @@ pub struct ModelSettings {
     pub threads: usize,
     /// Sequences decoded together per model.
     pub max_batch: usize,
+    /// Cache positions (prompt + max_tokens, summed over the batch) a model's batch may
+    /// reserve; bounds its cache memory (SmolLM2-135M: 46 KiB per position).
+    pub max_batch_tokens: usize,
     /// Jobs waiting per model beyond those decoding; past it, requests are refused (`503`).
     pub queue: usize,
     pub device: Device,
@@ -39,6 +42,7 @@ impl Default for ModelSettings {
         ModelSettings {
             threads: 2,
             max_batch: 16,
+            max_batch_tokens: 32_768,
             queue: 16,
             device: Device::Cpu,
             worker_timeout: Duration::from_secs(5),

@@ -1,6 +1,7 @@
 //! A model's own OS thread: it owns the loaded model, takes jobs from a bounded queue and
-//! decodes up to `max_batch` of them together, admitting new ones between steps. Inference never
-//! runs on async threads.
+//! decodes up to `max_batch` of them together, admitting new ones between steps, in order, while
+//! their cache positions (prompt + max_tokens each) fit `max_batch_tokens`. Inference never runs
+//! on async threads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,15 @@ struct Running {
     job: Job,
     started: Instant,
     first: Option<Instant>,
+    /// Cache positions it may need: prompt tokens + max_tokens.
+    need: usize,
+}
+
+/// A job with the cache positions it may need.
+fn sized(model: &LocalModel, job: Job) -> (Job, usize) {
+    let prompt = model.encode(&job.prompt).map_or(0, |ids| ids.len());
+    let need = prompt + job.sampling.max_tokens;
+    (job, need)
 }
 
 fn run(
@@ -114,23 +124,47 @@ fn run(
     let device = model.device().to_string();
     let mut running: HashMap<SeqId, Running> = HashMap::new();
     let mut closed = false;
+    // The next job in line, taken from the queue but waiting for room in the batch.
+    let mut held: Option<(Job, usize)> = None;
     loop {
-        // Idle: wait for work. Busy: take what is waiting, up to the batch size.
-        if model.active() == 0 {
+        // Idle: wait for work.
+        if model.active() == 0 && held.is_none() {
             if closed {
                 return;
             }
             match jobs.recv() {
-                Ok(job) => admit(&mut model, &mut running, job, stats, worker, &device),
+                Ok(job) => held = Some(sized(&model, job)),
                 Err(_) => return,
             }
         }
-        while !closed && model.active() < settings.max_batch {
-            match jobs.try_recv() {
-                Ok(job) => admit(&mut model, &mut running, job, stats, worker, &device),
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => closed = true,
+        // Admit jobs in order while the batch has a slot and the cache budget allows (a job
+        // bigger than the budget runs when the batch is empty).
+        loop {
+            if held.is_none() && !closed {
+                match jobs.try_recv() {
+                    Ok(job) => held = Some(sized(&model, job)),
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => closed = true,
+                }
             }
+            let Some((job, need)) = held.take() else {
+                break;
+            };
+            let reserved: usize = running.values().map(|r| r.need).sum();
+            let full = model.active() >= settings.max_batch
+                || (model.active() > 0 && reserved + need > settings.max_batch_tokens);
+            if full {
+                held = Some((job, need));
+                break;
+            }
+            admit(
+                &mut model,
+                &mut running,
+                (job, need),
+                stats,
+                worker,
+                &device,
+            );
         }
         stats.active.store(model.active(), Ordering::Relaxed);
         if model.active() == 0 {
@@ -160,7 +194,7 @@ fn run(
 fn admit(
     model: &mut LocalModel,
     running: &mut HashMap<SeqId, Running>,
-    job: Job,
+    (job, need): (Job, usize),
     stats: &Stats,
     worker: &str,
     device: &str,
@@ -174,6 +208,7 @@ fn admit(
                 job,
                 started,
                 first: None,
+                need,
             };
             running.insert(seq, r);
             deliver(model, running, seq, update, worker, device);
