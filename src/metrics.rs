@@ -15,6 +15,65 @@ pub struct Metrics {
     pub relay: RelayMetrics,
     pub projection_lag: IntGaugeVec,
     pub http: HttpMetrics,
+    pub generation: GenerationMetrics,
+}
+
+/// Generations answered by this edge, by local model (registry names only).
+#[derive(Clone)]
+pub struct GenerationMetrics {
+    pub finished: IntCounterVec,
+    pub tokens: IntCounterVec,
+    pub time_to_first_token: HistogramVec,
+}
+
+impl GenerationMetrics {
+    fn new() -> prometheus::Result<Self> {
+        Ok(GenerationMetrics {
+            finished: IntCounterVec::new(
+                Opts::new(
+                    "revo_generations_total",
+                    "Generations by model and outcome (`stop`, `length`, or an error code)",
+                ),
+                &["model", "outcome"],
+            )?,
+            tokens: IntCounterVec::new(
+                Opts::new(
+                    "revo_generation_tokens_total",
+                    "Tokens of completed generations by model and kind (`prompt`, `completion`)",
+                ),
+                &["model", "kind"],
+            )?,
+            time_to_first_token: HistogramVec::new(
+                HistogramOpts::new(
+                    "revo_generation_time_to_first_token_seconds",
+                    "From a request's arrival at the model to its first text, by model",
+                )
+                .buckets(vec![
+                    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["model"],
+            )?,
+        })
+    }
+
+    /// Counts a completed generation.
+    pub fn completed(&self, model: &str, o: &crate::inference::Outcome) {
+        let finish = crate::inference::wire::finish_reason(o.finish);
+        self.finished.with_label_values(&[model, finish]).inc();
+        let t = &self.tokens;
+        t.with_label_values(&[model, "prompt"])
+            .inc_by(o.prompt_tokens as u64);
+        t.with_label_values(&[model, "completion"])
+            .inc_by(o.completion_tokens as u64);
+        self.time_to_first_token
+            .with_label_values(&[model])
+            .observe(o.time_to_first_token_ms as f64 / 1e3);
+    }
+
+    /// Counts a failed generation by its error code.
+    pub fn failed(&self, model: &str, code: &str) {
+        self.finished.with_label_values(&[model, code]).inc();
+    }
 }
 
 /// The edge's request metrics. Routes are templates (`/users/{id}`), never raw paths.
@@ -122,6 +181,7 @@ impl Metrics {
             &["projection"],
         )?;
         let http = HttpMetrics::new()?;
+        let generation = GenerationMetrics::new()?;
         let registry = Registry::new();
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(store.append_seconds.clone()),
@@ -137,6 +197,9 @@ impl Metrics {
             Box::new(http.in_flight.clone()),
             Box::new(http.auth_failures.clone()),
             Box::new(http.rate_limited.clone()),
+            Box::new(generation.finished.clone()),
+            Box::new(generation.tokens.clone()),
+            Box::new(generation.time_to_first_token.clone()),
         ];
         for c in collectors {
             registry.register(c)?;
@@ -147,6 +210,7 @@ impl Metrics {
             relay,
             projection_lag,
             http,
+            generation,
         })
     }
 

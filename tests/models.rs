@@ -106,6 +106,13 @@ async fn completions_over_http(data: &str, name: &str) {
         let r = call(body.clone()).await;
         assert_eq!((r.status, r.code()), (status, code), "{body}");
     }
+    // Counted per model: the five generations above and the refusals that reached the model.
+    let metrics = api.text("/metrics").await;
+    let line = format!("revo_generations_total{{model=\"{name}\",outcome=\"length\"}}");
+    assert!(metrics.contains(&line), "{metrics}");
+    let completion =
+        format!("revo_generation_tokens_total{{kind=\"completion\",model=\"{name}\"}}");
+    assert!(metrics.contains(&completion), "{metrics}");
     assert!(served.stop().await.success());
     // Every generation is an event.
     let (_, out, _) = output(&mut revo_cmd(

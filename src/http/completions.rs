@@ -236,6 +236,7 @@ pub async fn create(
             match rx.recv().await {
                 Some(Event::Text(_)) => {}
                 Some(Event::Done(Ok(o))) => {
+                    state.metrics.generation.completed(&r.model, &o);
                     let rec = record(
                         state.store.clone(),
                         id.clone(),
@@ -262,7 +263,10 @@ pub async fn create(
                         }),
                     }));
                 }
-                Some(Event::Done(Err(f))) => return Err(failed(f)),
+                Some(Event::Done(Err(f))) => {
+                    state.metrics.generation.failed(&r.model, f.code);
+                    return Err(failed(f));
+                }
                 None => return Err(unavailable("model_unavailable", "the model worker stopped")),
             }
         }
@@ -301,6 +305,7 @@ pub async fn create(
                     }
                 }
                 Some(Event::Done(Ok(o))) => {
+                    st.metrics.generation.completed(&model, &o);
                     record(st.store.clone(), id.clone(), model.clone(), o.clone(), meta).await;
                     let usage = Usage {
                         prompt_tokens: o.prompt_tokens as u64,
@@ -312,6 +317,7 @@ pub async fn create(
                     break;
                 }
                 Some(Event::Done(Err(f))) => {
+                    st.metrics.generation.failed(&model, f.code);
                     let e = json!({"error": {"code": f.code, "message": f.message}});
                     let _ = out.send(Bytes::from(format!("data: {e}\n\n"))).await;
                     break;
