@@ -111,12 +111,17 @@ pub async fn import(
     } else {
         None
     };
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let config = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let mut last = Instant::now();
+        // A bar on a terminal; nothing in logs and pipes.
         let mut progress = |step: &str, done: usize, total: usize| {
-            if last.elapsed() > Duration::from_millis(200) || done == total {
+            if tty && (last.elapsed() > Duration::from_millis(100) || done == total) {
                 last = Instant::now();
-                eprint!("\r{step}: {done}/{total}   ");
+                const WIDTH: usize = 30;
+                let filled = done.min(total) * WIDTH / total.max(1);
+                let bar = format!("{}{}", "#".repeat(filled), "-".repeat(WIDTH - filled));
+                eprint!("\r{step:<10} [{bar}] {done}/{total}   ");
                 let _ = std::io::stderr().flush();
             }
         };
@@ -142,7 +147,9 @@ pub async fn import(
     })
     .await?
     .with_context(|| format!("importing {}", file.display()))?;
-    eprintln!();
+    if tty {
+        eprintln!();
+    }
     let ev = ModelEvent::Imported {
         name: name.clone(),
         architecture: config.architecture.clone(),
