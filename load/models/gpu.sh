@@ -61,31 +61,7 @@ revo_run() {
   REVO_DATA_DIR="$DATA" REVO_LOG=warn "$REVO" generate --model bench --max-tokens "$MAX" "$PROMPT" 2>&1 >/dev/null | tail -1
 }
 py_run() {
-  "$PY" - "$DATA/models/bench" "$MAX" "$PROMPT" <<'PY'
-import sys, time, json, numpy as np, onnxruntime as ort, tokenizers
-d, max_tokens, prompt = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-cfg = json.load(open(f"{d}/config.json"))
-s = ort.InferenceSession(f"{d}/model.onnx", providers=["CUDAExecutionProvider"])
-assert s.get_providers()[0] == "CUDAExecutionProvider", s.get_providers()
-ids = tokenizers.Tokenizer.from_file(f"{d}/tokenizer.json").encode(prompt, add_special_tokens=False).ids
-L, kvh, hd = cfg["layers"], cfg["kv_heads"], cfg["head_dim"]
-past = {f"past_key_values.{i}.{k}": np.zeros((1, kvh, 0, hd), np.float32) for i in range(L) for k in ("key", "value")}
-names = [o.name for o in s.get_outputs()]
-start = time.perf_counter(); first = None; out = []; inp = ids; done = 0
-while len(out) < max_tokens:
-    total = done + len(inp)
-    r = dict(zip(names, s.run(None, {"input_ids": np.array([inp], np.int64),
-        "attention_mask": np.ones((1, total), np.int64),
-        "position_ids": np.arange(done, total, dtype=np.int64)[None], **past})))
-    nxt = int(r["logits"][0, -1].argmax())
-    past = {f"past_key_values.{i}.{k}": r[f"present.{i}.{k}"] for i in range(L) for k in ("key", "value")}
-    done, inp = total, [nxt]
-    if nxt in cfg["stop_token_ids"]: break
-    if first is None: first = time.perf_counter()
-    out.append(nxt)
-end = time.perf_counter()
-print(f"python onnxruntime-gpu: time to first token {(first - start) * 1e3:.1f} ms, decode {(len(out) - 1) / (end - first):.1f} tokens/s")
-PY
+  echo "python onnxruntime-gpu (ttft ms, tokens/s): $("$PY" load/models/decode.py "$DATA/models/bench" 2 "$MAX" "$PROMPT" cuda)"
 }
 
 echo "== single stream, greedy, up to $MAX tokens, $ROUNDS rounds"

@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use crate::engine::EngineError;
 
 /// How the next token is chosen. `temperature` 0 is greedy (argmax).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Sampling {
     pub max_tokens: usize,
     pub temperature: f32,

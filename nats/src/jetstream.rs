@@ -167,16 +167,8 @@ impl Bus for JetStreamBus {
             .boxed())
     }
 
-    #[allow(clippy::disallowed_methods)] // this is the Bus: the one place that publishes
     async fn publish_signal(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
-        self.client
-            .publish(subject.to_owned(), payload)
-            .await
-            .map_err(|e| BusError::Publish {
-                subject: subject.to_owned(),
-                msg_id: String::new(),
-                reason: e.to_string(),
-            })
+        crate::work::publish_core(&self.client, subject, payload).await
     }
 
     async fn subscribe_signals(&self, filter: &str) -> Result<MessageStream, BusError> {

@@ -89,20 +89,29 @@ impl WorkClient {
         Ok((inbox, replies))
     }
 
-    #[allow(clippy::disallowed_methods)] // the work transport: one of the places that publish
     pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
-        self.client
-            .publish(subject.to_owned(), payload)
-            .await
-            .map_err(|e| BusError::Publish {
-                subject: subject.to_owned(),
-                msg_id: String::new(),
-                reason: e.to_string(),
-            })
+        publish_core(&self.client, subject, payload).await
     }
 
     /// Sends whatever is buffered.
     pub async fn flush(&self) -> Result<(), BusError> {
         self.client.flush().await.map_err(unavailable)
     }
+}
+
+/// Publishes on core NATS (not persisted): the one place outside JetStream that does.
+#[allow(clippy::disallowed_methods)]
+pub(crate) async fn publish_core(
+    client: &async_nats::Client,
+    subject: &str,
+    payload: Bytes,
+) -> Result<(), BusError> {
+    client
+        .publish(subject.to_owned(), payload)
+        .await
+        .map_err(|e| BusError::Publish {
+            subject: subject.to_owned(),
+            msg_id: String::new(),
+            reason: e.to_string(),
+        })
 }

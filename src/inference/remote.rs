@@ -92,7 +92,11 @@ impl Remote {
             .subjects
             .model_requests(model)
             .map_err(|_| SubmitError::Unknown(model.to_owned()))?;
-        let request = Request::new(job.prompt.clone(), &job.sampling, job.stop.clone());
+        let request = Request {
+            prompt: job.prompt.clone(),
+            sampling: job.sampling.clone(),
+            stop: job.stop.clone(),
+        };
         let payload = serde_json::to_vec(&request).map_err(|_| SubmitError::Down(model.into()))?;
         let (client, subjects, timeout) =
             (self.client.clone(), self.subjects.clone(), self.timeout);

@@ -14,42 +14,12 @@ use serde::{Deserialize, Serialize};
 use super::{known_code, Failure, Outcome};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Request {
     pub prompt: String,
-    pub max_tokens: usize,
-    pub temperature: f32,
-    pub top_p: f32,
-    pub top_k: usize,
-    pub repetition_penalty: f32,
-    pub seed: Option<u64>,
+    /// `max_tokens`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `seed`.
+    #[serde(flatten)]
+    pub sampling: Sampling,
     pub stop: Vec<String>,
-}
-
-impl Request {
-    pub fn new(prompt: String, s: &Sampling, stop: Vec<String>) -> Request {
-        Request {
-            prompt,
-            max_tokens: s.max_tokens,
-            temperature: s.temperature,
-            top_p: s.top_p,
-            top_k: s.top_k,
-            repetition_penalty: s.repetition_penalty,
-            seed: s.seed,
-            stop,
-        }
-    }
-
-    pub fn sampling(&self) -> Sampling {
-        Sampling {
-            max_tokens: self.max_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            repetition_penalty: self.repetition_penalty,
-            seed: self.seed,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -158,4 +128,60 @@ pub struct Heartbeat {
     pub tokens_per_s: f64,
     /// Interval between heartbeats, in milliseconds.
     pub every_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_and_replies_round_trip_as_json() {
+        let r = Request {
+            prompt: "hi".into(),
+            sampling: Sampling {
+                seed: Some(7),
+                ..Sampling::greedy(5)
+            },
+            stop: vec!["\n".into()],
+        };
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["max_tokens"], 5,
+            "sampling fields sit beside the prompt: {json}"
+        );
+        let back: Request = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            (back.prompt, back.sampling, back.stop),
+            (r.prompt, r.sampling, r.stop)
+        );
+
+        let o = Outcome {
+            text: "x".into(),
+            prompt_tokens: 1,
+            completion_tokens: 2,
+            finish: Finish::Length,
+            time_to_first_token_ms: 3,
+            duration_ms: 4,
+            worker: "w".into(),
+            device: "cpu".into(),
+        };
+        let reply: Reply =
+            serde_json::from_str(&serde_json::to_string(&Reply::done(o.clone())).unwrap()).unwrap();
+        assert_eq!(reply.outcome(), Some(Ok(o)));
+        let f = Failure {
+            code: "worker_lost",
+            message: "gone".into(),
+        };
+        assert_eq!(Reply::error(&f).outcome(), Some(Err(f)));
+        // A code this edge does not know is a generic failure, not a panic.
+        let odd = Reply::Error {
+            code: "new_code".into(),
+            message: "m".into(),
+        };
+        assert_eq!(
+            odd.outcome().unwrap().unwrap_err().code,
+            "generation_failed"
+        );
+        assert_eq!(Reply::Alive.outcome(), None);
+    }
 }

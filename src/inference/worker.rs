@@ -212,7 +212,7 @@ impl Worker {
         };
         let (tx, mut rx) = mpsc::unbounded_channel();
         let job = Job {
-            sampling: request.sampling(),
+            sampling: request.sampling,
             prompt: request.prompt,
             stop: request.stop,
             events: tx,
