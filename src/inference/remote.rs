@@ -132,7 +132,10 @@ async fn relay(
     let (inbox, mut replies) = client
         .request(subject, payload.into())
         .await
-        .map_err(|e| lost(format!("NATS: {e}")))?;
+        .map_err(|e| Failure {
+            code: "model_unavailable",
+            message: format!("the request could not be sent to the workers: {e}"),
+        })?;
     let mut worker: Option<String> = None;
     loop {
         let next = tokio::select! {
