@@ -4,7 +4,7 @@
 # and 16 clients at once, each client sending REQUESTS greedy requests of up to MAX_TOKENS tokens
 # back to back. Reports completion tokens per second over the whole scenario, ROUNDS times
 # interleaved, medians; the 1-client scenario is the single-stream baseline of the same run.
-# Usage: load/models/concurrency.sh [MAX_TOKENS] [REQUESTS] [ROUNDS] [MAX_BATCH]
+# Usage: [WEIGHTS=f32|f16|keep] load/models/concurrency.sh [MAX_TOKENS] [REQUESTS] [ROUNDS] [MAX_BATCH]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MAX="${1:-64}"
@@ -24,7 +24,7 @@ PORT=$((20000 + RANDOM % 20000))
 cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"; }
 trap cleanup EXIT
 export REVO_DATA_DIR="$DATA" REVO_LOG=warn REVO_ADMIN_PASSWORD=bench-admin-password
-"$REVO" models import "$MODEL" --name bench >/dev/null
+"$REVO" models import "$MODEL" --name bench --weights "${WEIGHTS:-f32}" >/dev/null
 REVO_MODEL_MAX_BATCH="$BATCH" REVO_RATE_LIMIT_ADMIN=0 "$REVO" serve --listen "127.0.0.1:$PORT" >/dev/null 2>"$DATA/serve.log" &
 PID=$!
 for _ in $(seq 100); do
