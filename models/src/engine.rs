@@ -10,12 +10,13 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use ort::ep::ExecutionProvider;
 use ort::session::{Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor};
 
+pub use crate::runtime::locate_runtime;
+use crate::runtime::runtime;
 use crate::sampling::Sampler;
 pub use crate::sampling::Sampling;
 
@@ -50,46 +51,8 @@ pub enum EngineError {
     },
 }
 
-fn ort_err(e: impl std::fmt::Display) -> EngineError {
+pub(crate) fn ort_err(e: impl std::fmt::Display) -> EngineError {
     EngineError::Ort(e.to_string())
-}
-
-/// Where the library is looked for, in order: `explicit` (REVO_ORT_DYLIB), `ORT_DYLIB_PATH`,
-/// then where `scripts/fetch-ort.sh` puts it.
-pub fn locate_runtime(explicit: Option<&Path>) -> Result<PathBuf, EngineError> {
-    let mut tried = Vec::new();
-    let env = std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from);
-    let cache = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/revo/ort/libonnxruntime.so.1.31.1"));
-    for p in [explicit.map(Path::to_path_buf), env, cache]
-        .into_iter()
-        .flatten()
-    {
-        if p.is_file() {
-            return Ok(p);
-        }
-        tried.push(p.display().to_string());
-    }
-    Err(EngineError::NoRuntime(tried.join(", ")))
-}
-
-static RUNTIME: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
-
-/// Loads the library once per process.
-fn runtime(path: &Path) -> Result<&'static ort::environment::Environment, EngineError> {
-    RUNTIME
-        .get_or_init(|| {
-            ort::init_from(path)
-                .map_err(|e| e.to_string())?
-                .with_name("revo")
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|reason| EngineError::Runtime {
-            path: path.to_owned(),
-            reason: reason.clone(),
-        })
 }
 
 /// The cache geometry the graph expects.

@@ -13,6 +13,7 @@ pub mod import;
 pub mod local;
 pub mod onnx;
 pub mod quant;
+pub mod runtime;
 pub mod sampling;
 pub mod tokenizer;
 

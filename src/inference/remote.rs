@@ -129,13 +129,14 @@ async fn relay(
     timeout: Duration,
     job: &Job,
 ) -> Result<(), Failure> {
-    let (inbox, mut replies) = client
-        .request(subject, payload.into())
-        .await
-        .map_err(|e| Failure {
-            code: "model_unavailable",
-            message: format!("the request could not be sent to the workers: {e}"),
-        })?;
+    let (inbox, mut replies) =
+        client
+            .request(subject, payload.into())
+            .await
+            .map_err(|e| Failure {
+                code: "model_unavailable",
+                message: format!("the request could not be sent to the workers: {e}"),
+            })?;
     let mut worker: Option<String> = None;
     loop {
         let next = tokio::select! {

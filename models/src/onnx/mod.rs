@@ -1,5 +1,6 @@
-//! Writing ONNX models: a minimal protobuf encoder (`proto.rs`) and the Llama-family decoder
-//! graph (`llama.rs`).
+//! Writing ONNX models: a minimal protobuf encoder (`proto.rs`), the Llama-family decoder graph
+//! (`llama.rs`) and the 8-bit weight blocks it can use (`q8.rs`).
 
 pub mod llama;
 pub mod proto;
+pub mod q8;
