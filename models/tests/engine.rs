@@ -292,3 +292,68 @@ fn a_missing_runtime_is_a_clear_error() {
         .unwrap();
     assert!(matches!(err, EngineError::Runtime { .. }), "{err}");
 }
+
+/// Tiny random Llama (grouped-query attention, tied embeddings, llama.cpp's Q/K permutation)
+/// and Qwen2 (q/k/v biases, a separate output matrix) models: the graph's greedy tokens match an
+/// independent numpy forward pass (fixtures/tiny), alone and batched.
+#[test]
+fn llama_and_qwen2_graphs_match_an_independent_forward_pass() {
+    let runtime = engine::locate_runtime(None).unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny");
+    let cases: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/tiny/tiny-cases.json")).unwrap();
+    for arch in ["llama", "qwen2"] {
+        let g = revo_models::Gguf::open(&fixtures.join(format!("tiny-{arch}.gguf"))).unwrap();
+        let c = LlamaConfig::from_gguf(&g).unwrap();
+        assert_eq!(c.arch, arch);
+        let dir =
+            Scratch(std::env::temp_dir().join(format!("revo-tiny-{arch}-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let mut data = Vec::new();
+        let graph = llama::build(
+            &g,
+            &c,
+            llama::WeightFormat::F32,
+            &mut data,
+            "model.onnx.data",
+            &mut |_, _| {},
+        )
+        .unwrap();
+        std::fs::write(dir.0.join("model.onnx.data"), data).unwrap();
+        std::fs::write(dir.0.join("model.onnx"), graph).unwrap();
+        let geometry = Geometry {
+            layers: c.layers,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            vocab: c.vocab,
+            context: c.context,
+        };
+        let mut model = Model::load(
+            &runtime,
+            &dir.0.join("model.onnx"),
+            geometry,
+            1,
+            Device::Cpu,
+        )
+        .unwrap();
+        let cases = cases[arch].as_array().unwrap();
+        let mut batch = Vec::new();
+        for (i, case) in cases.iter().enumerate() {
+            let want = ids(&case["completion_ids"]);
+            let (got, finish) = model
+                .greedy(&ids(&case["prompt_ids"]), want.len(), &[], |_| true)
+                .unwrap();
+            assert_eq!(got, want, "{arch} {}", case["prompt_ids"]);
+            assert_eq!(finish, Finish::Length);
+            batch.push((i, ids(&case["prompt_ids"]), Sampling::greedy(want.len())));
+        }
+        let together = run_batched(&mut model, batch, 1, None);
+        for (i, case) in cases.iter().enumerate() {
+            assert_eq!(
+                together[&i].0,
+                ids(&case["completion_ids"]),
+                "{arch} batched {i}"
+            );
+        }
+    }
+}
