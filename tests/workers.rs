@@ -17,8 +17,9 @@ use common::*;
 use futures::StreamExt;
 use serde_json::json;
 
-/// Worker timeout given to the edge: a silent worker is lost after this long.
-const TIMEOUT_MS: u64 = 1500;
+/// Worker timeout given to the edge: a silent worker is lost after this long (three heartbeat
+/// intervals, so a loaded CI machine does not lose a live worker).
+const TIMEOUT_MS: u64 = 3000;
 
 /// A running `revo worker`, killed on drop.
 struct Worker(std::process::Child);
