@@ -4,7 +4,8 @@
 # and 16 clients at once, each client sending REQUESTS greedy requests of up to MAX_TOKENS tokens
 # back to back. Reports completion tokens per second over the whole scenario, ROUNDS times
 # interleaved, medians; the 1-client scenario is the single-stream baseline of the same run.
-# Usage: [WEIGHTS=f32|f16|keep] load/models/concurrency.sh [MAX_TOKENS] [REQUESTS] [ROUNDS] [MAX_BATCH]
+# MODE=cluster runs the same through Postgres, NATS and one `revo worker` (the NATS hop).
+# Usage: [WEIGHTS=f32|f16|keep] [MODE=embedded|cluster] load/models/concurrency.sh [MAX_TOKENS] [REQUESTS] [ROUNDS] [MAX_BATCH]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MAX="${1:-64}"
@@ -21,12 +22,28 @@ MODEL="${MODEL:-$(./scripts/fetch-model.sh)}"
 [ -n "${REVO_ORT_DYLIB:-}" ] || ./scripts/fetch-ort.sh >/dev/null
 DATA=$(mktemp -d)
 PORT=$((20000 + RANDOM % 20000))
-cleanup() { [ -n "${PID:-}" ] && kill "$PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"; }
+DB="revo_bench_$$"
+cleanup() {
+  kill ${PID:-} ${WORKER:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"
+  [ "${MODE:-embedded}" = cluster ] && dropdb -h 127.0.0.1 -U postgres --if-exists "$DB"
+}
 trap cleanup EXIT
 export REVO_DATA_DIR="$DATA" REVO_LOG=warn REVO_ADMIN_PASSWORD=bench-admin-password
+export REVO_MODEL_MAX_BATCH="$BATCH" REVO_RATE_LIMIT_ADMIN=0
+# MODE=cluster: Postgres and NATS on localhost, the model on one `revo worker` over NATS.
+if [ "${MODE:-embedded}" = cluster ]; then
+  createdb -h 127.0.0.1 -U postgres "$DB"
+  export REVO_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$DB" REVO_NATS_URL=nats://127.0.0.1:4222
+  export REVO_NATS_PREFIX="bench$$" REVO_JWT_KEYS="bench:$(head -c 32 /dev/urandom | base64)"
+  "$REVO" migrate >/dev/null
+fi
 "$REVO" models import "$MODEL" --name bench --weights "${WEIGHTS:-f32}" >/dev/null
-REVO_MODEL_MAX_BATCH="$BATCH" REVO_RATE_LIMIT_ADMIN=0 "$REVO" serve --listen "127.0.0.1:$PORT" >/dev/null 2>"$DATA/serve.log" &
+"$REVO" serve --listen "127.0.0.1:$PORT" >/dev/null 2>"$DATA/serve.log" &
 PID=$!
+if [ "${MODE:-embedded}" = cluster ]; then
+  "$REVO" worker --model bench 2>"$DATA/worker.log" &
+  WORKER=$!
+fi
 for _ in $(seq 100); do
   curl -sf "http://127.0.0.1:$PORT/health/ready" >/dev/null && break
   sleep 0.2
@@ -48,8 +65,13 @@ def call(method, path, body, token=None):
     return data
 
 token = call("POST", "/auth/login", {"username": "admin", "password": "bench-admin-password"})["access_token"]
-# Warm up: the model loads on its thread at start.
-call("POST", "/v1/completions", {"model": "bench", "prompt": "Hi", "max_tokens": 4, "temperature": 0}, token)
+# Warm up: the model loads on its thread (or worker) at start.
+for attempt in range(300):
+    try:
+        call("POST", "/v1/completions", {"model": "bench", "prompt": "Hi", "max_tokens": 4, "temperature": 0}, token)
+        break
+    except SystemExit:
+        time.sleep(0.2)
 
 def scenario(clients):
     done = [0] * clients
