@@ -28,6 +28,16 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+fn geometry(c: &LlamaConfig) -> Geometry {
+    Geometry {
+        layers: c.layers,
+        kv_heads: c.kv_heads,
+        head_dim: c.head_dim,
+        vocab: c.vocab,
+        context: c.context,
+    }
+}
+
 /// The default model's graph, built into a scratch directory.
 fn build_default() -> (Scratch, Model, LlamaConfig) {
     build_as(llama::WeightFormat::F32)
@@ -48,13 +58,7 @@ fn build_as(format: llama::WeightFormat) -> (Scratch, Model, LlamaConfig) {
     let graph = llama::build(&g, &c, format, &mut data, "model.onnx.data", &mut |_, _| {}).unwrap();
     std::io::Write::flush(&mut data).unwrap();
     std::fs::write(&onnx, graph).unwrap();
-    let geometry = Geometry {
-        layers: c.layers,
-        kv_heads: c.kv_heads,
-        head_dim: c.head_dim,
-        vocab: c.vocab,
-        context: c.context,
-    };
+    let geometry = geometry(&c);
     let model = Model::load(&runtime, &onnx, geometry, 1, Device::Cpu).unwrap();
     (dir, model, c)
 }
@@ -321,13 +325,7 @@ fn llama_and_qwen2_graphs_match_an_independent_forward_pass() {
         .unwrap();
         std::fs::write(dir.0.join("model.onnx.data"), data).unwrap();
         std::fs::write(dir.0.join("model.onnx"), graph).unwrap();
-        let geometry = Geometry {
-            layers: c.layers,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-            vocab: c.vocab,
-            context: c.context,
-        };
+        let geometry = geometry(&c);
         let mut model = Model::load(
             &runtime,
             &dir.0.join("model.onnx"),
