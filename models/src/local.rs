@@ -128,27 +128,19 @@ impl LocalModel {
             return Err(EngineError::Busy.into());
         }
         let (seq, mut update) = self.start(prompt, sampling, stop)?;
+        let left = || LocalError::Engine(EngineError::Ort("the sequence left the batch".into()));
         loop {
-            if let Some(piece) = &update.text {
-                if !on_text(piece) {
-                    return Ok(self.cancel(seq).unwrap_or(Generation {
-                        text: String::new(),
-                        prompt_tokens: 0,
-                        completion_tokens: 0,
-                        finish: Finish::Stop,
-                    }));
-                }
-            }
+            let go_on = update.text.as_deref().is_none_or(&mut on_text);
             if let Some(done) = update.done {
                 return Ok(done);
             }
+            if !go_on {
+                // Still running (not done), so cancelling yields what it generated.
+                return self.cancel(seq).ok_or_else(left);
+            }
             update = match self.step()?.into_iter().find(|(s, _)| *s == seq) {
                 Some((_, u)) => u,
-                None => {
-                    return Err(LocalError::Engine(EngineError::Ort(
-                        "the sequence left".into(),
-                    )))
-                }
+                None => return Err(left()),
             };
         }
     }
