@@ -5,8 +5,9 @@
 //! steps. Each step runs every active sequence one token forward in one call: the batch's cache
 //! is left-padded to the longest sequence, the attention mask hides the padding and each row
 //! keeps its own positions, so a sequence gets the same tokens alone or in a batch. Sequences
-//! join and leave between steps; the cache is regrouped (copied) only then, and trimmed to the
-//! longest remaining sequence.
+//! join and leave between steps. The cache is regrouped (copied, and trimmed to the longest
+//! remaining sequence) when one joins; a row that leaves stays, ignored, until then or for a few
+//! steps, as a regroup costs about as much as five steps of a dead row.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,8 @@ struct Seq {
     next: u32,
     /// Its row in the cache.
     row: usize,
+    /// Finished or cancelled: still in the cache, decoded and ignored until the next regroup.
+    dead: bool,
 }
 
 impl Seq {
@@ -159,8 +162,9 @@ pub struct Model {
     /// Prefilled sequences with their own cache (`[1, kv_heads, len, head_dim]`), joining at the
     /// next step.
     joining: Vec<(Seq, Vec<DynValue>)>,
-    /// Rows that left since the last step.
-    left: bool,
+    /// Steps run, and the step at which the oldest dead row died.
+    steps: u64,
+    dead_since: Option<u64>,
     next_id: SeqId,
 }
 
@@ -207,7 +211,8 @@ impl Model {
             past: Vec::new(),
             width: 0,
             joining: Vec::new(),
-            left: false,
+            steps: 0,
+            dead_since: None,
             next_id: 0,
         })
     }
@@ -223,7 +228,7 @@ impl Model {
 
     /// Sequences being decoded (including those joining at the next step).
     pub fn active(&self) -> usize {
-        self.rows.len() + self.joining.len()
+        self.rows.iter().filter(|s| !s.dead).count() + self.joining.len()
     }
 
     /// Greedy decoding of one sequence: the ids produced, and why it stopped.
@@ -307,6 +312,7 @@ impl Model {
             len: n,
             next: 0,
             row: 0,
+            dead: false,
         };
         let p = seq.advance(&logits);
         if p.finish.is_none() {
@@ -318,10 +324,10 @@ impl Model {
     /// Takes a sequence out of the batch (a stop sequence matched, the client left).
     pub fn cancel(&mut self, seq: SeqId) {
         self.joining.retain(|(s, _)| s.id != seq);
-        let before = self.rows.len();
-        self.rows.retain(|s| s.id != seq);
-        // The cache still has the row; the next step regroups it away.
-        self.left |= self.rows.len() != before;
+        if let Some(s) = self.rows.iter_mut().find(|s| s.id == seq && !s.dead) {
+            s.dead = true;
+            self.dead_since.get_or_insert(self.steps);
+        }
     }
 
     /// Runs every active sequence one token forward. Sequences that finish leave the batch.
@@ -333,7 +339,7 @@ impl Model {
             self.joining.clear();
             self.past.clear();
             self.width = 0;
-            self.left = false;
+            self.dead_since = None;
         }
         result
     }
@@ -359,14 +365,21 @@ impl Model {
         self.width = w + 1;
         let v = self.geometry.vocab;
         let mut out = Vec::with_capacity(b);
+        self.steps += 1;
         for (r, s) in self.rows.iter_mut().enumerate() {
+            // A dead row keeps its length, so its position stays inside the context; what it
+            // computes is ignored.
+            if s.dead {
+                continue;
+            }
             s.len += 1;
-            out.push(s.advance(&logits[r * v..(r + 1) * v]));
+            let p = s.advance(&logits[r * v..(r + 1) * v]);
+            if p.finish.is_some() {
+                s.dead = true;
+                self.dead_since.get_or_insert(self.steps);
+            }
+            out.push(p);
         }
-        let before = self.rows.len();
-        self.rows
-            .retain(|s| !out.iter().any(|p| p.seq == s.id && p.finish.is_some()));
-        self.left |= self.rows.len() != before;
         Ok(out)
     }
 
@@ -412,14 +425,26 @@ impl Model {
         Ok((logits, present))
     }
 
-    /// Rebuilds the cache after sequences joined or left: each row right-aligned in a tensor as
-    /// wide as the longest row.
+    /// Rebuilds the cache without dead rows and with joining sequences: each row right-aligned
+    /// in a tensor as wide as the longest row. Only when a sequence joins, every row is dead, or
+    /// a dead row has lingered `LINGER` steps.
     fn regroup(&mut self) -> Result<(), EngineError> {
-        if self.joining.is_empty() && !self.left {
+        const LINGER: u64 = 4;
+        let all_dead = !self.rows.is_empty() && self.rows.iter().all(|s| s.dead);
+        let lingered = self
+            .dead_since
+            .is_some_and(|d| self.steps.saturating_sub(d) >= LINGER);
+        if self.joining.is_empty() && !all_dead && !lingered {
             return Ok(());
         }
-        self.left = false;
+        self.rows.retain(|s| !s.dead);
+        self.dead_since = None;
         let joining = std::mem::take(&mut self.joining);
+        if self.rows.is_empty() && joining.is_empty() {
+            self.past.clear();
+            self.width = 0;
+            return Ok(());
+        }
         // The common case of a lone sequence keeps its prefilled cache as it is.
         if self.rows.is_empty() && joining.len() == 1 {
             if let Some((seq, cache)) = joining.into_iter().next() {

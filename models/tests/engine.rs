@@ -236,9 +236,17 @@ fn a_batch_gives_each_sequence_the_tokens_it_gets_alone() {
             (i, ids(&c["prompt_ids"]), Sampling::greedy(max))
         })
         .collect();
-    let got = run_batched(&mut model, greedy, 2, None);
+    let got = run_batched(&mut model, greedy.clone(), 2, None);
     for (i, c) in cases.iter().enumerate() {
         assert_eq!(got[&i].0, ids(&c["completion_ids"]), "{}", c["prompt"]);
+    }
+    // The first cancelled after 2 tokens, while the others keep joining (its dead row is in the
+    // cache when they join).
+    let got = run_batched(&mut model, greedy.clone(), 3, Some((0, 2)));
+    for (i, c) in cases.iter().enumerate() {
+        let want = ids(&c["completion_ids"]);
+        let want = if i == 0 { &want[..2] } else { &want[..] };
+        assert_eq!(got[&i].0, want, "{} (after a cancel)", c["prompt"]);
     }
     // Seeded sampling: the same tokens alone and batched; a cancelled neighbour changes nothing.
     let sampled: Vec<(usize, Vec<u32>, Sampling)> = cases
