@@ -25,7 +25,17 @@ PORT=$((20000 + RANDOM % 20000))
 DB="revo_bench_$$"
 cleanup() {
   kill ${PID:-} ${WORKER:-} 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"
-  [ "${MODE:-embedded}" = cluster ] && dropdb -h 127.0.0.1 -U postgres --if-exists "$DB"
+  if [ "${MODE:-embedded}" = cluster ]; then
+    dropdb -h 127.0.0.1 -U postgres --if-exists "$DB"
+    # The run's JetStream stream, with the tests' nats-py (scripts/test.sh installs it).
+    "${XDG_CACHE_HOME:-$HOME/.cache}/revo/venv/bin/python" -c "
+import asyncio, nats
+async def main():
+    nc = await nats.connect('nats://127.0.0.1:4222')
+    await nc.jetstream().delete_stream('BENCH$$_EVENTS')
+    await nc.close()
+asyncio.run(main())" 2>/dev/null || echo "left JetStream stream BENCH$$_EVENTS behind" >&2
+  fi
 }
 trap cleanup EXIT
 export REVO_DATA_DIR="$DATA" REVO_LOG=warn REVO_ADMIN_PASSWORD=bench-admin-password
