@@ -288,6 +288,29 @@ fn onnx_exports_import_and_generate(data: &std::path::Path, imported: &str) {
     assert_ne!(code, 0);
     assert!(err.contains("does not load"), "{err}");
     assert!(!data.join("models/broken-export").exists());
+    // A config that disagrees with its graph: refused by the layout check, not a crash later.
+    for f in ["model.onnx", "model.onnx.data"] {
+        std::fs::hard_link(export.join(f), broken.join(f))
+            .or_else(|_| std::fs::copy(export.join(f), broken.join(f)).map(|_| ()))
+            .unwrap_or(());
+    }
+    let mut wrong = hf.clone();
+    wrong["num_key_value_heads"] = serde_json::json!(1);
+    std::fs::write(
+        broken.join("config.json"),
+        serde_json::to_vec(&wrong).unwrap(),
+    )
+    .unwrap();
+    let (code, _, err) = output(&mut revo_cmd(
+        &["models", "import", broken.to_str().unwrap()],
+        &env,
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("does not load") && err.contains("kv heads"),
+        "{err}"
+    );
+    assert!(!data.join("models/broken-export").exists());
 
     let (code, out, err) = output(&mut revo_cmd(
         &["models", "import", dir, "--name", "exported"],

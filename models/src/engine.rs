@@ -194,7 +194,7 @@ impl Model {
             }
         }
         let session = builder.commit_from_file(onnx).map_err(ort_err)?;
-        let positions = check_layout(&session, geometry.layers)?;
+        let positions = check_layout(&session, &geometry)?;
         let names = |prefix: &str| -> Vec<String> {
             (0..geometry.layers)
                 .flat_map(|l| ["key", "value"].map(|k| format!("{prefix}.{l}.{k}")))
@@ -413,6 +413,14 @@ impl Model {
                 .get("logits")
                 .ok_or_else(|| ort_err("no logits output"))?;
             let (_, data) = l.try_extract_tensor::<f32>().map_err(ort_err)?;
+            // An export whose config disagrees with its graph must fail, not panic.
+            if data.len() != batch * n * g.vocab {
+                return Err(EngineError::Layout(format!(
+                    "logits hold {} values, not batch {batch} × {n} positions × vocabulary {}",
+                    data.len(),
+                    g.vocab
+                )));
+            }
             // Only each row's last position is needed.
             let mut last = Vec::with_capacity(batch * g.vocab);
             for r in 0..batch {
@@ -502,7 +510,7 @@ impl Model {
 
 /// Checks the graph's inputs against the decoder-with-past layout; whether it takes
 /// `position_ids`.
-fn check_layout(session: &Session, layers: usize) -> Result<bool, EngineError> {
+fn check_layout(session: &Session, g: &Geometry) -> Result<bool, EngineError> {
     use ort::value::TensorElementType;
     let bad = |m: String| Err(EngineError::Layout(m));
     let mut positions = false;
@@ -520,6 +528,19 @@ fn check_layout(session: &Session, layers: usize) -> Result<bool, EngineError> {
                         "{name} is {ty:?}; only float32 caches are supported"
                     ));
                 }
+                // [batch, kv_heads, past, head_dim]; dynamic dimensions are -1.
+                let dims = input.dtype().tensor_shape().map(|d| d.to_vec());
+                let fixed = |at: usize, want: usize| {
+                    dims.as_ref()
+                        .and_then(|d| d.get(at))
+                        .is_none_or(|&v| v < 0 || v as usize == want)
+                };
+                if !fixed(1, g.kv_heads) || !fixed(3, g.head_dim) {
+                    return bad(format!(
+                        "{name} is {dims:?}, the config says {} kv heads of {}",
+                        g.kv_heads, g.head_dim
+                    ));
+                }
             }
             _ => return bad(format!("unexpected input `{name}`")),
         }
@@ -530,10 +551,11 @@ fn check_layout(session: &Session, layers: usize) -> Result<bool, EngineError> {
             return bad(format!("no `{needed}` input"));
         }
     }
-    if cache != 2 * layers {
+    if cache != 2 * g.layers {
         return bad(format!(
-            "{cache} past_key_values inputs for {layers} layers (expected {})",
-            2 * layers
+            "{cache} past_key_values inputs for {} layers (expected {})",
+            g.layers,
+            2 * g.layers
         ));
     }
     Ok(positions)
