@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::smollm2;
+use common::{ids, lines, smollm2};
 use std::collections::HashMap;
 
 use revo_models::engine::{self, Device, EngineError, Finish, Geometry, Model, Sampling, SeqId};
@@ -18,14 +18,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn geometry(c: &LlamaConfig) -> Geometry {
@@ -123,11 +115,7 @@ fn cuda_is_required_or_preferred_as_configured() {
 }
 
 fn cases() -> Vec<serde_json::Value> {
-    include_str!("fixtures/smollm2/greedy-cases.jsonl")
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    lines(include_str!("fixtures/smollm2/greedy-cases.jsonl"))
 }
 
 #[test]

@@ -5,23 +5,8 @@
 
 mod common;
 
-use common::smollm2;
+use common::{ids, lines, smollm2};
 use revo_models::tokenizer;
-
-fn lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_u64().unwrap() as u32)
-        .collect()
-}
 
 #[test]
 fn encodes_like_the_reference_and_round_trips() {

@@ -74,6 +74,16 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+impl Usage {
+    fn of(o: &Outcome) -> Usage {
+        Usage {
+            prompt_tokens: o.prompt_tokens as u64,
+            completion_tokens: o.completion_tokens as u64,
+            total_tokens: (o.prompt_tokens + o.completion_tokens) as u64,
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct Completion {
     pub id: String,
@@ -245,6 +255,7 @@ pub async fn create(
                         meta,
                     );
                     state.on_node(rec).await?;
+                    let usage = Some(Usage::of(&o));
                     return Ok(HttpResponse::Ok().json(Completion {
                         id,
                         object: "text_completion".into(),
@@ -256,11 +267,7 @@ pub async fn create(
                             logprobs: None,
                             finish_reason: Some(finish_reason(o.finish).into()),
                         }],
-                        usage: Some(Usage {
-                            prompt_tokens: o.prompt_tokens as u64,
-                            completion_tokens: o.completion_tokens as u64,
-                            total_tokens: (o.prompt_tokens + o.completion_tokens) as u64,
-                        }),
+                        usage,
                     }));
                 }
                 Some(Event::Done(Err(f))) => {
@@ -307,11 +314,7 @@ pub async fn create(
                 Some(Event::Done(Ok(o))) => {
                     st.metrics.generation.completed(&model, &o);
                     record(st.store.clone(), id.clone(), model.clone(), o.clone(), meta).await;
-                    let usage = Usage {
-                        prompt_tokens: o.prompt_tokens as u64,
-                        completion_tokens: o.completion_tokens as u64,
-                        total_tokens: (o.prompt_tokens + o.completion_tokens) as u64,
-                    };
+                    let usage = Usage::of(&o);
                     let last = chunk(String::new(), Some(finish_reason(o.finish)), Some(usage));
                     let _ = out.send(last).await;
                     break;

@@ -18,3 +18,20 @@ pub fn smollm2_path() -> std::path::PathBuf {
 pub fn smollm2() -> Gguf {
     Gguf::open(&smollm2_path()).unwrap()
 }
+
+/// One JSON value per non-empty line (the `.jsonl` fixtures).
+pub fn lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_u64().unwrap() as u32)
+        .collect()
+}
