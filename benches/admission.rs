@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use revo::identity::password::Hasher;
 use revo::identity::rbac::Permission;
 use revo::identity::throttle::LoginThrottle;
 use revo::identity::token::{JwtKey, TokenKeys};
@@ -66,7 +67,8 @@ fn setup(rt: &tokio::runtime::Runtime) -> Fixture {
                     viewer: u32::MAX,
                 },
                 throttle: LoginThrottle::new(5, 50, Duration::from_secs(900)),
-                read_your_writes: Duration::from_secs(5),
+                hasher: std::sync::Arc::new(Hasher::with_defaults().unwrap()),
+                max_keys_per_user: 100,
             },
             "bench",
             tasks,

@@ -93,7 +93,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             // In embedded mode a running server holds the data directory; this fails clearly.
             let _lock = node::DataDirLock::acquire(&config)?;
             let s = node::open_store(&config, store_metrics, true).await?;
-            let r = users::add(s.as_ref(), &name, &roles, password_stdin).await;
+            let r = users::add(
+                s.as_ref(),
+                config.auth.argon2,
+                &name,
+                &roles,
+                password_stdin,
+            )
+            .await;
             s.close().await;
             match r? {
                 Some(pw) => println!("created user `{name}` with password {pw}"),

@@ -60,6 +60,20 @@ pub struct FileConfig {
     pub http: HttpFile,
     #[serde(default)]
     pub models: ModelsFile,
+    #[serde(default)]
+    pub jetstream: JetStreamFile,
+}
+
+/// `[jetstream]`: durability and retention of the events stream (cluster mode).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamFile {
+    /// 1 (one server), 3 or 5 (a JetStream cluster).
+    pub replicas: Option<usize>,
+    /// Oldest event kept in the stream, seconds (604800, a week; 0: no limit).
+    pub max_age_secs: Option<u64>,
+    /// Largest stream size, bytes (no limit by default).
+    pub max_bytes: Option<u64>,
 }
 
 /// `[models]`: how local models run (in `revo serve` and `revo worker`).
@@ -91,6 +105,16 @@ pub struct AuthFile {
     pub login_max_failures: Option<usize>,
     pub login_max_failures_per_addr: Option<usize>,
     pub login_window_secs: Option<u64>,
+    /// argon2id memory per hash, KiB (19456). Each login in progress holds this much.
+    pub argon2_memory_kib: Option<u32>,
+    pub argon2_iterations: Option<u32>,
+    pub argon2_parallelism: Option<u32>,
+    /// Password hashes run at once (default: the CPUs), and how many more may wait (32);
+    /// beyond that logins get `503 busy`.
+    pub password_hash_concurrency: Option<usize>,
+    pub password_hash_queue: Option<usize>,
+    /// Unrevoked, unexpired API keys one user may hold (100).
+    pub max_keys_per_user: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,8 +140,11 @@ pub struct HttpFile {
     pub max_body_bytes: Option<usize>,
     pub max_json_depth: Option<usize>,
     /// Take client addresses from `Forwarded`/`X-Forwarded-For` (set only behind a proxy that
-    /// overwrites them).
+    /// appends to them).
     pub trust_forwarded: Option<bool>,
+    /// Addresses or CIDR ranges of the proxies in front of Revo: the client is the rightmost
+    /// forwarded address that is not one of them.
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// Identity and limits of the edge, resolved.
@@ -132,6 +159,10 @@ pub struct AuthConfig {
     pub login_max_failures: usize,
     pub login_max_failures_per_addr: usize,
     pub login_window: Duration,
+    pub argon2: crate::identity::password::Argon2Cost,
+    pub password_hash_concurrency: usize,
+    pub password_hash_queue: usize,
+    pub max_keys_per_user: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -174,9 +205,12 @@ pub struct Config {
     pub nats_prefix: String,
     pub max_payload_bytes: usize,
     pub dedup_window: Duration,
+    pub stream_limits: revo_nats::StreamLimits,
     pub log_format: LogFormat,
     pub auth: AuthConfig,
     pub http: HttpLimits,
+    /// Proxies whose forwarded addresses are believed (with `trust_forwarded`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Where imported models live: `<data_dir>/models`.
     pub data_dir: PathBuf,
     pub ort_dylib: Option<PathBuf>,
@@ -309,12 +343,20 @@ impl Config {
         if dedup == 0 {
             bail!("the dedup window must be at least one second");
         }
+        let stream_limits = stream_limits(&file.jetstream, Duration::from_secs(dedup))?;
         let log_format = match args.log_format.clone().or(file.log_format).as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
             Some(other) => bail!("log format `{other}` is not `text` or `json`"),
         };
         let auth = auth_config(serve, file.auth, file.rate_limits)?;
+        let trusted_proxies = file
+            .http
+            .trusted_proxies
+            .unwrap_or_default()
+            .iter()
+            .map(|p| parse_net(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let http = HttpLimits {
             max_body_bytes: file.http.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             max_json_depth: file.http.max_json_depth.unwrap_or(DEFAULT_MAX_JSON_DEPTH),
@@ -329,14 +371,47 @@ impl Config {
             nats_prefix,
             max_payload_bytes,
             dedup_window: Duration::from_secs(dedup),
+            stream_limits,
             log_format,
             auth,
             http,
+            trusted_proxies,
             data_dir,
             ort_dylib: args.ort_dylib.clone(),
             models: models_config(file.models)?,
         })
     }
+}
+
+fn stream_limits(f: &JetStreamFile, dedup: Duration) -> anyhow::Result<revo_nats::StreamLimits> {
+    let d = revo_nats::StreamLimits::default();
+    let replicas = f.replicas.unwrap_or(d.replicas);
+    if !(1..=5).contains(&replicas) {
+        bail!("[jetstream] replicas is 1 to 5 (JetStream's limit); 3 for production");
+    }
+    let max_age = f.max_age_secs.map_or(d.max_age, Duration::from_secs);
+    if !max_age.is_zero() && max_age < dedup {
+        bail!(
+            "[jetstream] max_age_secs must be at least the dedup window ({} s)",
+            dedup.as_secs()
+        );
+    }
+    if f.max_bytes == Some(0) {
+        bail!("[jetstream] max_bytes must be positive (omit it for no limit)");
+    }
+    Ok(revo_nats::StreamLimits {
+        replicas,
+        max_age,
+        max_bytes: f.max_bytes,
+    })
+}
+
+/// `10.0.0.0/8`, `::1` or `192.0.2.7` (a single address).
+fn parse_net(s: &str) -> anyhow::Result<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| anyhow::anyhow!("[http] trusted_proxies: `{s}` is not an address or CIDR"))
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, file: Option<T>) -> anyhow::Result<Option<T>> {
@@ -421,6 +496,31 @@ fn auth_config(
     if window == 0 {
         bail!("login_window_secs must be positive");
     }
+    let d = crate::identity::password::Argon2Cost::default();
+    let argon2 = crate::identity::password::Argon2Cost {
+        memory_kib: file.argon2_memory_kib.unwrap_or(d.memory_kib),
+        iterations: file.argon2_iterations.unwrap_or(d.iterations),
+        parallelism: file.argon2_parallelism.unwrap_or(d.parallelism),
+    };
+    // argon2's own bounds (memory at least 8 KiB per lane), checked now rather than at the
+    // first login.
+    argon2::Params::new(
+        argon2.memory_kib,
+        argon2.iterations,
+        argon2.parallelism,
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("[auth] argon2 parameters: {e}"))?;
+    let password_hash_concurrency = file
+        .password_hash_concurrency
+        .unwrap_or_else(crate::identity::password::default_concurrency);
+    if password_hash_concurrency == 0 {
+        bail!("[auth] password_hash_concurrency must be positive");
+    }
+    let max_keys_per_user = file.max_keys_per_user.unwrap_or(100);
+    if max_keys_per_user == 0 {
+        bail!("[auth] max_keys_per_user must be positive");
+    }
     Ok(AuthConfig {
         jwt_signing_kid: serve
             .jwt_signing_kid
@@ -447,6 +547,10 @@ fn auth_config(
         login_max_failures: file.login_max_failures.unwrap_or(5).max(1),
         login_max_failures_per_addr: file.login_max_failures_per_addr.unwrap_or(50).max(1),
         login_window: Duration::from_secs(window),
+        argon2,
+        password_hash_concurrency,
+        password_hash_queue: file.password_hash_queue.unwrap_or(32),
+        max_keys_per_user,
     })
 }
 
@@ -519,6 +623,44 @@ mod tests {
         assert_eq!(c.auth.jwt_keys.len(), 2);
         assert_eq!(c.auth.jwt_signing_kid.as_deref(), Some("b"));
         assert_eq!(c.auth.limits, DEFAULT_LIMITS);
+    }
+
+    #[test]
+    fn trusted_proxies_and_argon2_cost_are_checked_at_start() {
+        let file: FileConfig =
+            toml::from_str("[http]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]").unwrap();
+        let c = Config::merge(&args(&[]), None, file).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let file: FileConfig = toml::from_str("[http]\ntrusted_proxies = [\"10.0.0/8\"]").unwrap();
+        assert!(Config::merge(&args(&[]), None, file).is_err());
+        let file: FileConfig = toml::from_str("[auth]\nargon2_memory_kib = 1").unwrap();
+        assert!(Config::merge(&args(&[]), None, file).is_err());
+        let file: FileConfig = toml::from_str("[auth]\nargon2_memory_kib = 4096").unwrap();
+        let c = Config::merge(&args(&[]), None, file).unwrap();
+        assert_eq!(c.auth.argon2.memory_kib, 4096);
+        assert_eq!(c.auth.max_keys_per_user, 100);
+    }
+
+    #[test]
+    fn jetstream_limits_are_read_and_checked() {
+        let c = Config::merge(&args(&[]), None, FileConfig::default()).unwrap();
+        assert_eq!(c.stream_limits, revo_nats::StreamLimits::default());
+        let file: FileConfig =
+            toml::from_str("[jetstream]\nreplicas = 3\nmax_age_secs = 86400\nmax_bytes = 1000000")
+                .unwrap();
+        let c = Config::merge(&args(&[]), None, file).unwrap();
+        assert_eq!(c.stream_limits.replicas, 3);
+        assert_eq!(c.stream_limits.max_age, Duration::from_secs(86400));
+        assert_eq!(c.stream_limits.max_bytes, Some(1_000_000));
+        for bad in [
+            "replicas = 0",
+            "replicas = 7",
+            "max_age_secs = 10",
+            "max_bytes = 0",
+        ] {
+            let file: FileConfig = toml::from_str(&format!("[jetstream]\n{bad}")).unwrap();
+            assert!(Config::merge(&args(&[]), None, file).is_err(), "{bad}");
+        }
     }
 
     #[test]

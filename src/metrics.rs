@@ -129,6 +129,24 @@ impl HttpMetrics {
     }
 }
 
+/// The method label: the standard methods by name, anything else as `OTHER`, so a client
+/// cannot mint new series by inventing methods.
+pub fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> prometheus::Result<Histogram> {
     Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
 }
@@ -149,6 +167,11 @@ impl Metrics {
                 vec![
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
                 ],
+            )?,
+            held_back_seconds: Gauge::new(
+                "revo_store_held_back_seconds",
+                "How long committed events have waited, unseen by readers, behind an older \
+                 open Postgres transaction (0 when none)",
             )?,
         };
         let relay = RelayMetrics {
@@ -192,6 +215,7 @@ impl Metrics {
             Box::new(relay.publish_errors.clone()),
             Box::new(relay.leader.clone()),
             Box::new(projection_lag.clone()),
+            Box::new(store.held_back_seconds.clone()),
             Box::new(http.requests.clone()),
             Box::new(http.duration.clone()),
             Box::new(http.in_flight.clone()),

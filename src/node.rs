@@ -52,6 +52,7 @@ pub async fn open_bus(config: &Config, node_id: &str) -> anyhow::Result<Arc<dyn 
                 subjects,
                 dedup_window: config.dedup_window,
                 connection_name: format!("revo {node_id}"),
+                limits: config.stream_limits,
             })
             .await
             .context("connecting to NATS")?,

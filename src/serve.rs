@@ -11,7 +11,8 @@ use revo_actors::projector::Projector;
 use revo_actors::{LiveView, Relay, RelayConfig};
 use revo_events::system::NODE_STREAM;
 use revo_events::{
-    AppendRequest, Directory, EventFamily, EventMeta, EventStore, ExpectedVersion, SystemEvent,
+    AppendRequest, Directory, EventFamily, EventMeta, EventStore, ExpectedVersion,
+    ModelsProjection, SystemEvent,
 };
 use revo_nats::Subjects;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +21,7 @@ use uuid::Uuid;
 
 use crate::config::{Config, Mode};
 use crate::http::{self, AppState};
+use crate::identity::password::Hasher;
 use crate::identity::throttle::LoginThrottle;
 use crate::identity::token::{JwtKey, TokenKeys};
 use crate::identity::{gossip, Identity, IdentitySettings};
@@ -90,13 +92,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .bootstrap_admin(config.auth.admin_password.clone())
         .await
     {
-        Ok(Some(password)) => {
-            // Printed once, to the terminal only: never logged, never in an event.
-            println!(
-                "First start: created user `admin` with password {password}\n\
-                 Log in with POST /auth/login and change it with PATCH /users/{{id}}."
-            );
-        }
+        Ok(Some(password)) => announce_admin_password(&config, &password)?,
         Ok(None) => {}
         Err(e) => return Err(anyhow::anyhow!("creating the first admin: {e}")),
     }
@@ -109,12 +105,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
     }
     let (access, docs) = http::prepare()?;
+    let models = LiveView::<ModelsProjection>::start(
+        store.clone(),
+        Duration::from_millis(500),
+        &tasks,
+        cancel.clone(),
+    )
+    .await
+    .context("loading the model registry")?;
+
     // Embedded mode: every registered local model gets a thread in this process. Cluster
     // mode: requests go to `revo worker` processes over NATS.
     let inference = Arc::new(match &config.mode {
         Mode::Embedded { .. } => {
-            let local: Vec<(String, std::path::PathBuf)> = crate::models::registry(store.as_ref())
-                .await?
+            let local: Vec<(String, std::path::PathBuf)> = models
+                .read()
                 .all()
                 .map(|m| (m.name.clone(), config.models_dir().join(&m.dir)))
                 .collect();
@@ -157,14 +162,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bus: bus.clone(),
         metrics: metrics.clone(),
         identity,
-        inference,
+        inference: inference.clone(),
+        models,
         access: Arc::new(access),
         docs: Arc::new(docs),
         node_id: node_id.clone(),
         mode: config.mode.name(),
         started: Instant::now(),
         projectors,
-        trust_forwarded: config.http.trust_forwarded,
+        forwarding: http::client_addr::Forwarding {
+            enabled: config.http.trust_forwarded,
+            trusted: config.trusted_proxies.clone(),
+        },
         runtime: tokio::runtime::Handle::current(),
     });
     let limits = config.http;
@@ -196,6 +205,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let stopping = handle.stop(true);
         let _ = tokio::join!(stopping, &mut server);
     }
+    // Model threads finish or fail what they hold and are joined while the runtime library is
+    // still loaded.
+    inference.shutdown(Duration::from_secs(10)).await;
     if let Err(e) = record(
         store.as_ref(),
         &node_id,
@@ -260,6 +272,36 @@ fn jwt_keys(config: &Config) -> anyhow::Result<(Vec<JwtKey>, String)> {
     ))
 }
 
+/// Hands the generated first-admin password to the operator without putting it in logs: on a
+/// terminal it is shown once; otherwise (containers, services, whose stdout is collected) it
+/// goes to `<data_dir>/admin-password`, readable only by Revo's user, and only the path is
+/// printed.
+fn announce_admin_password(config: &Config, password: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        println!(
+            "First start: created user `admin` with password {password}\n\
+             Log in with POST /auth/login and change it with PATCH /users/{{id}}."
+        );
+        return Ok(());
+    }
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let path = config.data_dir.join("admin-password");
+    match std::fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("replacing {}", path.display())),
+    }
+    write_private(&path, format!("{password}\n").as_bytes())?;
+    println!(
+        "First start: created user `admin`; its password is in {} (readable only by this \
+         user). Log in, change it with PATCH /users/{{id}}, then delete the file.",
+        path.display()
+    );
+    Ok(())
+}
+
 /// Writes a file only its owner can read.
 fn write_private(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
@@ -307,7 +349,11 @@ async fn open_identity(
                 a.login_max_failures_per_addr,
                 a.login_window,
             ),
-            read_your_writes: Duration::from_secs(5),
+            hasher: Arc::new(
+                Hasher::new(a.argon2, a.password_hash_concurrency, a.password_hash_queue)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            max_keys_per_user: a.max_keys_per_user,
         },
         node_id,
         tasks.clone(),

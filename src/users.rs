@@ -10,6 +10,7 @@ use crate::identity::{self, password};
 /// Creates `name` with `roles`. Returns the generated password when none was given.
 pub async fn add(
     store: &dyn EventStore,
+    cost: password::Argon2Cost,
     name: &str,
     roles: &[String],
     password_stdin: bool,
@@ -39,7 +40,8 @@ pub async fn add(
         actor: Some("cli".into()),
         ..Default::default()
     };
-    let ev = identity::new_user(name, pw.clone(), &roles)
+    let hasher = password::Hasher::new(cost, 1, 0).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ev = identity::new_user(&hasher, name, pw.clone(), &roles)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     identity::append_new_user(store, ev, &meta)

@@ -5,9 +5,15 @@
 //! to the head before it is handed out, then follows appends from this node and, through the
 //! store's change signal, from every other node. Writers wait for `wait_for(position)` to read
 //! their own writes.
+//!
+//! An event the fold cannot take (a corrupt payload, or a schema newer than this build during a
+//! rolling upgrade) halts the view where it is: it never skips, since a skipped revocation
+//! would let a revoked credential in. A halted view says so ([`LiveView::halted`]), and its
+//! users refuse to serve from it (readiness fails; authentication answers `503`) until the
+//! process is upgraded or restarted.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use revo_events::store::wait_for_change;
@@ -21,6 +27,8 @@ use crate::projector::ReplayError;
 pub struct LiveView<P> {
     state: Arc<RwLock<P>>,
     position: watch::Receiver<i64>,
+    /// Why the view stopped following, once it has.
+    halted: Arc<OnceLock<String>>,
 }
 
 impl<P> Clone for LiveView<P> {
@@ -28,6 +36,7 @@ impl<P> Clone for LiveView<P> {
         LiveView {
             state: self.state.clone(),
             position: self.position.clone(),
+            halted: self.halted.clone(),
         }
     }
 }
@@ -58,10 +67,19 @@ impl<P: Projection + Default + Sync> LiveView<P> {
         }
         let state = Arc::new(RwLock::new(projection));
         let (tx, rx) = watch::channel(position);
-        tracker.spawn(follow(store, state.clone(), tx, poll, cancel));
+        let halted = Arc::new(OnceLock::new());
+        tracker.spawn(follow(
+            store,
+            state.clone(),
+            tx,
+            halted.clone(),
+            poll,
+            cancel,
+        ));
         Ok(LiveView {
             state,
             position: rx,
+            halted,
         })
     }
 }
@@ -78,6 +96,11 @@ impl<P> LiveView<P> {
         *self.position.borrow()
     }
 
+    /// Why the view stopped following the log, if it has (it then keeps its last good state).
+    pub fn halted(&self) -> Option<String> {
+        self.halted.get().cloned()
+    }
+
     /// Waits until the view has folded `position`; false on timeout.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
         let mut rx = self.position.clone();
@@ -91,6 +114,7 @@ async fn follow<P: Projection + Sync>(
     store: Arc<dyn EventStore>,
     state: Arc<RwLock<P>>,
     position: watch::Sender<i64>,
+    halted: Arc<OnceLock<String>>,
     poll: Duration,
     cancel: CancellationToken,
 ) {
@@ -127,6 +151,11 @@ async fn follow<P: Projection + Sync>(
                 if let Err(e) = p.apply(ev, &mut dirty) {
                     // Never skip: the view stays at the last event it could fold, and says so.
                     tracing::error!(projection = p.name(), error = %e, "live view halted");
+                    let _ = halted.set(format!(
+                        "the {} view stopped at position {}: {e}",
+                        p.name(),
+                        ev.position
+                    ));
                     return;
                 }
             }

@@ -30,6 +30,10 @@ pub struct UserRow {
     pub failed_logins: u32,
     /// The stream version this row reflects (for expected-version writes).
     pub version: i64,
+    /// Tokens issued before this instant are no longer accepted (set by a password change or
+    /// "log out everywhere").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_valid_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,6 +48,9 @@ pub struct KeyRow {
     pub expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The key that created this one (revoking it revokes this key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_key_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +66,8 @@ pub struct Directory {
     users: HashMap<Uuid, UserRow>,
     by_name: HashMap<String, Uuid>,
     keys: HashMap<Uuid, KeyRow>,
+    /// Keys created by each key, for cascading revocations.
+    children: HashMap<Uuid, Vec<Uuid>>,
     revoked: HashMap<Uuid, RevokedRow>,
     /// Revocations by expiry, so expired ones are dropped in order.
     expiry: BTreeSet<(DateTime<Utc>, Uuid)>,
@@ -91,6 +100,78 @@ impl Directory {
 
     pub fn is_revoked(&self, jti: &Uuid) -> bool {
         self.revoked.contains_key(jti)
+    }
+
+    /// Active (unrevoked, unexpired at `now`) keys of a user.
+    pub fn active_keys_of(&self, user_id: &Uuid, now: DateTime<Utc>) -> usize {
+        self.keys
+            .values()
+            .filter(|k| {
+                k.user_id == *user_id
+                    && k.revoked_at.is_none()
+                    && k.expires_at.is_none_or(|e| e > now)
+            })
+            .count()
+    }
+
+    /// Keys created from `key_id`, transitively.
+    pub fn descendants(&self, key_id: &Uuid) -> Vec<Uuid> {
+        let mut out = Vec::new();
+        let mut todo = vec![*key_id];
+        while let Some(id) = todo.pop() {
+            if let Some(kids) = self.children.get(&id) {
+                out.extend(kids.iter().copied());
+                todo.extend(kids.iter().copied());
+            }
+        }
+        out
+    }
+
+    /// Copies the rows named by `keys` (`user:<id>`, `key:<id>`) from `from` into this
+    /// directory, replacing what it had for them. Rows `from` lacks are left alone.
+    pub fn copy_rows<'a>(&mut self, from: &Directory, keys: impl IntoIterator<Item = &'a str>) {
+        for key in keys {
+            let Some((kind, id)) = key.split_once(':') else {
+                continue;
+            };
+            let Ok(id) = id.parse::<Uuid>() else { continue };
+            match kind {
+                "user" => {
+                    if let Some(r) = from.users.get(&id) {
+                        self.by_name.insert(r.username.clone(), id);
+                        self.users.insert(id, r.clone());
+                    }
+                }
+                "key" => {
+                    if let Some(r) = from.keys.get(&id) {
+                        if let Some(p) = r.parent_key_id {
+                            let kids = self.children.entry(p).or_default();
+                            if !kids.contains(&id) {
+                                kids.push(id);
+                            }
+                        }
+                        self.keys.insert(id, r.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Marks `key_id` and every key created from it (transitively) revoked at `at`.
+    fn revoke_tree(&mut self, key_id: Uuid, at: DateTime<Utc>, dirty: &mut BTreeSet<String>) {
+        let mut todo = vec![key_id];
+        while let Some(id) = todo.pop() {
+            if let Some(k) = self.keys.get_mut(&id) {
+                if k.revoked_at.is_none() {
+                    k.revoked_at = Some(at);
+                    dirty.insert(format!("key:{id}"));
+                }
+            }
+            if let Some(kids) = self.children.get(&id) {
+                todo.extend(kids.iter().copied());
+            }
+        }
     }
 
     fn user_mut(
@@ -173,6 +254,7 @@ impl Projection for Directory {
                         last_login_at: None,
                         failed_logins: 0,
                         version: event.envelope.version,
+                        tokens_valid_after: None,
                     },
                 );
                 dirty.insert(format!("user:{user_id}"));
@@ -189,7 +271,14 @@ impl Projection for Directory {
                 user_id,
                 password_hash,
             } => {
-                self.user_mut(event, &user_id)?.password_hash = password_hash;
+                let row = self.user_mut(event, &user_id)?;
+                row.password_hash = password_hash;
+                // A new password ends every session opened with the old one.
+                row.tokens_valid_after = Some(at);
+                dirty.insert(format!("user:{user_id}"));
+            }
+            IdentityEvent::SessionsEnded { user_id } => {
+                self.user_mut(event, &user_id)?.tokens_valid_after = Some(at);
                 dirty.insert(format!("user:{user_id}"));
             }
             IdentityEvent::LoginSucceeded { user_id, .. } => {
@@ -232,7 +321,15 @@ impl Projection for Directory {
                 secret_hash,
                 rate_limit_per_minute,
                 expires_at,
+                parent_key_id,
             } => {
+                // A key created by a key revoked meanwhile (another edge) is born revoked.
+                let parent_revoked = parent_key_id
+                    .and_then(|p| self.keys.get(&p))
+                    .is_some_and(|p| p.revoked_at.is_some());
+                if let Some(p) = parent_key_id {
+                    self.children.entry(p).or_default().push(key_id);
+                }
                 self.keys.insert(
                     key_id,
                     KeyRow {
@@ -244,16 +341,14 @@ impl Projection for Directory {
                         rate_limit_per_minute,
                         expires_at,
                         created_at: at,
-                        revoked_at: None,
+                        revoked_at: parent_revoked.then_some(at),
+                        parent_key_id,
                     },
                 );
                 dirty.insert(format!("key:{key_id}"));
             }
             IdentityEvent::KeyRevoked { key_id, .. } => {
-                if let Some(k) = self.keys.get_mut(&key_id) {
-                    k.revoked_at = Some(at);
-                    dirty.insert(format!("key:{key_id}"));
-                }
+                self.revoke_tree(key_id, at, dirty);
             }
         }
         Ok(())
@@ -313,6 +408,9 @@ impl Projection for Directory {
                 }
                 "key" => {
                     let r: KeyRow = serde_json::from_value(doc).map_err(|e| bad_row(&key, e))?;
+                    if let Some(p) = r.parent_key_id {
+                        fresh.children.entry(p).or_default().push(r.key_id);
+                    }
                     fresh.keys.insert(r.key_id, r);
                 }
                 "revoked" => {
@@ -396,6 +494,7 @@ mod tests {
                     secret_hash: "s".into(),
                     rate_limit_per_minute: Some(10),
                     expires_at: None,
+                    parent_key_id: None,
                 },
             ),
             recorded(
@@ -487,5 +586,114 @@ mod tests {
         assert!(d.is_revoked(&new));
         assert!(dirty.contains(&format!("revoked:{old}")));
         assert!(d.row(&format!("revoked:{old}")).is_none());
+    }
+
+    fn key_issued(key_id: Uuid, user_id: Uuid, parent: Option<Uuid>) -> IdentityEvent {
+        IdentityEvent::KeyIssued {
+            key_id,
+            user_id,
+            name: "k".into(),
+            roles: None,
+            secret_hash: "s".into(),
+            rate_limit_per_minute: None,
+            expires_at: None,
+            parent_key_id: parent,
+        }
+    }
+
+    #[test]
+    fn revoking_a_key_revokes_the_keys_it_created_before_and_after() {
+        let uid = Uuid::now_v7();
+        let (root, child, grandchild, late, other) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let mut d = Directory::default();
+        let mut dirty = BTreeSet::new();
+        let issue = |pos, id: Uuid, parent| {
+            recorded(
+                pos,
+                ("apikey", &id.to_string()),
+                1,
+                key_issued(id, uid, parent),
+            )
+        };
+        for e in [
+            issue(1, root, None),
+            issue(2, child, Some(root)),
+            issue(3, grandchild, Some(child)),
+            issue(4, other, None),
+        ] {
+            d.apply(&e, &mut dirty).unwrap();
+        }
+        let revoke = recorded(
+            5,
+            ("apikey", &root.to_string()),
+            2,
+            IdentityEvent::KeyRevoked {
+                key_id: root,
+                user_id: uid,
+            },
+        );
+        d.apply(&revoke, &mut dirty).unwrap();
+        for k in [root, child, grandchild] {
+            assert!(d.key(&k).unwrap().revoked_at.is_some(), "{k} not revoked");
+        }
+        assert!(d.key(&other).unwrap().revoked_at.is_none());
+        // Issued by the revoked key on an edge that had not heard yet: born revoked.
+        d.apply(&issue(6, late, Some(child)), &mut dirty).unwrap();
+        assert!(d.key(&late).unwrap().revoked_at.is_some());
+        // A reload keeps the tree, so a later revocation still cascades.
+        let mut reloaded = Directory::default();
+        reloaded.load(d.rows()).unwrap();
+        assert_eq!(reloaded.rows(), d.rows());
+        assert_eq!(reloaded.children.get(&root), Some(&vec![child]));
+        assert_eq!(d.active_keys_of(&uid, Utc::now()), 1);
+    }
+
+    #[test]
+    fn a_password_change_or_sessions_ended_sets_the_token_cutoff() {
+        let uid = Uuid::now_v7();
+        let mut d = Directory::default();
+        let mut dirty = BTreeSet::new();
+        let create = recorded(
+            1,
+            ("user", "cy"),
+            1,
+            IdentityEvent::UserCreated {
+                user_id: uid,
+                username: "cy".into(),
+                roles: vec![Role::Viewer],
+                password_hash: "h".into(),
+            },
+        );
+        d.apply(&create, &mut dirty).unwrap();
+        assert_eq!(d.user(&uid).unwrap().tokens_valid_after, None);
+        let mut change = recorded(
+            2,
+            ("user", "cy"),
+            2,
+            IdentityEvent::PasswordChanged {
+                user_id: uid,
+                password_hash: "h2".into(),
+            },
+        );
+        let t = Utc::now();
+        change.envelope.occurred_at = t;
+        d.apply(&change, &mut dirty).unwrap();
+        assert_eq!(d.user(&uid).unwrap().tokens_valid_after, Some(t));
+        let mut ended = recorded(
+            3,
+            ("user", "cy"),
+            3,
+            IdentityEvent::SessionsEnded { user_id: uid },
+        );
+        let t2 = t + chrono::Duration::seconds(5);
+        ended.envelope.occurred_at = t2;
+        d.apply(&ended, &mut dirty).unwrap();
+        assert_eq!(d.user(&uid).unwrap().tokens_valid_after, Some(t2));
     }
 }

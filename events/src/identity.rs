@@ -111,9 +111,17 @@ pub enum IdentityEvent {
         secret_hash: String,
         rate_limit_per_minute: Option<u32>,
         expires_at: Option<DateTime<Utc>>,
+        /// The key that created this one, when a key did: revoking it revokes this key too.
+        /// Added in schema 1 without a bump (older events lack it: `None`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent_key_id: Option<Uuid>,
     },
     #[serde(rename = "key.revoked")]
     KeyRevoked { key_id: Uuid, user_id: Uuid },
+    /// "Log out everywhere": every token of the user issued before this event stops working.
+    /// A password change does the same by itself.
+    #[serde(rename = "user.sessions_ended")]
+    SessionsEnded { user_id: Uuid },
 }
 
 impl EventFamily for IdentityEvent {
@@ -128,6 +136,7 @@ impl EventFamily for IdentityEvent {
             IdentityEvent::TokenRevoked { .. } => "token.revoked",
             IdentityEvent::KeyIssued { .. } => "key.issued",
             IdentityEvent::KeyRevoked { .. } => "key.revoked",
+            IdentityEvent::SessionsEnded { .. } => "user.sessions_ended",
         }
     }
 
@@ -141,7 +150,8 @@ impl EventFamily for IdentityEvent {
             | "login.failed"
             | "token.revoked"
             | "key.issued"
-            | "key.revoked" => Some(1),
+            | "key.revoked"
+            | "user.sessions_ended" => Some(1),
             _ => None,
         }
     }

@@ -180,6 +180,7 @@ fn committed_identity_fixtures_decode() {
             "token.revoked",
             "key.issued",
             "key.revoked",
+            "user.sessions_ended",
         ],
     );
 }

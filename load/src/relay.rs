@@ -48,6 +48,7 @@ pub async fn run(pg: &str, nats: &str, args: Args) -> anyhow::Result<()> {
             subjects: subjects.clone(),
             dedup_window: Duration::from_secs(120),
             connection_name: "revo-load".into(),
+            limits: Default::default(),
         })
         .await?,
     );

@@ -2,7 +2,9 @@
 //! tensor's data, read on demand by offset so that large models are never loaded whole.
 //!
 //! Every length and offset is checked against the file's size before anything is allocated, so
-//! a truncated or corrupt file is an error, never a crash or a huge allocation.
+//! a truncated or corrupt file is an error, never a crash or a huge allocation. Counts are
+//! checked against the smallest encoding of what they count, arithmetic is checked, and the
+//! metadata as a whole is bounded (a fuzz target, `fuzz/fuzz_targets/gguf.rs`, holds it to that).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -108,8 +110,31 @@ pub struct TensorInfo {
 }
 
 impl TensorInfo {
+    /// Checked when the file is opened, so it cannot overflow here (saturates if a caller
+    /// built a `TensorInfo` by hand).
     pub fn elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims.iter().fold(1u64, |a, &d| a.saturating_mul(d))
+    }
+}
+
+/// Most items in one metadata array (a vocabulary of 4M tokens or merges is far past any
+/// model's), and in all of them together: the decoded values take ~32 bytes each whatever their
+/// encoded size, so a byte-sized array must not decode into memory 32 times the file.
+pub const MAX_ARRAY_ITEMS: u64 = 1 << 22;
+pub const MAX_METADATA_ITEMS: u64 = 1 << 23;
+/// Longest metadata string (chat templates are kilobytes).
+pub const MAX_STRING_BYTES: u64 = 1 << 24;
+
+/// The smallest encoding of one value of GGUF type `ty`.
+fn min_size(ty: u32) -> u64 {
+    match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        // A string or an array starts with a u64 length.
+        8 | 9 => 8,
+        10..=12 => 8,
+        _ => 1,
     }
 }
 
@@ -125,6 +150,8 @@ struct Reader<R> {
     inner: R,
     pos: u64,
     len: u64,
+    /// Metadata values decoded so far (bounded by `MAX_METADATA_ITEMS`).
+    items: u64,
 }
 
 impl<R: Read> Reader<R> {
@@ -160,6 +187,11 @@ impl<R: Read> Reader<R> {
 
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let n = self.u64(what)?;
+        if n > MAX_STRING_BYTES {
+            return Err(GgufError::Corrupt(format!(
+                "{what}: a string of {n} bytes (at most {MAX_STRING_BYTES})"
+            )));
+        }
         let b = self.bytes(n, what)?;
         String::from_utf8(b).map_err(|_| GgufError::Corrupt(format!("{what} is not UTF-8")))
     }
@@ -176,6 +208,12 @@ impl<R: Read> Reader<R> {
     }
 
     fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value, GgufError> {
+        self.items += 1;
+        if self.items > MAX_METADATA_ITEMS {
+            return Err(GgufError::Corrupt(format!(
+                "more than {MAX_METADATA_ITEMS} metadata values"
+            )));
+        }
         Ok(match ty {
             0 => Value::U8(self.array::<1>(key)?[0]),
             1 => Value::I8(self.array::<1>(key)?[0] as i8),
@@ -188,8 +226,14 @@ impl<R: Read> Reader<R> {
             8 => Value::String(self.string(key)?),
             9 if depth == 0 => {
                 let item = self.u32(key)?;
-                let n = self.count(1, key)?;
-                let mut items = Vec::with_capacity(n as usize);
+                let n = self.count(min_size(item), key)?;
+                if n > MAX_ARRAY_ITEMS {
+                    return Err(GgufError::Corrupt(format!(
+                        "`{key}`: an array of {n} items (at most {MAX_ARRAY_ITEMS})"
+                    )));
+                }
+                // Grows as items actually decode; the count alone reserves little.
+                let mut items = Vec::with_capacity(n.min(4096) as usize);
                 for _ in 0..n {
                     items.push(self.value(item, key, depth + 1)?);
                 }
@@ -219,10 +263,17 @@ impl Gguf {
         };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
+        Self::read(path, BufReader::new(file), len)
+    }
+
+    /// Parses a GGUF header from any reader of `len` bytes (files, and buffers in tests and
+    /// the fuzz target). `path` names it in errors and for reading tensor data later.
+    pub fn read<R: Read>(path: &Path, inner: R, len: u64) -> Result<Gguf, GgufError> {
         let mut r = Reader {
-            inner: BufReader::new(file),
+            inner,
             pos: 0,
             len,
+            items: 0,
         };
         let magic = r.array::<4>("magic")?;
         if &magic != b"GGUF" {
@@ -242,7 +293,7 @@ impl Gguf {
             let v = r.value(ty, &key, 0)?;
             metadata.insert(key, v);
         }
-        let mut raw = Vec::with_capacity(n_tensors as usize);
+        let mut raw = Vec::with_capacity(n_tensors.min(4096) as usize);
         for _ in 0..n_tensors {
             let name = r.string("tensor name")?;
             let n_dims = r.u32(&name)?;
@@ -254,6 +305,9 @@ impl Gguf {
             let dims = (0..n_dims)
                 .map(|_| r.u64(&name))
                 .collect::<Result<Vec<_>, _>>()?;
+            if dims.contains(&0) {
+                return Err(GgufError::Corrupt(format!("`{name}` has a zero dimension")));
+            }
             let ty_id = r.u32(&name)?;
             let offset = r.u64(&name)?;
             raw.push((name, dims, ty_id, offset));
@@ -265,7 +319,11 @@ impl Gguf {
         if alignment == 0 || !alignment.is_power_of_two() {
             return Err(GgufError::Corrupt(format!("alignment {alignment}")));
         }
-        let data_start = r.pos.div_ceil(alignment) * alignment;
+        let data_start = r
+            .pos
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .ok_or_else(|| GgufError::Corrupt("data offset overflows".into()))?;
         let mut tensors = Vec::with_capacity(raw.len());
         for (name, dims, ty_id, offset) in raw {
             let tensor_err = |source| GgufError::Tensor {
@@ -273,6 +331,15 @@ impl Gguf {
                 source,
             };
             let ty = TensorType::from_id(ty_id).map_err(tensor_err)?;
+            // Blocks run along the first (fastest) dimension, as llama.cpp requires: a row
+            // that is not whole blocks has no layout.
+            let block = ty.block().0 as u64;
+            if !dims[0].is_multiple_of(block) {
+                return Err(GgufError::Corrupt(format!(
+                    "`{name}`: rows of {} values are not whole blocks of {block}",
+                    dims[0]
+                )));
+            }
             let elements = dims
                 .iter()
                 .try_fold(1u64, |a, &d| a.checked_mul(d))

@@ -24,6 +24,8 @@ pub enum QuantError {
     Unsupported(u32),
     #[error("{elements} elements are not a whole number of {block}-value blocks")]
     Ragged { elements: u64, block: usize },
+    #[error("{0} elements are more than any file can hold")]
+    TooLarge(u64),
     #[error("{have} bytes for {elements} elements of {ty:?} (need {need})")]
     Size {
         ty: TensorType,
@@ -79,7 +81,9 @@ impl TensorType {
         if !elements.is_multiple_of(block as u64) {
             return Err(QuantError::Ragged { elements, block });
         }
-        Ok(elements / block as u64 * bytes as u64)
+        (elements / block as u64)
+            .checked_mul(bytes as u64)
+            .ok_or(QuantError::TooLarge(elements))
     }
 }
 

@@ -27,6 +27,36 @@ pub struct JetStreamConfig {
     pub dedup_window: Duration,
     /// Name this connection shows in `nats server report connections`.
     pub connection_name: String,
+    pub limits: StreamLimits,
+}
+
+/// Durability and retention of the events stream (`[jetstream]` in revo.toml).
+///
+/// Postgres keeps every event forever; the stream is the transport to other nodes and outside
+/// subscribers, so it keeps a bounded tail (by age and size, oldest dropped first) that a
+/// subscriber can catch up from, and anything older is republished from Postgres on request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Copies kept by a JetStream cluster (1, 3 or 5; 3 in production: one server may fail
+    /// without losing acknowledged messages).
+    pub replicas: usize,
+    /// Oldest message kept (`Duration::ZERO`: no age limit).
+    pub max_age: Duration,
+    /// Largest stream size in bytes (`None`: no size limit).
+    pub max_bytes: Option<u64>,
+}
+
+/// A week of events: enough for any subscriber outage worth waiting out.
+pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            replicas: 1,
+            max_age: DEFAULT_MAX_AGE,
+            max_bytes: None,
+        }
+    }
 }
 
 pub struct JetStreamBus {
@@ -57,6 +87,15 @@ impl JetStreamBus {
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             duplicate_window: self.config.dedup_window,
+            num_replicas: self.config.limits.replicas,
+            max_age: self.config.limits.max_age,
+            max_bytes: self
+                .config
+                .limits
+                .max_bytes
+                .and_then(|b| i64::try_from(b).ok())
+                .unwrap_or(-1),
+            discard: stream::DiscardPolicy::Old,
             description: Some("Revo committed events (see docs/events.md)".into()),
             ..Default::default()
         }

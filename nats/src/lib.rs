@@ -14,7 +14,7 @@ pub mod subjects;
 pub mod work;
 
 pub use bus::{Bus, BusError, BusHealth, BusMessage, MessageStream, OutgoingEvent, PublishOutcome};
-pub use jetstream::{JetStreamBus, JetStreamConfig};
+pub use jetstream::{JetStreamBus, JetStreamConfig, StreamLimits};
 pub use memory::MemoryBus;
 pub use subjects::Subjects;
 pub use work::{WorkClient, WorkMessage, WorkStream};

@@ -170,6 +170,7 @@ pub async fn admit(
     http.in_flight.inc();
     let _in_flight = InFlight(http.in_flight.clone());
     let method = req.method().as_str().to_owned();
+    let method_label = crate::metrics::method_label(req.method());
     let route = req.match_pattern();
     let access = match &route {
         Some(r) => state.access.get(&method, r),
@@ -273,10 +274,10 @@ pub async fn admit(
     let route = route.as_deref().unwrap_or("unmatched");
     let elapsed = started.elapsed();
     http.requests
-        .with_label_values(&[method.as_str(), route, status.as_str()])
+        .with_label_values(&[method_label, route, status.as_str()])
         .inc();
     http.duration
-        .with_label_values(&[method.as_str(), route])
+        .with_label_values(&[method_label, route])
         .observe(elapsed.as_secs_f64());
     let us = elapsed.as_micros() as u64;
     let who = who.as_deref().unwrap_or("-");

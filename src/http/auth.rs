@@ -20,6 +20,7 @@ use revo_events::EventMeta;
         (status = 200, description = "Logged in", body = LoginResponse),
         (status = 401, description = "Bad credentials or disabled user", body = ErrorBody),
         (status = 429, description = "Too many failed logins", body = ErrorBody),
+        (status = 503, description = "Too many password checks at once (`busy`, with Retry-After)", body = ErrorBody),
         BodyErrors,
     )
 )]
@@ -90,6 +91,28 @@ pub async fn logout(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// Ends every token of the caller's user, on every edge ("log out everywhere"); the caller's
+/// own token included. API keys are not sessions and stay valid (revoke them with
+/// `DELETE /keys/{id}`). A password change does the same by itself.
+#[utoipa::path(
+    tag = "auth",
+    security(("bearer" = ["self:read"])),
+    responses((status = 204, description = "Every token ended"), CallerErrors)
+)]
+#[post("/auth/logout-all")]
+pub async fn logout_all(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+) -> Result<HttpResponse, ApiError> {
+    let meta = caller.meta(&req);
+    let identity = state.identity.clone();
+    state
+        .on_node(async move { identity.logout_all(&caller.0, meta).await })
+        .await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
 /// The caller's account, and how this request authenticated.
 #[utoipa::path(
     tag = "users",
@@ -101,8 +124,8 @@ pub async fn me(state: web::Data<AppState>, caller: Caller) -> Result<HttpRespon
     let p = caller.0;
     let user = state
         .identity
-        .directory()
         .user(&p.user_id)
+        .as_ref()
         .map(UserView::from)
         .ok_or_else(|| ApiError::not_found("user"))?;
     let (auth, key_id) = match p.via {

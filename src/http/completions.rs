@@ -220,12 +220,10 @@ pub async fn create(
             SubmitError::Unknown(_) => not_found(),
             SubmitError::Busy(_) => unavailable("model_busy", e.to_string()).with_retry_after(1),
             SubmitError::Down(_) => unavailable("model_unavailable", e.to_string()),
-            // No worker serves it: a model the registry does not know is a 404.
+            // No worker serves it: a model the registry does not know is a 404. The registry
+            // is this edge's live view (memory), never a fold of the log per request.
             SubmitError::NoWorker(m) => {
-                let known = crate::models::registry(state.store.as_ref())
-                    .await
-                    .map(|reg| reg.get(m).is_some())
-                    .unwrap_or(true);
+                let known = state.models.read().get(m).is_some();
                 if known {
                     unavailable("model_unavailable", e.to_string())
                 } else {

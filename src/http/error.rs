@@ -80,7 +80,18 @@ impl ApiError {
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::Internal(m) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m),
+            AuthError::Internal(m) => {
+                tracing::error!(error = %m, "authentication error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+            AuthError::Unavailable => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, e.code(), e.to_string())
+                    .with_retry_after(1)
+            }
             e => Self::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
         }
     }
@@ -89,9 +100,21 @@ impl From<AuthError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(_)
-            | StoreError::ShuttingDown
-            | StoreError::CommitUnknown(_) => Self::unavailable(e.to_string()).with_retry_after(1),
+            // The store's own message names hosts and drivers: logged, not shown.
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store unavailable");
+                Self::unavailable("the event store is unavailable; try again shortly")
+                    .with_retry_after(1)
+            }
+            StoreError::CommitUnknown(_) => {
+                tracing::warn!(error = %e, "commit outcome unknown");
+                Self::unavailable(
+                    "the store lost its connection during the change, which may or may not \
+                     have been made; check before retrying",
+                )
+                .with_retry_after(1)
+            }
+            StoreError::ShuttingDown => Self::unavailable(e.to_string()).with_retry_after(1),
             e => {
                 tracing::error!(error = %e, "store error");
                 Self::new(
@@ -111,6 +134,9 @@ impl From<IdentityError> for ApiError {
             IdentityError::Auth(a) => a.into(),
             IdentityError::InvalidCredentials => {
                 Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", msg)
+            }
+            IdentityError::Busy => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", msg).with_retry_after(1)
             }
             IdentityError::LoginThrottled(secs) => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "login_throttled", msg)

@@ -1,4 +1,9 @@
-//! Health and metrics: `/health/live`, `/health/ready`, `/health`, `/metrics`.
+//! Health and metrics: `/health/live`, `/health/ready`, `/health`, `/health/details`,
+//! `/metrics`.
+//!
+//! The public endpoints say which component is unhealthy, never why: the reasons (driver
+//! errors, hosts, file paths) go to the log and to `/health/details`, which needs
+//! `system:read` (admins).
 
 use std::time::Duration;
 
@@ -7,7 +12,11 @@ use revo_actors::ProjectorState;
 use revo_nats::BusHealth;
 use serde_json::json;
 
+use super::openapi::CallerErrors;
 use super::AppState;
+
+/// Committed events held back this long behind an open transaction mark the horizon degraded.
+const HORIZON_WARN_SECS: f64 = 5.0;
 
 /// Longest a readiness probe waits on the database.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -66,36 +75,84 @@ async fn checks(state: &AppState) -> Vec<Check> {
             name: "bus",
             problem: bus,
         },
+        Check {
+            name: "identity",
+            problem: state.identity.problem(),
+        },
     ]
 }
 
-/// Readiness: 200 only when the store and bus are reachable and the schema is current.
+/// Readiness: 200 only when the store and bus are reachable, the schema is current and the
+/// user directory follows the log.
 #[utoipa::path(tag = "health", responses(
     (status = 200, description = "Ready", body = serde_json::Value),
-    (status = 503, description = "Not ready, with reasons", body = serde_json::Value),
+    (status = 503, description = "Not ready, with the components that are not", body = serde_json::Value),
 ))]
 #[get("/health/ready")]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let problems: Vec<String> = checks(&state)
-        .await
-        .into_iter()
-        .filter_map(|c| c.problem.map(|p| format!("{}: {p}", c.name)))
-        .collect();
-    if problems.is_empty() {
+    let mut failing = Vec::new();
+    for c in checks(&state).await {
+        if let Some(p) = c.problem {
+            tracing::warn!(component = c.name, problem = %p, "not ready");
+            failing.push(c.name);
+        }
+    }
+    if failing.is_empty() {
         HttpResponse::Ok().json(json!({"status": "ready"}))
     } else {
+        let reasons: Vec<String> = failing
+            .iter()
+            .map(|n| format!("{n} is not ready"))
+            .collect();
         HttpResponse::ServiceUnavailable().json(json!({
             "status": "not_ready",
-            "error": {"code": "not_ready", "message": problems.join("; ")},
-            "reasons": problems,
+            "error": {"code": "not_ready", "message": reasons.join("; ")},
+            "reasons": reasons,
         }))
     }
 }
 
-/// A JSON summary of every component.
+/// Which components are healthy, without the reasons (those are in `/health/details`).
 #[utoipa::path(tag = "health", responses((status = 200, description = "Component summary", body = serde_json::Value)))]
 #[get("/health")]
 pub async fn summary(state: web::Data<AppState>) -> HttpResponse {
+    let mut components = serde_json::Map::new();
+    let mut healthy = true;
+    for c in checks(&state).await {
+        healthy &= c.problem.is_none();
+        let status = if c.problem.is_none() {
+            "ok"
+        } else {
+            "degraded"
+        };
+        components.insert(c.name.into(), json!({ "status": status }));
+    }
+    let failed = state
+        .projectors
+        .iter()
+        .any(|p| matches!(*p.state.borrow(), ProjectorState::Failed { .. }));
+    healthy &= !failed;
+    components.insert(
+        "projections".into(),
+        json!({"status": if failed { "degraded" } else { "ok" }}),
+    );
+    HttpResponse::Ok().json(json!({
+        "status": if healthy { "ok" } else { "degraded" },
+        "mode": state.mode,
+        "version": env!("CARGO_PKG_VERSION"),
+        "components": components,
+    }))
+}
+
+/// Every component with its reasons, the relay, projections, password hashing and the store's
+/// horizon (admins).
+#[utoipa::path(
+    tag = "health",
+    security(("bearer" = ["system:read"])),
+    responses((status = 200, description = "Component details", body = serde_json::Value), CallerErrors)
+)]
+#[get("/health/details")]
+pub async fn details(state: web::Data<AppState>) -> HttpResponse {
     let mut components = serde_json::Map::new();
     let mut healthy = true;
     for c in checks(&state).await {
@@ -116,6 +173,20 @@ pub async fn summary(state: web::Data<AppState>) -> HttpResponse {
             "lag_seconds": relay.lag_seconds.get(),
             "publish_errors": relay.publish_errors.get(),
         }),
+    );
+    let held = state.metrics.store.held_back_seconds.get();
+    components.insert(
+        "store_horizon".into(),
+        json!({
+            // Committed events other nodes cannot see yet, because a transaction older than
+            // them is still open somewhere on the Postgres server (docs/operations.md).
+            "status": if held >= HORIZON_WARN_SECS { "degraded" } else { "ok" },
+            "held_back_seconds": held,
+        }),
+    );
+    components.insert(
+        "password_hashing".into(),
+        json!({"in_use": state.identity.hasher.in_use()}),
     );
     let projections: Vec<_> = state
         .projectors

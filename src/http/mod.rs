@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod client_addr;
 pub mod completions;
 pub mod error;
 pub mod health;
@@ -37,14 +38,16 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
     pub inference: Arc<crate::inference::Inference>,
+    /// The model registry, folded in memory and following the log.
+    pub models: revo_actors::LiveView<revo_events::ModelsProjection>,
     pub access: Arc<access::AccessTable>,
     pub docs: Arc<openapi::Docs>,
     pub node_id: String,
     pub mode: &'static str,
     pub started: Instant,
     pub projectors: Vec<ProjectorHandle>,
-    /// Take the client address from `Forwarded`/`X-Forwarded-For` (only behind a trusted proxy).
-    pub trust_forwarded: bool,
+    /// How the client address is found behind proxies (`client_addr.rs`).
+    pub forwarding: client_addr::Forwarding,
     /// The node's main runtime. Database and NATS connections must be opened there, not on
     /// actix's worker runtimes, which stop before the node does.
     pub runtime: tokio::runtime::Handle,
@@ -65,13 +68,8 @@ impl AppState {
 
     /// The client's address, for login throttling.
     pub fn client_addr(&self, req: &HttpRequest) -> Option<String> {
-        if self.trust_forwarded {
-            req.connection_info()
-                .realip_remote_addr()
-                .map(|a| a.to_owned())
-        } else {
-            req.peer_addr().map(|a| a.ip().to_string())
-        }
+        self.forwarding
+            .client(req.peer_addr().map(|a| a.ip()), req.headers())
     }
 }
 
@@ -81,11 +79,13 @@ pub fn routes(cfg: &mut ServiceConfig) {
     cfg.service(health::live)
         .service(health::ready)
         .service(health::summary)
+        .service(health::details)
         .service(health::metrics)
         .service(openapi::spec)
         .service(openapi::docs)
         .service(auth::login)
         .service(auth::logout)
+        .service(auth::logout_all)
         .service(auth::me)
         .service(users::create)
         .service(users::list)

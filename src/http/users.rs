@@ -57,12 +57,7 @@ pub async fn create(
 )]
 #[get("/users")]
 pub async fn list(state: web::Data<AppState>) -> HttpResponse {
-    let mut users: Vec<UserView> = state
-        .identity
-        .directory()
-        .users()
-        .map(UserView::from)
-        .collect();
+    let mut users: Vec<UserView> = state.identity.users().iter().map(UserView::from).collect();
     users.sort_by(|a, b| a.username.cmp(&b.username));
     HttpResponse::Ok().json(UserList { users })
 }
@@ -85,9 +80,8 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     state
         .identity
-        .directory()
         .user(&id)
-        .map(|u| HttpResponse::Ok().json(UserView::from(u)))
+        .map(|u| HttpResponse::Ok().json(UserView::from(&u)))
         .ok_or_else(|| ApiError::not_found("no such user"))
 }
 

@@ -31,6 +31,9 @@ pub enum AuthError {
     KeyRevoked,
     #[error("the API key has expired")]
     KeyExpired,
+    /// The user directory stopped following the log (see `/health`): `503`.
+    #[error("authentication is unavailable on this server; try another or retry shortly")]
+    Unavailable,
     #[error("{0}")]
     Internal(String),
 }
@@ -51,6 +54,7 @@ impl AuthError {
             AuthError::KeyUnknown => "key_unknown",
             AuthError::KeyRevoked => "key_revoked",
             AuthError::KeyExpired => "key_expired",
+            AuthError::Unavailable => "auth_unavailable",
             AuthError::Internal(_) => "internal",
         }
     }
@@ -65,6 +69,9 @@ pub enum IdentityError {
     InvalidCredentials,
     #[error("too many failed logins; try again in {0} s")]
     LoginThrottled(u64),
+    /// Password hashing is at its bound: `503` with `Retry-After`.
+    #[error("the server is checking too many passwords at once; try again shortly")]
+    Busy,
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
     #[error("{0} not found")]
@@ -83,5 +90,16 @@ pub(crate) fn invalid(code: &'static str, message: impl Into<String>) -> Identit
     IdentityError::Invalid {
         code,
         message: message.into(),
+    }
+}
+
+impl From<super::password::HashError> for IdentityError {
+    fn from(e: super::password::HashError) -> Self {
+        use super::password::{HashError, PasswordError};
+        match e {
+            HashError::Busy => IdentityError::Busy,
+            HashError::Password(PasswordError::Length) => invalid("weak_password", e.to_string()),
+            HashError::Password(PasswordError::Hash(m)) => IdentityError::Internal(m),
+        }
     }
 }

@@ -9,6 +9,7 @@ mod accounts;
 pub mod apikey;
 mod errors;
 pub mod gossip;
+mod overlay;
 pub mod password;
 mod principal;
 pub mod ratelimit;
@@ -17,22 +18,26 @@ pub mod throttle;
 pub mod token;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use revo_actors::LiveView;
+use revo_events::directory::{KeyRow, UserRow};
 use revo_events::identity::USER_STREAM;
 use revo_events::{
     AppendRequest, Directory, EventFamily, EventMeta, EventStore, ExpectedVersion, IdentityEvent,
 };
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 pub use self::accounts::{
     append_new_user, new_user, NewKeyRequest, UserPatch, MAX_KEY_LIFETIME_SECS, MAX_KEY_NAME,
 };
 use self::errors::invalid;
 pub use self::errors::{AuthError, IdentityError};
-pub use self::principal::{Principal, RoleLimits, Via};
+use self::overlay::Overlay;
+use self::password::Hasher;
+pub use self::principal::{tighter, Principal, RoleLimits, Via};
 use self::ratelimit::{Decision, RateLimiter};
 use self::throttle::LoginThrottle;
 use self::token::TokenKeys;
@@ -41,17 +46,23 @@ pub struct IdentitySettings {
     pub tokens: TokenKeys,
     pub limits: RoleLimits,
     pub throttle: LoginThrottle,
-    /// How long a write waits for this edge's view to fold it.
-    pub read_your_writes: Duration,
+    pub hasher: Arc<Hasher>,
+    /// Unrevoked, unexpired keys one user may hold.
+    pub max_keys_per_user: usize,
 }
 
 pub struct Identity {
     store: Arc<dyn EventStore>,
     view: LiveView<Directory>,
+    /// This edge's own writes until the view has folded them.
+    overlay: Overlay,
     tokens: TokenKeys,
     limits: RoleLimits,
     throttle: LoginThrottle,
-    read_your_writes: Duration,
+    pub hasher: Arc<Hasher>,
+    max_keys_per_user: usize,
+    /// Serialises key issuing on this edge, so the per-user cap holds under parallel requests.
+    key_issue: tokio::sync::Mutex<()>,
     tasks: TaskTracker,
     pub limiter: Arc<RateLimiter>,
 }
@@ -60,6 +71,18 @@ pub struct Identity {
 pub struct Login {
     pub token: String,
     pub expires_in: u64,
+}
+
+/// When a token was issued, to the millisecond: its `jti` is a UUID v7 minted at issue
+/// (`iat` has only seconds).
+fn issued_at(jti: &Uuid, iat: i64) -> DateTime<Utc> {
+    jti.get_timestamp()
+        .and_then(|t| {
+            let (secs, nanos) = t.to_unix();
+            DateTime::from_timestamp(secs as i64, nanos)
+        })
+        .or_else(|| DateTime::from_timestamp(iat, 0))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 impl Identity {
@@ -73,17 +96,62 @@ impl Identity {
         Identity {
             store,
             view,
+            overlay: Overlay::default(),
             tokens: settings.tokens,
             limits: settings.limits,
             throttle: settings.throttle,
-            read_your_writes: settings.read_your_writes,
+            hasher: settings.hasher,
+            max_keys_per_user: settings.max_keys_per_user,
+            key_issue: tokio::sync::Mutex::new(()),
             tasks,
             limiter: Arc::new(RateLimiter::new(node_id)),
         }
     }
 
-    pub fn directory(&self) -> std::sync::RwLockReadGuard<'_, Directory> {
-        self.view.read()
+    /// Why the user directory cannot be trusted now (its view halted), if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        self.view.halted()
+    }
+
+    /// Looks something up in this edge's own recent writes, then in the view.
+    fn find<T>(&self, f: impl Fn(&Directory) -> Option<T>) -> Option<T> {
+        if let Some(o) = self.overlay.current(self.view.position()) {
+            if let Some(v) = f(&o) {
+                return Some(v);
+            }
+        }
+        f(&self.view.read())
+    }
+
+    pub fn user(&self, id: &Uuid) -> Option<UserRow> {
+        self.find(|d| d.user(id).cloned())
+    }
+
+    pub fn user_by_name(&self, name: &str) -> Option<UserRow> {
+        self.find(|d| d.user_by_name(name).cloned())
+    }
+
+    /// Every user, with this edge's own changes.
+    pub fn users(&self) -> Vec<UserRow> {
+        self.merged(|d| d.users().map(|u| (u.user_id, u.clone())).collect())
+    }
+
+    /// Every key, with this edge's own changes.
+    pub fn keys(&self) -> Vec<KeyRow> {
+        self.merged(|d| d.keys().map(|k| (k.key_id, k.clone())).collect())
+    }
+
+    fn merged<T>(&self, rows: impl Fn(&Directory) -> Vec<(Uuid, T)>) -> Vec<T> {
+        let mut all: std::collections::HashMap<Uuid, T> =
+            rows(&self.view.read()).into_iter().collect();
+        if let Some(o) = self.overlay.current(self.view.position()) {
+            all.extend(rows(&o));
+        }
+        all.into_values().collect()
+    }
+
+    fn is_revoked(&self, jti: &Uuid) -> bool {
+        self.find(|d| d.is_revoked(jti).then_some(())).is_some()
     }
 
     /// Authenticates the value of an `Authorization` header.
@@ -95,35 +163,49 @@ impl Identity {
             })
             .filter(|c| !c.is_empty())
             .ok_or(AuthError::Missing)?;
+        // A directory that stopped following the log may be missing revocations: refuse
+        // rather than trust it.
+        if self.view.halted().is_some() {
+            return Err(AuthError::Unavailable);
+        }
         if apikey::looks_like_key(credential) {
             return self.authenticate_key(credential);
         }
         let claims = self.tokens.verify(credential)?;
-        let dir = self.view.read();
-        if dir.is_revoked(&claims.jti) {
+        if self.is_revoked(&claims.jti) {
             return Err(AuthError::TokenRevoked);
         }
-        let user = dir.user(&claims.sub).ok_or(AuthError::UserUnknown)?;
+        let user = self.user(&claims.sub).ok_or(AuthError::UserUnknown)?;
         if user.disabled {
             return Err(AuthError::UserDisabled);
         }
+        // A password change or "log out everywhere" ends the tokens issued before it.
+        if user
+            .tokens_valid_after
+            .is_some_and(|t| issued_at(&claims.jti, claims.iat) < t)
+        {
+            return Err(AuthError::TokenRevoked);
+        }
+        let limit = self.limits.for_roles(&user.roles);
         Ok(Principal {
             user_id: user.user_id,
-            username: user.username.clone(),
-            roles: user.roles.clone(),
+            username: user.username,
+            roles: user.roles,
             ceiling: None,
             via: Via::Token {
                 jti: claims.jti,
                 expires_at: claims.exp,
             },
-            rate_limit: self.limits.for_roles(&user.roles),
+            rate_limit: limit,
+            user_rate_limit: limit,
         })
     }
 
     fn authenticate_key(&self, credential: &str) -> Result<Principal, AuthError> {
         let (key_id, secret) = apikey::parse(credential).ok_or(AuthError::KeyUnknown)?;
-        let dir = self.view.read();
-        let key = dir.key(&key_id).ok_or(AuthError::KeyUnknown)?;
+        let key = self
+            .find(|d| d.key(&key_id).cloned())
+            .ok_or(AuthError::KeyUnknown)?;
         if !apikey::matches(secret, &key.secret_hash) {
             return Err(AuthError::KeyUnknown);
         }
@@ -133,7 +215,7 @@ impl Identity {
         if key.expires_at.is_some_and(|e| e <= Utc::now()) {
             return Err(AuthError::KeyExpired);
         }
-        let user = dir.user(&key.user_id).ok_or(AuthError::UserUnknown)?;
+        let user = self.user(&key.user_id).ok_or(AuthError::UserUnknown)?;
         if user.disabled {
             return Err(AuthError::UserDisabled);
         }
@@ -141,23 +223,32 @@ impl Identity {
             Some(own) => (own.clone(), Some(user.roles.clone())),
             None => (user.roles.clone(), None),
         };
+        // A key's own limit never exceeds its owner's (checked at issue, and again here in
+        // case the owner's roles changed since).
+        let owner_limit = self.limits.for_roles(&user.roles);
         let rate_limit = key
             .rate_limit_per_minute
-            .unwrap_or_else(|| self.limits.for_roles(&roles));
+            .map_or(owner_limit, |own| tighter(own, owner_limit));
         Ok(Principal {
             user_id: user.user_id,
-            username: user.username.clone(),
+            username: user.username,
             roles,
             ceiling,
             via: Via::Key { key_id },
             rate_limit,
+            user_rate_limit: owner_limit,
         })
     }
 
+    /// Counts the request against the credential's bucket and, for keys, the owner's.
     pub fn rate_limit(&self, p: &Principal) -> Decision {
-        self.limiter.check(&p.rate_key(), p.rate_limit)
+        let buckets = p.rate_buckets();
+        let refs: Vec<(&str, u32)> = buckets.iter().map(|(k, l)| (k.as_str(), *l)).collect();
+        self.limiter.check_all(&refs)
     }
 
+    /// Appends identity events and makes them visible on this edge at once (the overlay),
+    /// whatever the view's lag.
     async fn record(
         &self,
         stream: (&str, &str),
@@ -172,19 +263,21 @@ impl Identity {
             .map_err(|e| IdentityError::Internal(e.to_string()))?;
         let appended = self
             .store
-            .append(AppendRequest::new(stream.0, stream.1, expected, new))
+            .append(AppendRequest::new(
+                stream.0,
+                stream.1,
+                expected,
+                new.clone(),
+            ))
             .await?;
-        // Read-your-writes on this edge; the write is durable either way.
-        if !self
-            .view
-            .wait_for(appended.last_position, self.read_your_writes)
-            .await
-        {
-            tracing::warn!(
-                position = appended.last_position,
-                "identity view is behind the store; the change will show shortly"
-            );
-        }
+        let pairs: Vec<_> = events.iter().cloned().zip(new).collect();
+        self.overlay.record(
+            &self.view.read(),
+            stream,
+            appended.stream_version,
+            appended.last_position,
+            &pairs,
+        );
         Ok(appended.last_position)
     }
 
@@ -213,25 +306,27 @@ impl Identity {
         client: Option<String>,
         meta: EventMeta,
     ) -> Result<Login, IdentityError> {
-        let now = Instant::now();
+        let began = Instant::now();
         let addr = client.as_deref();
+        // Counted before the password is checked, so a parallel burst cannot slip past.
         self.throttle
-            .check(username, addr, now)
+            .begin(username, addr, began)
             .map_err(IdentityError::LoginThrottled)?;
-        let user = self.view.read().user_by_name(username).cloned();
+        let user = self.user_by_name(username);
         // Unknown names cost the same argon2 work as known ones.
         let hash = user.as_ref().map_or_else(
-            || password::dummy_hash().to_owned(),
+            || self.hasher.dummy_hash().to_owned(),
             |u| u.password_hash.clone(),
         );
-        let pw = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || password::verify(&hash, &pw))
-            .await
-            .map_err(|e| IdentityError::Internal(e.to_string()))?;
+        let ok = match self.hasher.verify(hash, password.to_owned()).await {
+            Ok(ok) => ok,
+            Err(e) => {
+                self.throttle.forget(username, addr, began);
+                return Err(e.into());
+            }
+        };
         let Some(user) = user.filter(|_| ok) else {
-            self.throttle.failed(username, addr, now);
-            let known = self.view.read().user_by_name(username).map(|u| u.user_id);
-            if let Some(user_id) = known {
+            if let Some(user_id) = self.user_by_name(username).map(|u| u.user_id) {
                 // Recorded in the background: waiting for it would make known names slower
                 // to fail than unknown ones.
                 let ev = IdentityEvent::LoginFailed {
@@ -253,7 +348,7 @@ impl Identity {
                 .await?;
             return Err(AuthError::UserDisabled.into());
         }
-        self.throttle.succeeded(username);
+        self.throttle.succeeded(username, addr, began);
         let (token, claims) = self.tokens.issue(user.user_id, &user.roles)?;
         let ev = IdentityEvent::LoginSucceeded {
             user_id: user.user_id,
@@ -270,6 +365,19 @@ impl Identity {
             token,
             expires_in: self.tokens.ttl.as_secs(),
         })
+    }
+
+    /// Ends every token of the caller's user ("log out everywhere"). API keys stay.
+    pub async fn logout_all(&self, p: &Principal, meta: EventMeta) -> Result<(), IdentityError> {
+        let ev = IdentityEvent::SessionsEnded { user_id: p.user_id };
+        self.record(
+            (USER_STREAM, &p.username),
+            ExpectedVersion::Any,
+            &[ev],
+            &meta,
+        )
+        .await?;
+        Ok(())
     }
 
     /// Revokes the caller's token until it would have expired. A key cannot log out.

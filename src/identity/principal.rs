@@ -23,8 +23,11 @@ pub struct Principal {
     /// (a demoted owner's keys lose the difference at once).
     pub ceiling: Option<Vec<Role>>,
     pub via: Via,
-    /// Requests per minute (0: unlimited).
+    /// Requests per minute of this credential (0: unlimited): the user's, or a key's own
+    /// (never above its owner's).
     pub rate_limit: u32,
+    /// Requests per minute of the user across every credential (0: unlimited).
+    pub user_rate_limit: u32,
 }
 
 impl Principal {
@@ -47,6 +50,24 @@ impl Principal {
             Via::Token { .. } => format!("user:{}", self.user_id),
             Via::Key { key_id } => format!("key:{key_id}"),
         }
+    }
+
+    /// Every bucket a request counts against: a key's own and its owner's, so a user's keys
+    /// together never exceed the user's limit.
+    pub fn rate_buckets(&self) -> Vec<(String, u32)> {
+        let user = (format!("user:{}", self.user_id), self.user_rate_limit);
+        match &self.via {
+            Via::Token { .. } => vec![(user.0, self.rate_limit)],
+            Via::Key { key_id } => vec![(format!("key:{key_id}"), self.rate_limit), user],
+        }
+    }
+}
+
+/// The tighter of two limits, where 0 means unlimited.
+pub fn tighter(a: u32, b: u32) -> u32 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
     }
 }
 

@@ -111,54 +111,75 @@ impl RateLimiter {
     }
 
     pub fn check_at(&self, principal: &str, limit: u32, now: f64) -> Decision {
+        self.check_all_at(&[(principal, limit)], now)
+    }
+
+    /// Admits one request that counts against every bucket in `buckets` (a key's own and its
+    /// owner's): refused if any bucket is full, and then counted in none; otherwise counted in
+    /// all, with the headers of the tightest one.
+    pub fn check_all(&self, buckets: &[(&str, u32)]) -> Decision {
+        self.check_all_at(buckets, now_secs_f64())
+    }
+
+    pub fn check_all_at(&self, buckets: &[(&str, u32)], now: f64) -> Decision {
         let window = (now as u64) / WINDOW_SECS;
         let elapsed = now - (window * WINDOW_SECS) as f64;
         let reset_secs = WINDOW_SECS - elapsed as u64;
-        if limit == 0 {
-            return Decision {
+        let unlimited = Decision {
+            allowed: true,
+            limit: 0,
+            remaining: 0,
+            reset_secs,
+            retry_after_secs: 0,
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tightest: Option<Decision> = None;
+        let mut counted = Vec::with_capacity(buckets.len());
+        for &(principal, limit) in buckets.iter().filter(|(_, l)| *l > 0) {
+            let key: Arc<str> = match entries.get_key_value(principal) {
+                Some((k, _)) => k.clone(),
+                None => Arc::from(principal),
+            };
+            let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
+                window,
+                ..Entry::default()
+            });
+            entry.roll(window);
+            let totals = entry.totals();
+            let used = estimate(totals, elapsed);
+            let limit_f = f64::from(limit);
+            if used + 1.0 > limit_f {
+                return Decision {
+                    allowed: false,
+                    limit,
+                    remaining: 0,
+                    reset_secs,
+                    retry_after_secs: retry_after(totals, elapsed, limit_f),
+                };
+            }
+            let d = Decision {
                 allowed: true,
-                limit: 0,
-                remaining: 0,
+                limit,
+                remaining: (limit_f - used - 1.0).max(0.0) as u32,
                 reset_secs,
                 retry_after_secs: 0,
             };
+            if tightest.is_none_or(|t| d.remaining < t.remaining) {
+                tightest = Some(d);
+            }
+            counted.push(key);
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let key: Arc<str> = match entries.get_key_value(principal) {
-            Some((k, _)) => k.clone(),
-            None => Arc::from(principal),
-        };
-        let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
-            window,
-            ..Entry::default()
-        });
-        entry.roll(window);
-        let totals = entry.totals();
-        let used = estimate(totals, elapsed);
-        let limit_f = f64::from(limit);
-        if used + 1.0 > limit_f {
-            let retry = retry_after(totals, elapsed, limit_f);
-            return Decision {
-                allowed: false,
-                limit,
-                remaining: 0,
-                reset_secs,
-                retry_after_secs: retry,
-            };
+        for key in &counted {
+            if let Some(e) = entries.get_mut(key) {
+                e.local.cur += 1;
+            }
         }
-        entry.local.cur += 1;
         drop(entries);
         self.dirty
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key);
-        Decision {
-            allowed: true,
-            limit,
-            remaining: (limit_f - used - 1.0).max(0.0) as u32,
-            reset_secs,
-            retry_after_secs: 0,
-        }
+            .extend(counted);
+        tightest.unwrap_or(unlimited)
     }
 
     /// This node's counts for the principals admitted since the last call.
@@ -319,6 +340,30 @@ mod tests {
         let own = b.gossip_at(T0 + 6.0).unwrap();
         b.absorb(own);
         assert!(!b.check_at("user:1", 10, T0 + 6.0).allowed);
+    }
+
+    #[test]
+    fn a_request_counts_against_every_bucket_or_none() {
+        let r = RateLimiter::new("n1");
+        let t = 1_000_000.0 * WINDOW_SECS as f64;
+        // Two keys of one user: each under its own limit, both under the user's.
+        let a = [("key:a", 5), ("user:u", 3)];
+        let b = [("key:b", 5), ("user:u", 3)];
+        assert!(r.check_all_at(&a, t).allowed);
+        assert!(r.check_all_at(&b, t).allowed);
+        let third = r.check_all_at(&a, t);
+        assert!(third.allowed);
+        assert_eq!(
+            (third.limit, third.remaining),
+            (3, 0),
+            "the tightest bucket shows"
+        );
+        let refused = r.check_all_at(&b, t);
+        assert!(!refused.allowed);
+        assert_eq!(refused.limit, 3);
+        // The refusal was counted in neither bucket: key b has used one of its five.
+        let b_alone = r.check_at("key:b", 5, t);
+        assert_eq!(b_alone.remaining, 3);
     }
 
     #[test]

@@ -21,10 +21,12 @@ pub enum Permission {
     KeysAll,
     /// Generate text with a model.
     Generate,
+    /// Operational detail: `/health/details` (internal errors, hosts, paths).
+    SystemRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 8] = [
         Permission::SelfRead,
         Permission::UsersRead,
         Permission::UsersWrite,
@@ -32,6 +34,7 @@ impl Permission {
         Permission::KeysWrite,
         Permission::KeysAll,
         Permission::Generate,
+        Permission::SystemRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Permission {
             Permission::KeysWrite => "keys:write",
             Permission::KeysAll => "keys:all",
             Permission::Generate => "generate",
+            Permission::SystemRead => "system:read",
         }
     }
 

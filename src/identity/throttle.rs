@@ -4,6 +4,10 @@
 //! address) are refused until the oldest failure ages out. Names are throttled whether or not
 //! they exist, so the answer never tells which names are real. State is per edge (an attacker
 //! spreading attempts over N edges gets N times the budget; docs/api.md says so).
+//!
+//! An attempt counts as a failure from the moment it is admitted ([`LoginThrottle::begin`]),
+//! before the password is checked, so a burst of parallel attempts cannot all pass the check
+//! while the first ones are still hashing; a success takes its own attempt back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -32,6 +36,16 @@ impl LoginThrottle {
     /// `Err(seconds to wait)` if `name` or `addr` is locked out now.
     pub fn check(&self, name: &str, addr: Option<&str>, now: Instant) -> Result<(), u64> {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        self.locked(&mut map, name, addr, now)
+    }
+
+    fn locked(
+        &self,
+        map: &mut HashMap<String, VecDeque<Instant>>,
+        name: &str,
+        addr: Option<&str>,
+        now: Instant,
+    ) -> Result<(), u64> {
         let mut wait = 0;
         let mut consider = |key: String, max: usize| {
             if let Some(q) = map.get_mut(&key) {
@@ -60,8 +74,29 @@ impl LoginThrottle {
         }
     }
 
+    /// Admits an attempt and counts it as a failure until [`succeeded`](Self::succeeded) or
+    /// [`forget`](Self::forget) says otherwise. `Err(seconds to wait)` when locked out.
+    pub fn begin(&self, name: &str, addr: Option<&str>, now: Instant) -> Result<(), u64> {
+        // One lock for the check and the count, so parallel attempts see each other.
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        self.locked(&mut map, name, addr, now)?;
+        self.count(&mut map, name, addr, now);
+        Ok(())
+    }
+
+    /// Records a failure of an attempt that was not begun (tests, and callers without `begin`).
     pub fn failed(&self, name: &str, addr: Option<&str>, now: Instant) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        self.count(&mut map, name, addr, now);
+    }
+
+    fn count(
+        &self,
+        map: &mut HashMap<String, VecDeque<Instant>>,
+        name: &str,
+        addr: Option<&str>,
+        now: Instant,
+    ) {
         if map.len() >= MAX_TRACKED {
             let window = self.window;
             map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
@@ -77,13 +112,34 @@ impl LoginThrottle {
         }
     }
 
-    /// A success clears the name's failures (not the address's: one good password does not
-    /// excuse a spray from the same place).
-    pub fn succeeded(&self, name: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&format!("n:{name}"));
+    /// A success clears the name's failures and takes back its own attempt from the address
+    /// (only that one: one good password does not excuse a spray from the same place).
+    pub fn succeeded(&self, name: &str, addr: Option<&str>, began: Instant) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&format!("n:{name}"));
+        if let Some(a) = addr {
+            Self::take_back(&mut map, &format!("a:{a}"), began);
+        }
+    }
+
+    /// Takes back an attempt that was never decided (the server was too busy to check it).
+    pub fn forget(&self, name: &str, addr: Option<&str>, began: Instant) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        Self::take_back(&mut map, &format!("n:{name}"), began);
+        if let Some(a) = addr {
+            Self::take_back(&mut map, &format!("a:{a}"), began);
+        }
+    }
+
+    fn take_back(map: &mut HashMap<String, VecDeque<Instant>>, key: &str, at: Instant) {
+        if let Some(q) = map.get_mut(key) {
+            if let Some(i) = q.iter().rposition(|t| *t == at) {
+                q.remove(i);
+            }
+            if q.is_empty() {
+                map.remove(key);
+            }
+        }
     }
 }
 
@@ -104,8 +160,36 @@ mod tests {
         // Unknown or other names are not affected by ann's lock.
         assert!(t.check("bob", Some("5.6.7.8"), now).is_ok());
         assert!(t.check("ann", None, now + Duration::from_secs(61)).is_ok());
-        t.succeeded("ann");
+        t.succeeded("ann", None, now);
         assert!(t.check("ann", None, now).is_ok());
+    }
+
+    #[test]
+    fn attempts_count_before_they_are_decided() {
+        let t = LoginThrottle::new(3, 10, Duration::from_secs(60));
+        let now = Instant::now();
+        // A parallel burst: every attempt is admitted before any password check finishes.
+        let admitted = (0..50)
+            .filter(|i| {
+                t.begin("ann", Some("1.2.3.4"), now + Duration::from_millis(*i))
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(admitted, 3);
+        // A success takes its own attempt back from the address, not the others.
+        let t = LoginThrottle::new(3, 2, Duration::from_secs(60));
+        let a = now;
+        let b = now + Duration::from_millis(1);
+        t.begin("bo", Some("5.5.5.5"), a).unwrap();
+        t.begin("cy", Some("5.5.5.5"), b).unwrap();
+        assert!(t.check("dee", Some("5.5.5.5"), b).is_err());
+        t.succeeded("cy", Some("5.5.5.5"), b);
+        assert!(t.check("dee", Some("5.5.5.5"), b).is_ok());
+        // An attempt never decided (busy) is forgotten entirely.
+        t.begin("dee", Some("6.6.6.6"), b).unwrap();
+        t.forget("dee", Some("6.6.6.6"), b);
+        let map = t.failures.lock().unwrap();
+        assert!(!map.contains_key("n:dee") && !map.contains_key("a:6.6.6.6"));
     }
 
     #[test]

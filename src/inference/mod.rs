@@ -163,6 +163,18 @@ impl Inference {
         Inference::Local(threads)
     }
 
+    /// Stops every local model thread and waits for them (embedded mode; a no-op for remote
+    /// workers, which stop themselves).
+    pub async fn shutdown(&self, timeout: Duration) {
+        if let Inference::Local(threads) = self {
+            for (name, t) in threads {
+                if !t.shutdown(timeout).await {
+                    tracing::warn!(model = %name, "a model thread did not stop in time");
+                }
+            }
+        }
+    }
+
     pub async fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
         match self {
             Inference::Local(threads) => threads

@@ -2,13 +2,21 @@
 //! decodes up to `max_batch` of them together, admitting new ones between steps, in order, while
 //! their cache positions (prompt + max_tokens each) fit `max_batch_tokens`. Inference never runs
 //! on async threads.
+//!
+//! Shutdown: [`ModelThread::shutdown`] tells the thread to stop; it answers what is still
+//! running or queued with `model_unavailable`, drops the model on its own thread and exits, and
+//! the caller joins it. The process must not exit with a decode step in flight: ONNX Runtime's
+//! globals are torn down at exit under a running session (a crash on SIGTERM).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{
+    sync_channel, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError,
+};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use revo_models::engine::SeqId;
 use revo_models::local::{LocalModel, Update};
@@ -27,12 +35,25 @@ pub struct Stats {
     pub tokens: AtomicU64,
     /// `cpu` or `cuda:N`, once loaded; the load error otherwise.
     pub device: Mutex<String>,
+    /// Set by `shutdown`: stop at the next step.
+    stop: AtomicBool,
 }
 
 /// One model's thread, seen from outside.
 pub struct ModelThread {
     jobs: SyncSender<Job>,
     pub stats: Arc<Stats>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// How often an idle model thread looks for a stop.
+const IDLE_CHECK: Duration = Duration::from_millis(50);
+
+fn stopping() -> Failure {
+    Failure {
+        code: "model_unavailable",
+        message: "the server is shutting down; retry on another".into(),
+    }
 }
 
 impl ModelThread {
@@ -48,10 +69,25 @@ impl ModelThread {
         let (tx, rx) = sync_channel::<Job>(settings.queue);
         let stats = Arc::new(Stats::default());
         let (s, settings, model) = (stats.clone(), settings.clone(), name.to_owned());
-        std::thread::Builder::new()
+        let handle = std::thread::Builder::new()
             .name(format!("model-{name}"))
             .spawn(move || run(&model, &dir, runtime.as_deref(), &settings, &worker, &s, rx))?;
-        Ok(ModelThread { jobs: tx, stats })
+        Ok(ModelThread {
+            jobs: tx,
+            stats,
+            thread: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Stops the thread (running and queued jobs fail with `model_unavailable`) and waits up
+    /// to `timeout` for it to drop its model and exit. False if it did not in time.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        self.stats.stop.store(true, Ordering::Release);
+        let Some(handle) = self.thread.lock().ok().and_then(|mut t| t.take()) else {
+            return true;
+        };
+        let joined = tokio::task::spawn_blocking(move || handle.join().is_ok());
+        matches!(tokio::time::timeout(timeout, joined).await, Ok(Ok(true)))
     }
 
     pub fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
@@ -110,13 +146,19 @@ fn run(
             if let Ok(mut d) = stats.device.lock() {
                 d.clone_from(&e);
             }
-            // Answer whatever arrives with the reason, until the queue closes.
-            for job in jobs {
-                stats.queued.fetch_sub(1, Ordering::Relaxed);
-                let _ = job.events.send(Event::Done(Err(Failure {
-                    code: "model_unavailable",
-                    message: e.clone(),
-                })));
+            // Answer whatever arrives with the reason, until the queue closes or a stop.
+            while !stats.stop.load(Ordering::Acquire) {
+                match jobs.recv_timeout(IDLE_CHECK) {
+                    Ok(job) => {
+                        stats.queued.fetch_sub(1, Ordering::Relaxed);
+                        let _ = job.events.send(Event::Done(Err(Failure {
+                            code: "model_unavailable",
+                            message: e.clone(),
+                        })));
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
             }
             return;
         }
@@ -127,14 +169,33 @@ fn run(
     // The next job in line, taken from the queue but waiting for room in the batch.
     let mut held: Option<(Job, usize)> = None;
     loop {
+        if stats.stop.load(Ordering::Acquire) {
+            // Everything still here fails cleanly; the model drops on this thread on return.
+            for (seq, r) in running.drain() {
+                model.cancel(seq);
+                let _ = r.job.events.send(Event::Done(Err(stopping())));
+            }
+            for job in held
+                .take()
+                .map(|(j, _)| j)
+                .into_iter()
+                .chain(jobs.try_iter())
+            {
+                stats.queued.fetch_sub(1, Ordering::Relaxed);
+                let _ = job.events.send(Event::Done(Err(stopping())));
+            }
+            stats.active.store(0, Ordering::Relaxed);
+            return;
+        }
         // Idle: wait for work.
         if model.active() == 0 && held.is_none() {
             if closed {
                 return;
             }
-            match jobs.recv() {
+            match jobs.recv_timeout(IDLE_CHECK) {
                 Ok(job) => held = Some(sized(&model, job)),
-                Err(_) => return,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
             }
         }
         // Admit jobs in order while the batch has a slot and the cache budget allows (a job

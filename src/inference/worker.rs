@@ -122,6 +122,9 @@ pub async fn run(config: Config, model: String) -> anyhow::Result<()> {
     cancel.cancel();
     tasks.wait().await;
     let _ = client.flush().await;
+    if !thread.shutdown(Duration::from_secs(10)).await {
+        tracing::warn!(worker = %id, "the model thread did not stop in time");
+    }
     Ok(())
 }
 

@@ -53,6 +53,8 @@ pub struct StoreMetrics {
     pub append_seconds: Histogram,
     /// Events per committed transaction.
     pub batch_events: Histogram,
+    /// How long committed events have been held back behind an open transaction (Postgres).
+    pub held_back_seconds: prometheus::Gauge,
 }
 
 impl StoreMetrics {

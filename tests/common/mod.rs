@@ -141,6 +141,7 @@ impl TestNats {
             subjects: self.subjects.clone(),
             dedup_window: self.dedup,
             connection_name: "revo-test".into(),
+            limits: Default::default(),
         })
         .await
         .unwrap()

@@ -71,7 +71,7 @@ impl LlamaConfig {
             )));
         }
         let embed = g.tensor("token_embd.weight")?;
-        Ok(LlamaConfig {
+        let c = LlamaConfig {
             layers: u("block_count")?,
             hidden,
             heads,
@@ -83,7 +83,34 @@ impl LlamaConfig {
             rms_eps: g.f32(&k("attention.layer_norm_rms_epsilon"))?,
             rope_base: g.f32(&k("rope.freq_base")).unwrap_or(10_000.0),
             arch,
-        })
+        };
+        c.check()?;
+        Ok(c)
+    }
+
+    /// Refuses geometry no model has, before anything is allocated for it (the RoPE tables
+    /// alone take `context × head_dim` floats).
+    fn check(&self) -> Result<(), GraphError> {
+        let bounds = [
+            ("block_count", self.layers, 1024),
+            ("embedding_length", self.hidden, 1 << 16),
+            ("attention.head_count", self.heads, 1024),
+            ("feed_forward_length", self.ffn, 1 << 18),
+            ("vocabulary", self.vocab, 1 << 22),
+            ("context_length", self.context, 1 << 20),
+        ];
+        for (what, v, max) in bounds {
+            if v == 0 || v > max {
+                return Err(GraphError::Shape(format!("{what} {v} is not 1 to {max}")));
+            }
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(GraphError::Shape(format!(
+                "head dimension {} is odd (rotary embeddings need pairs)",
+                self.head_dim
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -123,8 +150,16 @@ pub fn build(
         c.heads as i64,
         c.kv_heads as i64,
     );
-    let load = |name: &str| -> Result<Vec<f32>, GraphError> {
+    // Each weight must have the shape the configuration implies (GGUF order: columns first),
+    // so a file whose metadata and tensors disagree is an error, not an out-of-bounds copy.
+    let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>, GraphError> {
         let t = g.tensor(name)?;
+        if t.dims.iter().map(|&d| d as usize).ne(shape.iter().copied()) {
+            return Err(GraphError::Shape(format!(
+                "`{name}` is {:?}, the model's configuration needs {shape:?}",
+                t.dims
+            )));
+        }
         Ok(g.dequantize(t)?)
     };
     let has = |name: &str| g.tensor(name).is_ok();
@@ -201,7 +236,7 @@ pub fn build(
         b.op("Add", &[&a, &r], vec![])
     };
 
-    let embed = load("token_embd.weight")?;
+    let embed = load("token_embd.weight", &[c.hidden, c.vocab])?;
     let embed_t = b.weight("embed_tokens", &[c.vocab as i64, h], &embed)?;
     let mut x = b.op(
         "Gather",
@@ -228,20 +263,20 @@ pub fn build(
                     inn: usize,
                     unperm: Option<usize>|
          -> Result<String, GraphError> {
-            let mut w = load(&p(&format!("{name}.weight")))?;
+            let mut w = load(&p(&format!("{name}.weight")), &[inn, out])?;
             if let Some(heads) = unperm {
                 w = unpermute(&w, heads, c.head_dim, inn);
             }
             let y = b.linear(x, &format!("layers.{l}.{name}.weight"), &w, out, inn)?;
             let bias_name = p(&format!("{name}.bias"));
             if has(&bias_name) {
-                let bias = load(&bias_name)?;
+                let bias = load(&bias_name, &[out])?;
                 let bn = b.weight(&format!("layers.{l}.{name}.bias"), &[out as i64], &bias)?;
                 return Ok(b.op("Add", &[&y, &bn], vec![]));
             }
             Ok(y)
         };
-        let norm_w = load(&p("attn_norm.weight"))?;
+        let norm_w = load(&p("attn_norm.weight"), &[c.hidden])?;
         let nw = b.weight(&format!("layers.{l}.attn_norm"), &[h], &norm_w)?;
         let hn = b.rms_norm(&x, &nw, &eps);
         let (qd, kd) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
@@ -300,7 +335,7 @@ pub fn build(
         let o = proj(&mut b, &ctx, "attn_output", c.hidden, qd, None)?;
         x = b.op("Add", &[&x, &o], vec![]);
 
-        let norm_w = load(&p("ffn_norm.weight"))?;
+        let norm_w = load(&p("ffn_norm.weight"), &[c.hidden])?;
         let nw = b.weight(&format!("layers.{l}.ffn_norm"), &[h], &norm_w)?;
         let hn = b.rms_norm(&x, &nw, &eps);
         let gate = proj(&mut b, &hn, "ffn_gate", c.ffn, c.hidden, None)?;
@@ -313,12 +348,12 @@ pub fn build(
     }
     progress(c.layers, c.layers);
 
-    let norm_w = load("output_norm.weight")?;
+    let norm_w = load("output_norm.weight", &[c.hidden])?;
     let nw = b.weight("norm", &[h], &norm_w)?;
     let hn = b.rms_norm(&x, &nw, &eps);
     // Tied embeddings (no `output.weight`) reuse the embedding matrix: Gemm with transB.
     let head = if has("output.weight") {
-        let w = load("output.weight")?;
+        let w = load("output.weight", &[c.hidden, c.vocab])?;
         b.weight("lm_head", &[c.vocab as i64, h], &w)?
     } else {
         embed_t.clone()

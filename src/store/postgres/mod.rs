@@ -19,7 +19,7 @@ use revo_events::{
 };
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool, Row};
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -68,7 +68,7 @@ pub struct PgStore {
     /// Signalled when a read found committed events it could not return yet (held back by an
     /// older open transaction): no NOTIFY announces that transaction's end, so readers are
     /// woken on a short timer instead.
-    held_back: Arc<Notify>,
+    held_back: Arc<wake::HeldBack>,
 }
 
 fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
@@ -141,6 +141,7 @@ impl PgStore {
         let signal = Arc::new(signal);
         let (committed, committed_rx) = watch::channel(0u64);
         let backend = Arc::new(Backend::new(pool.clone()));
+        let held_back = Arc::new(wake::HeldBack::new(metrics.held_back_seconds.clone()));
         let committer = GroupCommitter::start(
             backend,
             config.group,
@@ -155,7 +156,7 @@ impl PgStore {
             max_payload: config.max_payload,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-            held_back: Arc::new(Notify::new()),
+            held_back,
         });
         store.schema_status().await?;
         // Tells this process's own notifications apart from other processes'.
@@ -277,8 +278,12 @@ impl EventStore for PgStore {
                 .await
                 .map_err(unavailable)?;
             if pending {
-                self.held_back.notify_one();
+                self.held_back.held();
+            } else {
+                self.held_back.clear();
             }
+        } else {
+            self.held_back.clear();
         }
         if rows.is_empty() && after != 0 {
             let known: bool =
