@@ -70,11 +70,30 @@ async fn the_api_honours_its_openapi_document() {
     ])
     .await;
     let api = Api::new(&served);
-    // Logout on its own token first; then everything else (which may change the admin's
-    // password, but cannot lock the admin out: admins cannot disable or demote themselves).
+    // What ends sessions runs on credentials of its own, so the rest keeps a live one: logout
+    // on its own token; everything else; PATCH (a password change ends the admin's tokens)
+    // with an API key, which it does not end; "log out everywhere" last. Admins cannot
+    // disable or demote themselves, so none of it locks the admin out.
     let for_logout = api.login("admin", ADMIN_PW).await;
     let admin = api.login("admin", ADMIN_PW).await;
     run(&bin, &api, &for_logout, &["--include-path", "/auth/logout"]);
-    run(&bin, &api, &admin, &["--exclude-path", "/auth/logout"]);
+    run(
+        &bin,
+        &api,
+        &admin,
+        &[
+            "--exclude-path",
+            "/auth/logout",
+            "--exclude-path",
+            "/auth/logout-all",
+            "--exclude-method",
+            "PATCH",
+        ],
+    );
+    let key_holder = api.login("admin", ADMIN_PW).await;
+    let (_, key) = api.create_key(&key_holder, serde_json::json!({"name": "fuzz"})).await;
+    run(&bin, &api, &key, &["--include-method", "PATCH"]);
+    let for_logout_all = api.login("admin", ADMIN_PW).await;
+    run(&bin, &api, &for_logout_all, &["--include-path", "/auth/logout-all"]);
     assert!(served.stop().await.success());
 }
