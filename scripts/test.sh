@@ -87,3 +87,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+say "fuzz (GGUF reader, event codec; ${FUZZ_SECS:-30}s each)"
+./scripts/fuzz.sh

@@ -214,7 +214,7 @@ pub struct Config {
     /// Where imported models live: `<data_dir>/models`.
     pub data_dir: PathBuf,
     pub ort_dylib: Option<PathBuf>,
-    pub models: crate::inference::ModelSettings,
+    pub models: revo_actors::model_thread::ModelSettings,
 }
 
 impl Config {
@@ -424,9 +424,9 @@ fn env_or<T: std::str::FromStr>(name: &str, file: Option<T>) -> anyhow::Result<O
     }
 }
 
-fn models_config(file: ModelsFile) -> anyhow::Result<crate::inference::ModelSettings> {
+fn models_config(file: ModelsFile) -> anyhow::Result<revo_actors::model_thread::ModelSettings> {
     use revo_models::engine::Device;
-    let d = crate::inference::ModelSettings::default();
+    let d = revo_actors::model_thread::ModelSettings::default();
     let threads = env_or("REVO_MODEL_THREADS", file.threads)?.unwrap_or(d.threads);
     let max_batch = env_or("REVO_MODEL_MAX_BATCH", file.max_batch)?.unwrap_or(d.max_batch);
     if threads == 0 || max_batch == 0 || max_batch > 64 {
@@ -454,7 +454,7 @@ fn models_config(file: ModelsFile) -> anyhow::Result<crate::inference::ModelSett
     if timeout < Duration::from_millis(100) {
         bail!("[models] worker_timeout_ms must be at least 100");
     }
-    Ok(crate::inference::ModelSettings {
+    Ok(revo_actors::model_thread::ModelSettings {
         threads,
         max_batch,
         max_batch_tokens,
@@ -639,6 +639,23 @@ mod tests {
         let c = Config::merge(&args(&[]), None, file).unwrap();
         assert_eq!(c.auth.argon2.memory_kib, 4096);
         assert_eq!(c.auth.max_keys_per_user, 100);
+    }
+
+    #[test]
+    fn the_production_settings_in_deploy_are_valid() {
+        let text = include_str!("../deploy/revo.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let c = Config::merge(&args(&[]), None, file).unwrap();
+        assert_eq!(c.stream_limits.replicas, 3);
+        assert_eq!(c.auth.password_hash_concurrency, 2);
+        // The k8s ConfigMap carries the same file.
+        let k8s = include_str!("../deploy/k8s/revo.yaml");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(
+                k8s.contains(&format!("    {line}")),
+                "revo.yaml lacks `{line}`"
+            );
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub projection_lag: IntGaugeVec,
     pub http: HttpMetrics,
     pub generation: GenerationMetrics,
+    /// Restarts of supervised actors, by actor name (static names and registry model names).
+    pub actor_restarts: IntCounterVec,
 }
 
 /// Generations answered by this edge, by local model (registry names only).
@@ -57,8 +59,8 @@ impl GenerationMetrics {
     }
 
     /// Counts a completed generation.
-    pub fn completed(&self, model: &str, o: &crate::inference::Outcome) {
-        let finish = crate::inference::wire::finish_reason(o.finish);
+    pub fn completed(&self, model: &str, o: &revo_actors::model_thread::Outcome) {
+        let finish = revo_actors::model_worker::wire::finish_reason(o.finish);
         self.finished.with_label_values(&[model, finish]).inc();
         let t = &self.tokens;
         t.with_label_values(&[model, "prompt"])
@@ -206,6 +208,13 @@ impl Metrics {
         let http = HttpMetrics::new()?;
         let generation = GenerationMetrics::new()?;
         let registry = Registry::new();
+        let actor_restarts = IntCounterVec::new(
+            Opts::new(
+                "revo_actor_restarts_total",
+                "Restarts of supervised actors after a failure or panic, by actor",
+            ),
+            &["actor"],
+        )?;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(store.append_seconds.clone()),
             Box::new(store.batch_events.clone()),
@@ -216,6 +225,7 @@ impl Metrics {
             Box::new(relay.leader.clone()),
             Box::new(projection_lag.clone()),
             Box::new(store.held_back_seconds.clone()),
+            Box::new(actor_restarts.clone()),
             Box::new(http.requests.clone()),
             Box::new(http.duration.clone()),
             Box::new(http.in_flight.clone()),
@@ -229,6 +239,7 @@ impl Metrics {
             registry.register(c)?;
         }
         Ok(Metrics {
+            actor_restarts,
             registry,
             store,
             relay,

@@ -212,7 +212,7 @@ pub async fn generate(
     store: &dyn EventStore,
     models_dir: &Path,
     runtime: Option<&Path>,
-    settings: &crate::inference::ModelSettings,
+    settings: &revo_actors::model_thread::ModelSettings,
     args: &GenerateArgs,
 ) -> anyhow::Result<()> {
     let (name, max_tokens, chat, threads) = (&args.model, args.max_tokens, args.chat, args.threads);

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use actix_web::{web, HttpServer};
 use anyhow::Context;
 use chrono::Utc;
+use revo_actors::kit::{HealthBoard, Supervisor};
 use revo_actors::projector::Projector;
+use revo_actors::rate_limit::gossip;
 use revo_actors::{LiveView, Relay, RelayConfig};
 use revo_events::system::NODE_STREAM;
 use revo_events::{
@@ -24,7 +26,8 @@ use crate::http::{self, AppState};
 use crate::identity::password::Hasher;
 use crate::identity::throttle::LoginThrottle;
 use crate::identity::token::{JwtKey, TokenKeys};
-use crate::identity::{gossip, Identity, IdentitySettings};
+use crate::identity::{Identity, IdentitySettings};
+use crate::inference::Inference;
 use crate::metrics::Metrics;
 use crate::node::{self, DataDirLock};
 use crate::projections;
@@ -78,6 +81,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
+    // Every actor of the node runs under this supervisor: one tracker, one cancellation, one
+    // health board (read by /health/ready).
+    let board = HealthBoard::default();
+    let sup = Supervisor::new(tasks.clone(), cancel.clone(), board.clone())
+        .with_restart_counter(metrics.actor_restarts.clone());
     let relay = Relay {
         store: store.clone(),
         bus: bus.clone(),
@@ -85,7 +93,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config: RelayConfig::default(),
         metrics: metrics.relay.clone(),
     };
-    tasks.spawn(relay.run(cancel.clone()));
+    sup.spawn("relay", move |ctx| {
+        let relay = relay.clone();
+        async move {
+            relay.run(ctx.cancel).await;
+            Ok(())
+        }
+    });
     let identity =
         Arc::new(open_identity(&config, store.clone(), &node_id, &tasks, &cancel).await?);
     match identity
@@ -97,12 +111,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Err(e) => return Err(anyhow::anyhow!("creating the first admin: {e}")),
     }
     if matches!(config.mode, Mode::Cluster { .. }) {
-        tasks.spawn(gossip::run(
-            identity.limiter.clone(),
-            bus.clone(),
-            subjects.clone(),
-            cancel.clone(),
-        ));
+        let (limiter, bus, subjects) = (identity.limiter.clone(), bus.clone(), subjects.clone());
+        sup.spawn("rate_limit.gossip", move |ctx| {
+            let (limiter, bus, subjects) = (limiter.clone(), bus.clone(), subjects.clone());
+            async move {
+                gossip::run(limiter, bus, subjects, ctx.cancel).await;
+                Ok(())
+            }
+        });
     }
     let (access, docs) = http::prepare()?;
     let models = LiveView::<ModelsProjection>::start(
@@ -123,25 +139,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .all()
                 .map(|m| (m.name.clone(), config.models_dir().join(&m.dir)))
                 .collect();
-            crate::inference::Inference::local(
+            Inference::embedded(
+                &sup,
                 config.ort_dylib.clone(),
                 local,
                 &config.models,
                 &node_id,
-            )
-        }
-        Mode::Cluster { nats_url, .. } => crate::inference::Inference::Remote(
-            crate::inference::remote::Remote::connect(
-                nats_url,
                 subjects.clone(),
-                config.models.worker_timeout,
-                tasks.clone(),
-                cancel.clone(),
             )
-            .await
-            .context("connecting to NATS for the model workers")?,
-        ),
+            .await?
+        }
+        Mode::Cluster { nats_url, .. } => {
+            Inference::cluster(&sup, nats_url, subjects.clone(), &config.models)
+                .await
+                .context("connecting to NATS for the model workers")?
+        }
     });
+    // Embedded: answer only once the local models can take requests.
+    inference.wait_local(Duration::from_secs(120)).await;
     let projectors = projections::all()
         .into_iter()
         .map(|p| {
@@ -163,6 +178,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         identity,
         inference: inference.clone(),
+        health: board,
         models,
         access: Arc::new(access),
         docs: Arc::new(docs),
@@ -205,9 +221,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let stopping = handle.stop(true);
         let _ = tokio::join!(stopping, &mut server);
     }
-    // Model threads finish or fail what they hold and are joined while the runtime library is
-    // still loaded.
-    inference.shutdown(Duration::from_secs(10)).await;
     if let Err(e) = record(
         store.as_ref(),
         &node_id,
@@ -223,9 +236,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Actors drain (the relay publishes what is committed), then the store finishes queued
     // appends and closes.
-    cancel.cancel();
-    tasks.close();
-    tasks.wait().await;
+    sup.shutdown().await;
+    // Then the model threads (their workers have stopped) finish or fail what they hold and
+    // are joined while the runtime library is still loaded.
+    inference.shutdown(Duration::from_secs(10)).await;
     store.close().await;
     bus.close().await;
     match outcome {

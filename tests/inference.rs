@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::*;
-use revo::inference::thread::ModelThread;
-use revo::inference::{Event, Job, ModelSettings, Outcome};
+use revo_actors::model_thread::ModelThread;
+use revo_actors::model_thread::{Event, Job, ModelSettings, Outcome};
 use revo_models::engine::Sampling;
 use tokio::sync::mpsc;
 

@@ -59,7 +59,12 @@ async fn a_key_made_by_a_key_never_exceeds_its_parent_and_dies_with_it() {
         .await;
     // No `roles`: the parent's set, not the admin owner's.
     let child = api
-        .call("POST", "/keys", Some(&parent), Some(json!({"name": "child"})))
+        .call(
+            "POST",
+            "/keys",
+            Some(&parent),
+            Some(json!({"name": "child"})),
+        )
         .await;
     assert_eq!(child.status, 201, "{}", child.body);
     assert_eq!(child.body["key"]["roles"], json!(["developer"]));
@@ -106,10 +111,20 @@ async fn a_key_made_by_a_key_never_exceeds_its_parent_and_dies_with_it() {
             Some(json!({"name": "x", "rate_limit_per_minute": 51})),
         )
         .await;
-    assert_eq!((r.status, r.code()), (422, "invalid_rate_limit"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "invalid_rate_limit"),
+        "{}",
+        r.body
+    );
     // A grandchild, then the parent is revoked: the whole line goes with it.
     let grandchild = api
-        .call("POST", "/keys", Some(&child_key), Some(json!({"name": "gc"})))
+        .call(
+            "POST",
+            "/keys",
+            Some(&child_key),
+            Some(json!({"name": "gc"})),
+        )
         .await;
     assert_eq!(grandchild.status, 201);
     let grandchild = grandchild.body["api_key"].as_str().unwrap().to_owned();
@@ -137,7 +152,12 @@ async fn parallel_logins_are_bounded_in_memory_and_by_the_throttle() {
     let peak = || {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            / 1024
     };
     // Warm up (one login allocates argon2's memory once), then measure the burst.
     let _ = login_reply(&api, "admin", "wrong-password").await;
@@ -147,7 +167,11 @@ async fn parallel_logins_are_bounded_in_memory_and_by_the_throttle() {
             let api = api.clone();
             tokio::spawn(async move {
                 let r = login_reply(&api, &format!("nobody-{i}"), "wrong-password").await;
-                (r.status, r.code().to_owned(), r.header("retry-after").map(str::to_owned))
+                (
+                    r.status,
+                    r.code().to_owned(),
+                    r.header("retry-after").map(str::to_owned),
+                )
             })
         })
         .collect();
@@ -185,7 +209,10 @@ async fn parallel_logins_are_bounded_in_memory_and_by_the_throttle() {
         }
     }
     // The warm-up above was one of the five.
-    assert!(checked <= 4, "{checked} attempts reached the password check");
+    assert!(
+        checked <= 4,
+        "{checked} attempts reached the password check"
+    );
     let locked = login_reply(&api, "admin", ADMIN_PW).await;
     assert_eq!((locked.status, locked.code()), (429, "login_throttled"));
 }
@@ -211,7 +238,12 @@ async fn keys_share_their_owners_budget_and_are_capped_in_number() {
             Some(json!({"name": "fast", "rate_limit_per_minute": 4_294_967_295u32})),
         )
         .await;
-    assert_eq!((r.status, r.code()), (422, "invalid_rate_limit"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "invalid_rate_limit"),
+        "{}",
+        r.body
+    );
     let (_, a) = api.create_key(&dev, json!({"name": "a"})).await;
     let (_, b) = api.create_key(&dev, json!({"name": "b"})).await;
     let (c_id, _) = api.create_key(&dev, json!({"name": "c"})).await;
@@ -270,10 +302,7 @@ async fn a_password_change_and_logout_all_end_earlier_tokens() {
         assert_eq!((r.status, r.code()), (401, "token_revoked"));
     }
     assert_eq!(api.me(&key).await.status, 200);
-    assert_eq!(
-        login_reply(&api, "ann", "first-password").await.status,
-        401
-    );
+    assert_eq!(login_reply(&api, "ann", "first-password").await.status, 401);
     let t3 = api.login("ann", "second-password").await;
     let t4 = api.login("ann", "second-password").await;
     assert_eq!(api.me(&t3).await.status, 200);
@@ -358,7 +387,10 @@ async fn health_details_are_for_admins_and_the_first_password_goes_to_a_private_
     let file = dir.path().join("admin-password");
     let password = std::fs::read_to_string(&file).unwrap().trim().to_owned();
     assert_eq!(password.len(), 20);
-    assert!(!printed.contains(&password), "the password was printed: {printed}");
+    assert!(
+        !printed.contains(&password),
+        "the password was printed: {printed}"
+    );
     assert!(printed.contains("admin-password"), "{printed}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
@@ -461,19 +493,31 @@ async fn own_writes_take_effect_at_once_behind_a_long_transaction() {
         .unwrap();
 
     let (key_id, key) = api.create_key(&admin, json!({"name": "fresh"})).await;
-    assert_eq!(api.me(&key).await.status, 200, "a new key must work at once");
+    assert_eq!(
+        api.me(&key).await.status,
+        200,
+        "a new key must work at once"
+    );
     let listed = api.call("GET", "/keys", Some(&admin), None).await;
     assert_eq!(listed.body["keys"].as_array().unwrap().len(), 1);
     let r = api
         .call("DELETE", &format!("/keys/{key_id}"), Some(&admin), None)
         .await;
     assert_eq!(r.status, 204);
-    assert_eq!(api.me(&key).await.status, 401, "a revoked key must stop at once");
+    assert_eq!(
+        api.me(&key).await.status,
+        401,
+        "a revoked key must stop at once"
+    );
     let token = api.login("admin", ADMIN_PW).await;
     assert_eq!(api.me(&token).await.status, 200);
     let r = api.call("POST", "/auth/logout", Some(&token), None).await;
     assert_eq!(r.status, 204);
-    assert_eq!(api.me(&token).await.status, 401, "a logout must hold at once");
+    assert_eq!(
+        api.me(&token).await.status,
+        401,
+        "a logout must hold at once"
+    );
     let id = api
         .create_user(&admin, "newbie", "newbie-password", &["viewer"])
         .await;
@@ -554,9 +598,18 @@ async fn sigterm_mid_generation_exits_cleanly() {
     let dir = TempDir::new();
     let data = dir.path().to_str().unwrap().to_owned();
     let gguf = smollm2();
-    let env = [("REVO_DATA_DIR", data.as_str()), ("REVO_ADMIN_PASSWORD", ADMIN_PW)];
+    let env = [
+        ("REVO_DATA_DIR", data.as_str()),
+        ("REVO_ADMIN_PASSWORD", ADMIN_PW),
+    ];
     let (code, _, err) = output(&mut revo_cmd(
-        &["models", "import", gguf.to_str().unwrap(), "--name", "smollm2"],
+        &[
+            "models",
+            "import",
+            gguf.to_str().unwrap(),
+            "--name",
+            "smollm2",
+        ],
         &env,
     ));
     assert_eq!(code, 0, "{err}");
@@ -567,8 +620,10 @@ async fn sigterm_mid_generation_exits_cleanly() {
         .http
         .post(format!("{}/v1/completions", api.base))
         .bearer_auth(&admin)
-        .json(&json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 4000,
-                      "temperature": 0, "stream": true}))
+        .json(
+            &json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 4000,
+                      "temperature": 0, "stream": true}),
+        )
         .send()
         .await
         .unwrap();

@@ -1,15 +1,32 @@
 //! `revo-actors`: the long-lived workers of a Revo node.
 //!
-//! Today: the relay (transactional outbox from the event store to the bus) and the projection
-//! runner (folds committed events into read models), and live in-memory views of projections.
-//! Later: sessions, rooms, presence, workflows,
-//! the model router, model workers and budgets.
+//! One folder per actor, all built with the kit (`kit/`: handles, supervisor, shared back-off,
+//! health board):
 //!
-//! Actors own their state and talk to the outside only through the `EventStore` and `Bus` seams;
-//! they never open database or NATS connections themselves. Every actor runs until its
-//! `CancellationToken` fires and then drains.
+//! | folder | actor |
+//! |---|---|
+//! | `relay/` | transactional outbox: committed events to the bus, in order, once |
+//! | `projector/` | folds committed events into persisted read models |
+//! | `view/` | a projection kept folded in memory (the user directory, the model registry) |
+//! | `rate_limit/` | the per-user and per-key limiter, and its gossip between edges |
+//! | `model_thread/` | a local model on its own OS thread, batching its sequences |
+//! | `model_worker/` | a model thread serving its model's queue group (the worker protocol) |
+//! | `model_client/` | the edge's side of the worker protocol |
+//!
+//! Later: sessions, rooms, presence, workflows, the router and budgets, each a new folder of
+//! the same shape.
+//!
+//! Actors own their state and talk to the outside only through seams handed to them: the
+//! `EventStore`, the `Bus` and the `WorkTransport`, each with an in-memory implementation. They
+//! never open database or NATS connections themselves. Every actor runs until its
+//! cancellation token fires and then drains.
 
+pub mod kit;
+pub mod model_client;
+pub mod model_thread;
+pub mod model_worker;
 pub mod projector;
+pub mod rate_limit;
 pub mod relay;
 pub mod view;
 

@@ -221,3 +221,90 @@ fn bad_files_are_clear_errors() {
     long_key[24..32].copy_from_slice(&(1u64 << 40).to_le_bytes());
     assert!(matches!(open_bytes(&long_key), Err(GgufError::Corrupt(_))));
 }
+
+/// A header with one metadata array of `count` items of GGUF type `item`, followed by `body`.
+fn with_array(item: u32, count: u64, body: &[u8]) -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"GGUF");
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // key-values
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.push(b'a');
+    b.extend_from_slice(&9u32.to_le_bytes()); // array
+    b.extend_from_slice(&item.to_le_bytes());
+    b.extend_from_slice(&count.to_le_bytes());
+    b.extend_from_slice(body);
+    b
+}
+
+fn read(bytes: &[u8]) -> Result<Gguf, GgufError> {
+    Gguf::read(std::path::Path::new("mem.gguf"), bytes, bytes.len() as u64)
+}
+
+/// Fix 10 of issue #9: counts, sizes and shapes that would allocate without bound, overflow or
+/// disagree with the data are errors.
+#[test]
+fn hostile_headers_are_refused_without_allocating_or_panicking() {
+    // 8-byte items counted as if they were bytes: the count must fit the encoding.
+    let err = read(&with_array(10, 100, &[0; 100])).err().unwrap();
+    assert!(err.to_string().contains("cannot fit"), "{err}");
+    // Byte-sized items that do fit, but more than any vocabulary: refused before decoding
+    // into ~32 bytes of memory each.
+    let n = revo_models::gguf::MAX_ARRAY_ITEMS + 1;
+    let err = read(&with_array(0, n, &vec![0; n as usize])).err().unwrap();
+    assert!(err.to_string().contains("at most"), "{err}");
+    // A string length beyond the bound, even in a file that long.
+    let mut b = with_array(8, 1, &[]);
+    b.extend_from_slice(&((revo_models::gguf::MAX_STRING_BYTES + 1).to_le_bytes()));
+    b.resize(
+        b.len() + revo_models::gguf::MAX_STRING_BYTES as usize + 1,
+        b'x',
+    );
+    assert!(read(&b).is_err());
+
+    let floats = [0u8; 16];
+    // A zero dimension.
+    assert!(matches!(
+        read(&tiny(3, 0, &[4, 0], &floats)),
+        Err(GgufError::Corrupt(_))
+    ));
+    // Q4_0 rows of 16 values are not whole blocks of 32, though 16 × 2 is one block.
+    let err = read(&tiny(3, 2, &[16, 2], &[0; 18])).err().unwrap();
+    assert!(err.to_string().contains("whole blocks"), "{err}");
+    // An element count whose byte size overflows u64 (2^63 f32 values): an error, not a wrap
+    // (or, in a debug build, a panic).
+    let err = read(&tiny(3, 0, &[1 << 32, 1 << 31], &floats))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("`w`"), "{err}");
+    // Dimensions overflowing u64 altogether.
+    assert!(read(&tiny(3, 0, &[1 << 32, 1 << 32, 1 << 32], &floats)).is_err());
+}
+
+/// Metadata that disagrees with the tensors (here a vocabulary the embedding does not have)
+/// is a shape error from the graph builder, not an out-of-bounds copy.
+#[test]
+fn a_model_whose_metadata_and_tensors_disagree_is_refused() {
+    let mut bad = common::smollm2();
+    let embd = bad
+        .tensors
+        .iter_mut()
+        .find(|t| t.name == "token_embd.weight")
+        .unwrap();
+    embd.dims[0] += 32;
+    let err = revo_models::onnx::llama::LlamaConfig::from_gguf(&bad)
+        .and_then(|c| {
+            revo_models::onnx::llama::build(
+                &bad,
+                &c,
+                revo_models::onnx::llama::WeightFormat::F32,
+                &mut std::io::sink(),
+                "x",
+                &mut |_, _| {},
+            )
+        })
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("token_embd.weight"), "{err}");
+}

@@ -12,9 +12,11 @@ pub mod jetstream;
 pub mod memory;
 pub mod subjects;
 pub mod work;
+pub mod work_memory;
 
 pub use bus::{Bus, BusError, BusHealth, BusMessage, MessageStream, OutgoingEvent, PublishOutcome};
 pub use jetstream::{JetStreamBus, JetStreamConfig, StreamLimits};
 pub use memory::MemoryBus;
 pub use subjects::Subjects;
-pub use work::{WorkClient, WorkMessage, WorkStream};
+pub use work::{NatsWork, WorkMessage, WorkStream, WorkTransport};
+pub use work_memory::MemoryWork;

@@ -1,12 +1,37 @@
-//! Work over core NATS: a request published to a subject that a queue group of workers shares,
-//! answered by a stream of replies on the requester's inbox. Used for model workers; not
-//! persisted (a lost request is retried or failed by the requester, never replayed).
+//! The work transport: a request published to a subject that a queue group of workers shares,
+//! answered by a stream of replies on the requester's inbox, plus plain publish/subscribe for
+//! heartbeats and cancels. Used for model workers; not persisted (a lost request is retried or
+//! failed by the requester, never replayed).
+//!
+//! Two implementations of one seam: [`NatsWork`] (core NATS, cluster mode) and
+//! [`MemoryWork`](crate::work_memory::MemoryWork) (in-process, embedded mode), so both modes
+//! run the same workers and the same clients over the same protocol.
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use crate::BusError;
+
+#[async_trait]
+pub trait WorkTransport: Send + Sync + 'static {
+    /// Subscribes (the subscription is in place when this returns). `*` matches one subject
+    /// token, a final `>` the rest.
+    async fn subscribe(&self, subject: &str) -> Result<WorkStream, BusError>;
+    /// Takes a share of `subject`'s messages with the other members of `group`: each message
+    /// goes to one member.
+    async fn queue_subscribe(&self, subject: &str, group: &str) -> Result<WorkStream, BusError>;
+    /// Publishes a request and returns its inbox and the stream of replies to it.
+    async fn request(
+        &self,
+        subject: &str,
+        payload: Bytes,
+    ) -> Result<(String, WorkStream), BusError>;
+    async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError>;
+    /// Sends whatever is buffered.
+    async fn flush(&self) -> Result<(), BusError>;
+}
 
 /// A message received from work subjects.
 #[derive(Debug, Clone)]
@@ -25,18 +50,18 @@ fn unavailable(e: impl std::fmt::Display) -> BusError {
 
 /// A NATS connection for work requests and their replies.
 #[derive(Clone)]
-pub struct WorkClient {
+pub struct NatsWork {
     client: async_nats::Client,
 }
 
-impl WorkClient {
-    pub async fn connect(url: &str, name: &str) -> Result<WorkClient, BusError> {
+impl NatsWork {
+    pub async fn connect(url: &str, name: &str) -> Result<NatsWork, BusError> {
         let client = async_nats::ConnectOptions::new()
             .name(name)
             .connect(url)
             .await
             .map_err(unavailable)?;
-        Ok(WorkClient { client })
+        Ok(NatsWork { client })
     }
 
     fn stream(sub: async_nats::Subscriber) -> WorkStream {
@@ -47,9 +72,11 @@ impl WorkClient {
         })
         .boxed()
     }
+}
 
-    /// Subscribes (and makes sure the server knows before returning).
-    pub async fn subscribe(&self, subject: &str) -> Result<WorkStream, BusError> {
+#[async_trait]
+impl WorkTransport for NatsWork {
+    async fn subscribe(&self, subject: &str) -> Result<WorkStream, BusError> {
         let sub = self
             .client
             .subscribe(subject.to_owned())
@@ -59,12 +86,7 @@ impl WorkClient {
         Ok(Self::stream(sub))
     }
 
-    /// Takes a share of `subject`'s messages with the other members of `group`.
-    pub async fn queue_subscribe(
-        &self,
-        subject: &str,
-        group: &str,
-    ) -> Result<WorkStream, BusError> {
+    async fn queue_subscribe(&self, subject: &str, group: &str) -> Result<WorkStream, BusError> {
         let sub = self
             .client
             .queue_subscribe(subject.to_owned(), group.to_owned())
@@ -74,8 +96,7 @@ impl WorkClient {
         Ok(Self::stream(sub))
     }
 
-    /// Publishes a request and returns its inbox and the stream of replies to it.
-    pub async fn request(
+    async fn request(
         &self,
         subject: &str,
         payload: Bytes,
@@ -89,12 +110,11 @@ impl WorkClient {
         Ok((inbox, replies))
     }
 
-    pub async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+    async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
         publish_core(&self.client, subject, payload).await
     }
 
-    /// Sends whatever is buffered.
-    pub async fn flush(&self) -> Result<(), BusError> {
+    async fn flush(&self) -> Result<(), BusError> {
         self.client.flush().await.map_err(unavailable)
     }
 }

@@ -19,8 +19,8 @@ use super::error::{ApiError, ErrorBody};
 use super::json::Json;
 use super::openapi::{BodyErrors, CallerErrors};
 use super::AppState;
-use crate::inference::wire::finish_reason;
-use crate::inference::{Event, Failure, Job, Outcome, SubmitError, FAILURE_CODES};
+use revo_actors::model_thread::{Event, Failure, Job, Outcome, SubmitError, FAILURE_CODES};
+use revo_actors::model_worker::wire::finish_reason;
 
 pub const MAX_TOKENS_LIMIT: u32 = 4096;
 
@@ -214,7 +214,7 @@ pub async fn create(
         events: tx,
         received: std::time::Instant::now(),
     };
-    if let Err(e) = state.inference.submit(&r.model, job).await {
+    if let Err(e) = state.inference.submit(&r.model, job) {
         let not_found = || ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string());
         return Err(match &e {
             SubmitError::Unknown(_) => not_found(),

@@ -79,6 +79,19 @@ async fn checks(state: &AppState) -> Vec<Check> {
             name: "identity",
             problem: state.identity.problem(),
         },
+        Check {
+            name: "actors",
+            problem: {
+                let failing = state.health.failing();
+                (!failing.is_empty()).then(|| {
+                    failing
+                        .iter()
+                        .map(|(n, why)| format!("{n}: {why}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+            },
+        },
     ]
 }
 
@@ -184,6 +197,19 @@ pub async fn details(state: web::Data<AppState>) -> HttpResponse {
             "held_back_seconds": held,
         }),
     );
+    let actors: serde_json::Map<String, serde_json::Value> = state
+        .health
+        .snapshot()
+        .into_iter()
+        .map(|(name, s)| {
+            let v = match s.reason() {
+                Some(r) => json!({"status": s.as_str(), "detail": r}),
+                None => json!({"status": s.as_str()}),
+            };
+            (name, v)
+        })
+        .collect();
+    components.insert("actor_status".into(), json!(actors));
     components.insert(
         "password_hashing".into(),
         json!({"in_use": state.identity.hasher.in_use()}),

@@ -38,6 +38,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub identity: Arc<Identity>,
     pub inference: Arc<crate::inference::Inference>,
+    /// How the node's supervised actors are doing.
+    pub health: revo_actors::kit::HealthBoard,
     /// The model registry, folded in memory and following the log.
     pub models: revo_actors::LiveView<revo_events::ModelsProjection>,
     pub access: Arc<access::AccessTable>,

@@ -8,11 +8,9 @@
 mod accounts;
 pub mod apikey;
 mod errors;
-pub mod gossip;
 mod overlay;
 pub mod password;
 mod principal;
-pub mod ratelimit;
 pub mod rbac;
 pub mod throttle;
 pub mod token;
@@ -38,9 +36,9 @@ pub use self::errors::{AuthError, IdentityError};
 use self::overlay::Overlay;
 use self::password::Hasher;
 pub use self::principal::{tighter, Principal, RoleLimits, Via};
-use self::ratelimit::{Decision, RateLimiter};
 use self::throttle::LoginThrottle;
 use self::token::TokenKeys;
+use revo_actors::rate_limit::{Decision, RateLimiter};
 
 pub struct IdentitySettings {
     pub tokens: TokenKeys,

@@ -1,187 +1,143 @@
-//! Local generation. Each model runs on its own OS thread (`thread.rs`) that batches the
-//! sequences it decodes. `revo serve` in embedded mode runs those threads itself; in cluster mode
-//! it sends requests over NATS to `revo worker` processes (`remote.rs`, `worker.rs`, protocol in
-//! `wire.rs`). Either way a request is a [`Job`] whose text pieces and outcome come back as
-//! [`Event`]s.
+//! Wiring local generation: one path in both modes. The edge talks to a
+//! [`ModelClient`](revo_actors::model_client::ModelClient) over a work transport; model workers
+//! (`revo_actors::model_worker`) answer on it. Embedded `revo serve` runs a worker per local
+//! model in this process over the in-process transport; in cluster mode the transport is NATS
+//! and the workers are `revo worker` processes (`worker.rs`).
 
-pub mod remote;
-pub mod thread;
-pub mod wire;
 pub mod worker;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use revo_models::engine::{Device, Finish, Sampling};
-use tokio::sync::mpsc;
+use revo_actors::kit::Supervisor;
+use revo_actors::model_client::ModelClient;
+use revo_actors::model_thread::{Job, ModelSettings, ModelThread, SubmitError};
+use revo_actors::model_worker::{self, WorkerId};
+use revo_nats::{MemoryWork, NatsWork, Subjects, WorkTransport};
 
-use thread::ModelThread;
+/// How long embedded workers let running generations finish at shutdown (the HTTP server has
+/// already drained its requests by then).
+const EMBEDDED_DRAIN: Duration = Duration::from_secs(5);
 
-/// How local models run.
-#[derive(Debug, Clone)]
-pub struct ModelSettings {
-    /// ONNX Runtime threads per model.
-    pub threads: usize,
-    /// Sequences decoded together per model.
-    pub max_batch: usize,
-    /// Cache positions (prompt + max_tokens, summed over the batch) a model's batch may
-    /// reserve; bounds its cache memory (SmolLM2-135M: 46 KiB per position).
-    pub max_batch_tokens: usize,
-    /// Jobs waiting per model beyond those decoding; past it, requests are refused (`503`).
-    pub queue: usize,
-    pub device: Device,
-    /// Edges: a worker silent this long (no token, no keep-alive) is lost.
-    pub worker_timeout: Duration,
-    /// Workers: how often they announce themselves, and keep running requests alive.
-    pub heartbeat: Duration,
-}
-
-impl Default for ModelSettings {
-    fn default() -> Self {
-        ModelSettings {
-            threads: 2,
-            max_batch: 16,
-            max_batch_tokens: 32_768,
-            queue: 16,
-            device: Device::Cpu,
-            worker_timeout: Duration::from_secs(5),
-            heartbeat: Duration::from_secs(1),
-        }
-    }
-}
-
-/// One generation request.
-pub struct Job {
-    pub prompt: String,
-    pub sampling: Sampling,
-    pub stop: Vec<String>,
-    /// Where text pieces and the outcome go. Unbounded so that a slow client never stalls the
-    /// batch; a job produces at most `max_tokens` pieces.
-    pub events: mpsc::UnboundedSender<Event>,
-    /// When the request arrived (time to first token counts from here).
-    pub received: Instant,
-}
-
-#[derive(Debug)]
-pub enum Event {
-    Text(String),
-    Done(Result<Outcome, Failure>),
-}
-
-/// Why a generation failed: an error code for the client and a message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Failure {
-    pub code: &'static str,
-    pub message: String,
-}
-
-/// The failure codes, each with the HTTP status it answers with.
-pub const FAILURE_CODES: &[(&str, u16)] = &[
-    ("invalid_parameter", 422),
-    ("context_length_exceeded", 400),
-    ("model_unavailable", 503),
-    ("model_busy", 503),
-    ("worker_lost", 502),
-    ("generation_failed", 500),
-];
-
-/// The static code for a code received from elsewhere (a worker).
-pub fn known_code(code: &str) -> &'static str {
-    FAILURE_CODES
-        .iter()
-        .find(|(c, _)| *c == code)
-        .map_or("generation_failed", |(c, _)| c)
-}
-
-pub(crate) fn failure(e: &revo_models::local::LocalError) -> Failure {
-    use revo_models::engine::EngineError;
-    use revo_models::local::LocalError;
-    let code = match e {
-        LocalError::Engine(EngineError::Context { .. }) => "context_length_exceeded",
-        LocalError::Engine(EngineError::Sampling(_) | EngineError::EmptyPrompt) => {
-            "invalid_parameter"
-        }
-        _ => "generation_failed",
-    };
-    Failure {
-        code,
-        message: e.to_string(),
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub text: String,
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub finish: Finish,
-    pub time_to_first_token_ms: u64,
-    pub duration_ms: u64,
-    /// The node or worker that generated it, and on what device.
-    pub worker: String,
-    pub device: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
-    #[error("no local model named `{0}`")]
-    Unknown(String),
-    #[error("model `{0}` has too many requests waiting; try again shortly")]
-    Busy(String),
-    #[error("model `{0}` is not running (it failed to load; see the server log)")]
-    Down(String),
-    #[error("no worker serves model `{0}` (start one: revo worker --model {0})")]
-    NoWorker(String),
-}
-
-/// The edge's way to its models.
-pub enum Inference {
-    /// Embedded mode: a thread per registered model, in this process.
-    Local(HashMap<String, ModelThread>),
-    /// Cluster mode: `revo worker` processes over NATS.
-    Remote(remote::Remote),
+/// The edge's way to its models (a handle: requests go through the client's transport).
+pub struct Inference {
+    client: ModelClient,
+    /// Models this process runs (embedded mode), with their threads, joined at shutdown.
+    local: Vec<(String, Arc<ModelThread>)>,
 }
 
 impl Inference {
-    /// Starts a thread per model (`name`, directory).
-    pub fn local(
+    /// Embedded mode: a model thread and a supervised worker per local model (`name`,
+    /// directory), on an in-process transport.
+    pub async fn embedded(
+        sup: &Supervisor,
         runtime: Option<PathBuf>,
         models: Vec<(String, PathBuf)>,
         settings: &ModelSettings,
         node: &str,
-    ) -> Self {
-        let mut threads = HashMap::new();
+        subjects: Subjects,
+    ) -> anyhow::Result<Inference> {
+        let work: Arc<dyn WorkTransport> = Arc::new(MemoryWork::new());
+        // The client listens for heartbeats before any worker sends one.
+        let client = Self::client(sup, work.clone(), subjects.clone(), settings).await?;
+        let mut local = Vec::new();
         for (name, dir) in models {
-            match ModelThread::spawn(&name, dir, runtime.clone(), settings, node.to_owned()) {
-                Ok(t) => {
-                    threads.insert(name, t);
+            let thread =
+                match ModelThread::spawn(&name, dir, runtime.clone(), settings, node.into()) {
+                    Ok(t) => Arc::new(t),
+                    Err(e) => {
+                        tracing::error!(model = %name, error = %e, "cannot start a model thread");
+                        continue;
+                    }
+                };
+            local.push((name.clone(), thread.clone()));
+            let (work, subjects, settings) = (work.clone(), subjects.clone(), settings.clone());
+            let node = node.to_owned();
+            sup.spawn(&format!("model_worker.{name}"), move |ctx| {
+                let (work, subjects, settings) = (work.clone(), subjects.clone(), settings.clone());
+                let (thread, name, node) = (thread.clone(), name.clone(), node.clone());
+                async move {
+                    // A model that does not load still serves: each request is answered with
+                    // why (`model_unavailable`), and the node stays up for the others.
+                    let device = match model_worker::loaded(&thread).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            ctx.health
+                                .degraded(format!("model `{name}` did not load: {e}"));
+                            "none".into()
+                        }
+                    };
+                    let who = WorkerId {
+                        id: node,
+                        model: name,
+                        device,
+                    };
+                    model_worker::serve(work, subjects, thread, who, settings, EMBEDDED_DRAIN, ctx)
+                        .await
                 }
-                Err(e) => tracing::error!(model = %name, error = %e, "cannot start a model thread"),
-            }
+            });
         }
-        Inference::Local(threads)
+        Ok(Inference { client, local })
     }
 
-    /// Stops every local model thread and waits for them (embedded mode; a no-op for remote
-    /// workers, which stop themselves).
+    /// Cluster mode: the client over NATS; `revo worker` processes serve.
+    pub async fn cluster(
+        sup: &Supervisor,
+        nats_url: &str,
+        subjects: Subjects,
+        settings: &ModelSettings,
+    ) -> anyhow::Result<Inference> {
+        let work: Arc<dyn WorkTransport> =
+            Arc::new(NatsWork::connect(nats_url, "revo-edge").await?);
+        Ok(Inference {
+            client: Self::client(sup, work, subjects, settings).await?,
+            local: Vec::new(),
+        })
+    }
+
+    async fn client(
+        sup: &Supervisor,
+        work: Arc<dyn WorkTransport>,
+        subjects: Subjects,
+        settings: &ModelSettings,
+    ) -> anyhow::Result<ModelClient> {
+        Ok(ModelClient::start(
+            work,
+            subjects,
+            settings.worker_timeout,
+            sup.tracker().clone(),
+            sup.cancel_token().clone(),
+        )
+        .await?)
+    }
+
+    /// Waits (up to `timeout`) until every local model has loaded, or failed to, and its
+    /// worker is heard from: before that, requests would find no worker. Embedded mode only.
+    pub async fn wait_local(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (name, _) in &self.local {
+            while self.client.live_workers(name).is_empty() {
+                if tokio::time::Instant::now() >= deadline {
+                    tracing::warn!(model = %name, "local model worker not serving yet");
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    pub fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
+        self.client.submit(model, job)
+    }
+
+    /// Joins this process's model threads (after their workers have stopped): each finishes
+    /// or fails what it holds and drops its model while the runtime library is still loaded.
     pub async fn shutdown(&self, timeout: Duration) {
-        if let Inference::Local(threads) = self {
-            for (name, t) in threads {
-                if !t.shutdown(timeout).await {
-                    tracing::warn!(model = %name, "a model thread did not stop in time");
-                }
+        for (_, t) in &self.local {
+            if !t.shutdown(timeout).await {
+                tracing::warn!("a model thread did not stop in time");
             }
-        }
-    }
-
-    pub async fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
-        match self {
-            Inference::Local(threads) => threads
-                .get(model)
-                .ok_or_else(|| SubmitError::Unknown(model.to_owned()))?
-                .submit(model, job),
-            Inference::Remote(remote) => remote.submit(model, job),
         }
     }
 }

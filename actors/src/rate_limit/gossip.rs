@@ -9,7 +9,7 @@ use futures::StreamExt;
 use revo_nats::{Bus, Subjects};
 use tokio_util::sync::CancellationToken;
 
-use super::ratelimit::{Gossip, RateLimiter};
+use super::{Gossip, RateLimiter};
 
 /// How often an edge publishes its counts: the bound on how far a cluster can overshoot.
 pub const GOSSIP_EVERY: Duration = Duration::from_millis(100);

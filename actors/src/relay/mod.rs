@@ -59,6 +59,7 @@ pub struct RelayMetrics {
 pub const CHECKPOINT: &str = "relay";
 pub const LEASE: &str = "relay";
 
+#[derive(Clone)]
 pub struct Relay {
     pub store: Arc<dyn EventStore>,
     pub bus: Arc<dyn Bus>,

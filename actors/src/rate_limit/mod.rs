@@ -8,6 +8,8 @@
 //! message never inflates a count. A cluster can overshoot a limit by at most what the other
 //! edges admit within one gossip interval (documented in docs/api.md).
 
+pub mod gossip;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

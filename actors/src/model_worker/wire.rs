@@ -11,7 +11,7 @@
 use revo_models::engine::{Finish, Sampling};
 use serde::{Deserialize, Serialize};
 
-use super::{known_code, Failure, Outcome};
+use crate::model_thread::{known_code, Failure, Outcome};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {

@@ -1,41 +1,46 @@
-//! The cluster edge's side of the worker protocol (`wire.rs`): send a request to a model's queue
-//! group, relay the worker's replies to the job, give up when the worker falls silent.
+//! The model client: the edge's side of the worker protocol (`model_worker/wire.rs`). It follows
+//! the workers' heartbeats, sends a request to a model's queue group, relays the worker's
+//! replies to the job, tells the worker to stop when the client leaves, and gives up when the
+//! worker falls silent. The same in both modes: over NATS to `revo worker` processes, or over
+//! the in-process transport to the workers of embedded `revo serve`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use revo_nats::{Subjects, WorkClient};
+use revo_nats::{Subjects, WorkTransport};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::wire::{Heartbeat, Reply, Request};
-use super::{Event, Failure, Job, SubmitError};
+use crate::model_thread::{Event, Failure, Job, SubmitError};
+use crate::model_worker::wire::{Heartbeat, Reply, Request};
 
 /// Live workers by model, from their heartbeats.
 type Seen = Arc<Mutex<HashMap<String, HashMap<String, (Instant, Heartbeat)>>>>;
 
-pub struct Remote {
-    client: WorkClient,
+pub struct ModelClient {
+    client: Arc<dyn WorkTransport>,
     subjects: Subjects,
     timeout: Duration,
     seen: Seen,
     tasks: TaskTracker,
+    /// The node is stopping: requests in flight end (their workers are told to stop).
+    shutdown: CancellationToken,
     runtime: tokio::runtime::Handle,
 }
 
-impl Remote {
+impl ModelClient {
     /// Connects and starts following the workers' heartbeats (until `cancel`). Requests run
     /// as tasks of `tasks`.
-    pub async fn connect(
-        url: &str,
+    pub async fn start(
+        client: Arc<dyn WorkTransport>,
         subjects: Subjects,
         timeout: Duration,
         tasks: TaskTracker,
         cancel: CancellationToken,
-    ) -> anyhow::Result<Remote> {
-        let client = WorkClient::connect(url, "revo-edge").await?;
+    ) -> Result<ModelClient, revo_nats::BusError> {
+        let shutdown = cancel.clone();
         let mut beats = client
             .subscribe(&format!("{}.sig.worker.*", subjects.prefix()))
             .await?;
@@ -58,12 +63,13 @@ impl Remote {
                 }
             }
         });
-        Ok(Remote {
+        Ok(ModelClient {
             client,
             subjects,
             timeout,
             seen,
             tasks,
+            shutdown,
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -100,15 +106,31 @@ impl Remote {
         let payload = serde_json::to_vec(&request).map_err(|_| SubmitError::Down(model.into()))?;
         let (client, subjects, timeout) =
             (self.client.clone(), self.subjects.clone(), self.timeout);
+        let shutdown = self.shutdown.clone();
         // On the node's runtime, not the HTTP worker's: the request outlives the handler when
         // it streams.
         let relayed = async move {
-            if let Err(f) = relay(&client, &subjects, &subject, payload, timeout, &job).await {
+            let sent = relay(
+                &client, &subjects, &subject, payload, timeout, &job, &shutdown,
+            );
+            if let Err(f) = sent.await {
                 let _ = job.events.send(Event::Done(Err(f)));
             }
         };
         self.tasks.spawn_on(relayed, &self.runtime);
         Ok(())
+    }
+}
+
+/// Tells the worker holding `inbox`'s request to drop it.
+async fn cancel_at(
+    client: &Arc<dyn WorkTransport>,
+    subjects: &Subjects,
+    worker: Option<&str>,
+    inbox: &str,
+) {
+    if let Some(s) = worker.and_then(|w| subjects.worker_cancel(w).ok()) {
+        let _ = client.publish(&s, inbox.to_owned().into()).await;
     }
 }
 
@@ -122,12 +144,13 @@ fn lost(message: String) -> Failure {
 /// Publishes the request and relays replies until the outcome, the client leaving (the worker
 /// is told to cancel), or `timeout` of silence.
 async fn relay(
-    client: &WorkClient,
+    client: &Arc<dyn WorkTransport>,
     subjects: &Subjects,
     subject: &str,
     payload: Vec<u8>,
     timeout: Duration,
     job: &Job,
+    shutdown: &CancellationToken,
 ) -> Result<(), Failure> {
     let (inbox, mut replies) =
         client
@@ -142,12 +165,15 @@ async fn relay(
         let next = tokio::select! {
             r = tokio::time::timeout(timeout, replies.next()) => r,
             _ = job.events.closed() => {
-                if let Some(w) = &worker {
-                    if let Ok(s) = subjects.worker_cancel(w) {
-                        let _ = client.publish(&s, inbox.clone().into()).await;
-                    }
-                }
+                cancel_at(client, subjects, worker.as_deref(), &inbox).await;
                 return Ok(());
+            }
+            _ = shutdown.cancelled() => {
+                cancel_at(client, subjects, worker.as_deref(), &inbox).await;
+                return Err(Failure {
+                    code: "model_unavailable",
+                    message: "the server is shutting down; retry on another".into(),
+                });
             }
         };
         let msg = match next {
