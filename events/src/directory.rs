@@ -114,6 +114,21 @@ impl Directory {
             .count()
     }
 
+    /// Whether the directory holds the row `user:<id>` or `key:<id>`.
+    pub fn has_row(&self, key: &str) -> bool {
+        let Some((kind, id)) = key.split_once(':') else {
+            return false;
+        };
+        let Ok(id) = id.parse::<Uuid>() else {
+            return false;
+        };
+        match kind {
+            "user" => self.users.contains_key(&id),
+            "key" => self.keys.contains_key(&id),
+            _ => false,
+        }
+    }
+
     /// Keys created from `key_id`, transitively.
     pub fn descendants(&self, key_id: &Uuid) -> Vec<Uuid> {
         let mut out = Vec::new();

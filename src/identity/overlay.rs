@@ -8,7 +8,6 @@
 //! overlay only ever holds rows this edge changed, so it stays as small as the writes made
 //! while the view is behind.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
@@ -62,11 +61,11 @@ impl Overlay {
         events: &[(IdentityEvent, NewEvent)],
     ) {
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        let have: HashSet<String> = inner.dir.rows().into_keys().collect();
+        // Rows already here are newer than the view's: keep them.
         let missing: Vec<String> = events
             .iter()
             .flat_map(|(ev, _)| touched(ev, view))
-            .filter(|k| !have.contains(k))
+            .filter(|k| !inner.dir.has_row(k))
             .collect();
         inner
             .dir

@@ -146,6 +146,9 @@ fn run(
             if let Ok(mut d) = stats.device.lock() {
                 d.clone_from(&e);
             }
+            // The reason names files and libraries of this machine: the log has it, callers
+            // get the fact.
+            let e = format!("model `{name}` failed to load; the server log says why");
             // Answer whatever arrives with the reason, until the queue closes or a stop.
             while !stats.stop.load(Ordering::Acquire) {
                 match jobs.recv_timeout(IDLE_CHECK) {
