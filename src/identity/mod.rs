@@ -71,6 +71,35 @@ pub struct Login {
     pub expires_in: u64,
 }
 
+/// What authentication needs of a user row.
+struct Caller {
+    username: String,
+    roles: Vec<revo_events::Role>,
+    disabled: bool,
+    tokens_valid_after: Option<DateTime<Utc>>,
+}
+
+impl Caller {
+    fn of(u: &UserRow) -> Caller {
+        Caller {
+            username: u.username.clone(),
+            roles: u.roles.clone(),
+            disabled: u.disabled,
+            tokens_valid_after: u.tokens_valid_after,
+        }
+    }
+}
+
+/// What authentication needs of a key row.
+struct KeyCheck {
+    matches: bool,
+    user_id: Uuid,
+    roles: Option<Vec<revo_events::Role>>,
+    revoked: bool,
+    expires_at: Option<DateTime<Utc>>,
+    rate_limit: Option<u32>,
+}
+
 /// When a token was issued, to the millisecond: its `jti` is a UUID v7 minted at issue
 /// (`iat` has only seconds).
 fn issued_at(jti: &Uuid, iat: i64) -> DateTime<Utc> {
@@ -173,7 +202,11 @@ impl Identity {
         if self.is_revoked(&claims.jti) {
             return Err(AuthError::TokenRevoked);
         }
-        let user = self.user(&claims.sub).ok_or(AuthError::UserUnknown)?;
+        // Only what the principal needs is copied out of the directory (this runs for every
+        // request).
+        let user = self
+            .find(|d| d.user(&claims.sub).map(Caller::of))
+            .ok_or(AuthError::UserUnknown)?;
         if user.disabled {
             return Err(AuthError::UserDisabled);
         }
@@ -186,7 +219,7 @@ impl Identity {
         }
         let limit = self.limits.for_roles(&user.roles);
         Ok(Principal {
-            user_id: user.user_id,
+            user_id: claims.sub,
             username: user.username,
             roles: user.roles,
             ceiling: None,
@@ -201,34 +234,46 @@ impl Identity {
 
     fn authenticate_key(&self, credential: &str) -> Result<Principal, AuthError> {
         let (key_id, secret) = apikey::parse(credential).ok_or(AuthError::KeyUnknown)?;
+        // The secret is compared inside the lookup, so its hash is never copied.
         let key = self
-            .find(|d| d.key(&key_id).cloned())
+            .find(|d| {
+                d.key(&key_id).map(|k| KeyCheck {
+                    matches: apikey::matches(secret, &k.secret_hash),
+                    user_id: k.user_id,
+                    roles: k.roles.clone(),
+                    revoked: k.revoked_at.is_some(),
+                    expires_at: k.expires_at,
+                    rate_limit: k.rate_limit_per_minute,
+                })
+            })
             .ok_or(AuthError::KeyUnknown)?;
-        if !apikey::matches(secret, &key.secret_hash) {
+        if !key.matches {
             return Err(AuthError::KeyUnknown);
         }
-        if key.revoked_at.is_some() {
+        if key.revoked {
             return Err(AuthError::KeyRevoked);
         }
         if key.expires_at.is_some_and(|e| e <= Utc::now()) {
             return Err(AuthError::KeyExpired);
         }
-        let user = self.user(&key.user_id).ok_or(AuthError::UserUnknown)?;
+        let user = self
+            .find(|d| d.user(&key.user_id).map(Caller::of))
+            .ok_or(AuthError::UserUnknown)?;
         if user.disabled {
             return Err(AuthError::UserDisabled);
         }
-        let (roles, ceiling) = match &key.roles {
-            Some(own) => (own.clone(), Some(user.roles.clone())),
-            None => (user.roles.clone(), None),
+        let owner_limit = self.limits.for_roles(&user.roles);
+        let (roles, ceiling) = match key.roles {
+            Some(own) => (own, Some(user.roles)),
+            None => (user.roles, None),
         };
         // A key's own limit never exceeds its owner's (checked at issue, and again here in
         // case the owner's roles changed since).
-        let owner_limit = self.limits.for_roles(&user.roles);
         let rate_limit = key
-            .rate_limit_per_minute
+            .rate_limit
             .map_or(owner_limit, |own| tighter(own, owner_limit));
         Ok(Principal {
-            user_id: user.user_id,
+            user_id: key.user_id,
             username: user.username,
             roles,
             ceiling,
@@ -240,9 +285,15 @@ impl Identity {
 
     /// Counts the request against the credential's bucket and, for keys, the owner's.
     pub fn rate_limit(&self, p: &Principal) -> Decision {
-        let buckets = p.rate_buckets();
-        let refs: Vec<(&str, u32)> = buckets.iter().map(|(k, l)| (k.as_str(), *l)).collect();
-        self.limiter.check_all(&refs)
+        let user = format!("user:{}", p.user_id);
+        match &p.via {
+            Via::Token { .. } => self.limiter.check_all(&[(&user, p.rate_limit)]),
+            Via::Key { key_id } => {
+                let key = format!("key:{key_id}");
+                self.limiter
+                    .check_all(&[(&key, p.rate_limit), (&user, p.user_rate_limit)])
+            }
+        }
     }
 
     /// Appends identity events and makes them visible on this edge at once (the overlay),

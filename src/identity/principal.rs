@@ -51,16 +51,6 @@ impl Principal {
             Via::Key { key_id } => format!("key:{key_id}"),
         }
     }
-
-    /// Every bucket a request counts against: a key's own and its owner's, so a user's keys
-    /// together never exceed the user's limit.
-    pub fn rate_buckets(&self) -> Vec<(String, u32)> {
-        let user = (format!("user:{}", self.user_id), self.user_rate_limit);
-        match &self.via {
-            Via::Token { .. } => vec![(user.0, self.rate_limit)],
-            Via::Key { key_id } => vec![(format!("key:{key_id}"), self.rate_limit), user],
-        }
-    }
 }
 
 /// The tighter of two limits, where 0 means unlimited.

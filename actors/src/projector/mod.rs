@@ -5,6 +5,7 @@
 //! fold of each event lands; a loser reloads. A rebuild (new generation) makes running folds
 //! reload the same way.
 
+use crate::kit::Backoff;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,10 +163,10 @@ impl Projector {
 
     async fn run(mut self, state: watch::Sender<ProjectorState>, cancel: CancellationToken) {
         let name = self.projection.name();
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         while !cancel.is_cancelled() {
             match self.follow(&state, &cancel).await {
-                Ok(()) => backoff = Duration::from_millis(100),
+                Ok(()) => backoff.reset(),
                 Err(ReplayError::Projection(e)) => {
                     tracing::error!(projection = name, error = %e, "projection halted");
                     let _ = state.send(ProjectorState::Failed {
@@ -175,11 +176,9 @@ impl Projector {
                 }
                 Err(ReplayError::Store(e)) => {
                     tracing::warn!(projection = name, error = %e, "projection: store error, retrying");
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                    if !backoff.wait(&cancel).await {
+                        return;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

@@ -27,14 +27,14 @@ pub async fn run(
             return;
         }
     };
+    let mut backoff = crate::kit::Backoff::default();
     let mut incoming = loop {
         match bus.subscribe_signals(&subject).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(error = %e, "rate-limit gossip: subscribe failed, retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                if !backoff.wait(&cancel).await {
+                    return;
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! stored checkpoint advanced only past events the bus acknowledged, so a crash at any point
 //! republishes at most one batch, which the bus deduplicates.
 
+use crate::kit::Backoff;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -119,7 +120,7 @@ impl Relay {
     }
 
     async fn lead(&self, lease: &dyn Lease, cancel: &CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), self.config.max_backoff);
         let mut ensured = false;
         let mut checkpoint = None;
         let mut last_lease_check = Instant::now();
@@ -167,7 +168,7 @@ impl Relay {
                 (Round::Published, new_cp) => {
                     checkpoint = Some(new_cp);
                     self.save(&mut saved, new_cp, false).await;
-                    backoff = Duration::from_millis(50);
+                    backoff.reset();
                 }
                 (Round::Idle, _) => {
                     // Not forced: a write here would delay the next batch; an idle relay saves
@@ -189,12 +190,8 @@ impl Relay {
         }
     }
 
-    async fn pause(&self, backoff: &mut Duration, cancel: &CancellationToken) {
-        tokio::select! {
-            _ = cancel.cancelled() => {}
-            _ = tokio::time::sleep(*backoff) => {}
-        }
-        *backoff = (*backoff * 2).min(self.config.max_backoff);
+    async fn pause(&self, backoff: &mut Backoff, cancel: &CancellationToken) {
+        backoff.wait(cancel).await;
     }
 
     /// Saves the checkpoint if it moved and `force` or enough time has passed.

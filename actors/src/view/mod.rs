@@ -12,6 +12,7 @@
 //! users refuse to serve from it (readiness fails; authentication answers `503`) until the
 //! process is upgraded or restarted.
 
+use crate::kit::Backoff;
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -121,22 +122,20 @@ async fn follow<P: Projection + Sync>(
     let mut signal = store.append_signal();
     let mut at = *position.borrow();
     let mut dirty = BTreeSet::new();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
         signal.borrow_and_update();
         let page = match store.read_all(at, BATCH).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "live view: store error, retrying");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&cancel).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
+        backoff.reset();
         let Some(last) = page.last() else {
             tokio::select! {
                 _ = cancel.cancelled() => return,
