@@ -61,14 +61,17 @@ pub struct RevokedRow {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Looked up on every authenticated request: foldhash rather than SipHash.
+type Fast = foldhash::fast::RandomState;
+
 #[derive(Debug, Default, Clone)]
 pub struct Directory {
-    users: HashMap<Uuid, UserRow>,
-    by_name: HashMap<String, Uuid>,
-    keys: HashMap<Uuid, KeyRow>,
+    users: HashMap<Uuid, UserRow, Fast>,
+    by_name: HashMap<String, Uuid, Fast>,
+    keys: HashMap<Uuid, KeyRow, Fast>,
     /// Keys created by each key, for cascading revocations.
-    children: HashMap<Uuid, Vec<Uuid>>,
-    revoked: HashMap<Uuid, RevokedRow>,
+    children: HashMap<Uuid, Vec<Uuid>, Fast>,
+    revoked: HashMap<Uuid, RevokedRow, Fast>,
     /// Revocations by expiry, so expired ones are dropped in order.
     expiry: BTreeSet<(DateTime<Utc>, Uuid)>,
 }

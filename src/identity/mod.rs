@@ -142,7 +142,7 @@ impl Identity {
 
     /// Looks something up in this edge's own recent writes, then in the view.
     fn find<T>(&self, f: impl Fn(&Directory) -> Option<T>) -> Option<T> {
-        if let Some(o) = self.overlay.current(self.view.position()) {
+        if let Some(o) = self.overlay.current(|| self.view.position()) {
             if let Some(v) = f(&o) {
                 return Some(v);
             }
@@ -171,7 +171,7 @@ impl Identity {
     fn merged<T>(&self, rows: impl Fn(&Directory) -> Vec<(Uuid, T)>) -> Vec<T> {
         let mut all: std::collections::HashMap<Uuid, T> =
             rows(&self.view.read()).into_iter().collect();
-        if let Some(o) = self.overlay.current(self.view.position()) {
+        if let Some(o) = self.overlay.current(|| self.view.position()) {
             all.extend(rows(&o));
         }
         all.into_values().collect()

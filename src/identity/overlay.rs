@@ -96,11 +96,13 @@ impl Overlay {
         self.active.store(true, Ordering::Release);
     }
 
-    /// The overlay while the view (at `view_position`) has not folded it yet.
-    pub fn current(&self, view_position: i64) -> Option<OverlayRead<'_>> {
+    /// The overlay while the view (at `view_position()`) has not folded it yet. The position is
+    /// only asked for when something is pending (this is on every request's path).
+    pub fn current(&self, view_position: impl FnOnce() -> i64) -> Option<OverlayRead<'_>> {
         if !self.active.load(Ordering::Acquire) {
             return None;
         }
+        let view_position = view_position();
         {
             let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
             if view_position < inner.until {

@@ -54,7 +54,9 @@ pub struct TokenKeys {
     pub ttl: Duration,
     /// Tokens whose signature already verified, by their exact text: a hit skips the header,
     /// base64, HMAC and JSON work; time claims are still checked on every use.
-    verified: Mutex<HashMap<String, Claims>>,
+    /// Keyed by the token text (only tokens that verified get in); foldhash, since this is
+    /// hashed on every request.
+    verified: Mutex<HashMap<String, Claims, foldhash::fast::RandomState>>,
 }
 
 /// Most verified tokens remembered; past it the cache starts over (a miss only costs a verify).
@@ -92,7 +94,7 @@ impl TokenKeys {
                 .collect(),
             validation,
             ttl,
-            verified: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::default()),
         })
     }
 
