@@ -419,6 +419,17 @@ async fn health_details_are_for_admins_and_the_first_password_goes_to_a_private_
     assert!(served.stop().await.success());
 }
 
+/// A cluster-mode edge on `db` and `nats`, with the admin logged in.
+async fn cluster_edge(db: &TestDb, nats: &TestNats) -> (Served, Api, String) {
+    let url = nats_url();
+    let mut env = cluster_env(db, nats, &url);
+    env.push(("REVO_ADMIN_PASSWORD", ADMIN_PW));
+    let served = Served::start(&env).await;
+    let api = Api::new(&served);
+    let admin = api.login("admin", ADMIN_PW).await;
+    (served, api, admin)
+}
+
 fn raw_event(event_type: &str, schema: u32) -> NewEvent {
     NewEvent {
         event_id: uuid::Uuid::now_v7(),
@@ -437,12 +448,7 @@ fn raw_event(event_type: &str, schema: u32) -> NewEvent {
 async fn a_halted_user_directory_fails_readiness_and_refuses_to_authenticate() {
     let db = TestDb::migrated().await;
     let nats = TestNats::new();
-    let url = nats_url();
-    let mut env = cluster_env(&db, &nats, &url);
-    env.push(("REVO_ADMIN_PASSWORD", ADMIN_PW));
-    let served = Served::start(&env).await;
-    let api = Api::new(&served);
-    let admin = api.login("admin", ADMIN_PW).await;
+    let (_served, api, admin) = cluster_edge(&db, &nats).await;
     assert_eq!(api.me(&admin).await.status, 200);
     let store = db.store().await;
     store
@@ -477,12 +483,7 @@ async fn a_halted_user_directory_fails_readiness_and_refuses_to_authenticate() {
 async fn own_writes_take_effect_at_once_behind_a_long_transaction() {
     let db = TestDb::migrated().await;
     let nats = TestNats::new();
-    let url = nats_url();
-    let mut env = cluster_env(&db, &nats, &url);
-    env.push(("REVO_ADMIN_PASSWORD", ADMIN_PW));
-    let served = Served::start(&env).await;
-    let api = Api::new(&served);
-    let admin = api.login("admin", ADMIN_PW).await;
+    let (_served, api, admin) = cluster_edge(&db, &nats).await;
 
     // Someone else's transaction, open with an id: it holds the read horizon back.
     let mut other = db.conn().await;

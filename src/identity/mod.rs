@@ -204,12 +204,7 @@ impl Identity {
         }
         // Only what the principal needs is copied out of the directory (this runs for every
         // request).
-        let user = self
-            .find(|d| d.user(&claims.sub).map(Caller::of))
-            .ok_or(AuthError::UserUnknown)?;
-        if user.disabled {
-            return Err(AuthError::UserDisabled);
-        }
+        let user = self.enabled_user(&claims.sub)?;
         // A password change or "log out everywhere" ends the tokens issued before it.
         if user
             .tokens_valid_after
@@ -230,6 +225,17 @@ impl Identity {
             rate_limit: limit,
             user_rate_limit: limit,
         })
+    }
+
+    /// What authentication needs of a credential's user, who must exist and be enabled.
+    fn enabled_user(&self, id: &Uuid) -> Result<Caller, AuthError> {
+        let user = self
+            .find(|d| d.user(id).map(Caller::of))
+            .ok_or(AuthError::UserUnknown)?;
+        if user.disabled {
+            return Err(AuthError::UserDisabled);
+        }
+        Ok(user)
     }
 
     fn authenticate_key(&self, credential: &str) -> Result<Principal, AuthError> {
@@ -256,12 +262,7 @@ impl Identity {
         if key.expires_at.is_some_and(|e| e <= Utc::now()) {
             return Err(AuthError::KeyExpired);
         }
-        let user = self
-            .find(|d| d.user(&key.user_id).map(Caller::of))
-            .ok_or(AuthError::UserUnknown)?;
-        if user.disabled {
-            return Err(AuthError::UserDisabled);
-        }
+        let user = self.enabled_user(&key.user_id)?;
         let owner_limit = self.limits.for_roles(&user.roles);
         let (roles, ceiling) = match key.roles {
             Some(own) => (own, Some(user.roles)),

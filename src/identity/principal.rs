@@ -43,14 +43,6 @@ impl Principal {
             Via::Key { key_id } => format!("key:{key_id}"),
         }
     }
-
-    /// The rate-limit bucket: per user for tokens, per key for keys.
-    pub fn rate_key(&self) -> String {
-        match &self.via {
-            Via::Token { .. } => format!("user:{}", self.user_id),
-            Via::Key { key_id } => format!("key:{key_id}"),
-        }
-    }
 }
 
 /// The tighter of two limits, where 0 means unlimited.
