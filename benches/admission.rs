@@ -40,6 +40,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Fixture {
         let tasks = TaskTracker::new();
         let view = LiveView::<Directory>::start(
             store.clone(),
+            store.as_ref(),
             Duration::from_millis(500),
             &tasks,
             CancellationToken::new(),

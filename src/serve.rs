@@ -87,7 +87,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let sup = Supervisor::new(tasks.clone(), cancel.clone(), board.clone())
         .with_restart_counter(metrics.actor_restarts.clone());
     let relay = Relay {
-        store: store.clone(),
+        log: store.clone(),
+        checkpoints: store.clone(),
+        leases: store.clone(),
         bus: bus.clone(),
         subjects: subjects.clone(),
         config: RelayConfig::default(),
@@ -123,6 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (access, docs) = http::prepare()?;
     let models = LiveView::<ModelsProjection>::start(
         store.clone(),
+        store.as_ref(),
         Duration::from_millis(500),
         &tasks,
         cancel.clone(),
@@ -162,7 +165,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .map(|p| {
             let m = metrics.projector(p.name());
             Projector {
-                store: store.clone(),
+                log: store.clone(),
+                read_models: store.clone(),
                 projection: p,
                 metrics: m,
                 batch: 1000,
@@ -345,6 +349,7 @@ async fn open_identity(
     let tokens = TokenKeys::new(&keys, &signer, config.auth.token_ttl)?;
     let view = LiveView::<Directory>::start(
         store.clone(),
+        store.as_ref(),
         Duration::from_millis(500),
         tasks,
         cancel.clone(),

@@ -9,6 +9,7 @@
 
 mod common;
 
+use revo_events::{Checkpoints, EventLog};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +22,9 @@ use uuid::Uuid;
 
 fn relay(store: Arc<dyn EventStore>, bus: Arc<dyn Bus>, nats: &TestNats, batch: usize) -> Relay {
     Relay {
-        store,
+        log: store.clone(),
+        checkpoints: store.clone(),
+        leases: store,
         bus,
         subjects: nats.subjects.clone(),
         config: RelayConfig {

@@ -10,6 +10,7 @@
 
 mod common;
 
+use revo_events::EventLog;
 use std::time::Duration;
 
 use common::*;

@@ -11,6 +11,7 @@
 mod common;
 
 use common::*;
+use revo_events::EventLog;
 use revo_events::{EventStore, ExpectedVersion};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,5 @@
-//! One contract, two stores: every test here runs against Postgres and against SQLite.
+//! One contract, three stores: every test here runs against Postgres, SQLite and the in-memory
+//! store that components are tested with alone.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,7 +19,8 @@ use futures::StreamExt;
 use revo_events::store::subscribe;
 use revo_events::{EventStore, ExpectedVersion, StoreError};
 
-/// Generates `mod postgres` and `mod sqlite`, each running every listed contract test.
+/// Generates `mod postgres`, `mod sqlite` and `mod memory`, each running every listed contract
+/// test.
 macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -40,6 +42,17 @@ macro_rules! contract {
                 async fn $name() {
                     let dir = super::TempDir::new();
                     let store = super::sqlite_store(&dir).await;
+                    super::$name(store.clone()).await;
+                    store.close().await;
+                }
+            )*
+        }
+        mod memory {
+            use revo_events::EventStore as _;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let store = revo_events::memory::MemoryStore::new();
                     super::$name(store.clone()).await;
                     store.close().await;
                 }

@@ -1,17 +1,19 @@
 //! `revo-events`: the vocabulary of Revo's event-sourced core.
 //!
 //! Owns the event envelope, the MessagePack codec (named fields), typed event families with their
-//! schema versions and upcasters, pure projections (folds over envelopes), and the `EventStore`
-//! seam that the Postgres and SQLite adapters implement.
+//! schema versions and upcasters, pure projections (folds over envelopes), and the store's seams
+//! (event log, checkpoints, leases, read models) that the Postgres and SQLite adapters implement.
 //!
-//! Must not do I/O: no database, network or file access lives here. The store trait is only the
-//! contract; its implementations live in the `revo` crate (`src/store/`).
+//! Must not do I/O: no database, network or file access lives here. The store traits are only
+//! the contract; the durable implementations live in the `revo` crate (`src/store/`), beside
+//! which `memory.rs` keeps one in memory for tests.
 
 pub mod codec;
 pub mod directory;
 pub mod envelope;
 pub mod family;
 pub mod identity;
+pub mod memory;
 pub mod models;
 pub mod projection;
 pub mod store;
@@ -24,5 +26,8 @@ pub use family::EventFamily;
 pub use identity::{IdentityEvent, Role};
 pub use models::{ModelEvent, ModelsProjection};
 pub use projection::{Projection, ProjectionError, Rows};
-pub use store::{AppendRequest, Appended, EventStore, ExpectedVersion, StoreError};
+pub use store::{
+    AppendRequest, Appended, Checkpoints, EventLog, EventStore, ExpectedVersion, Leases,
+    ReadModels, StoreError,
+};
 pub use system::SystemEvent;

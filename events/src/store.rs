@@ -1,6 +1,7 @@
-//! The `EventStore` seam: one contract, two implementations (Postgres for cluster mode, SQLite for
-//! embedded mode), both in `src/store/` of the `revo` crate. The contract suite in
-//! `tests/store_contract.rs` runs against both.
+//! The store's seams: the event log, checkpoints, leases and read models, and `EventStore`, all
+//! four over one database. Implementations: Postgres for cluster mode and SQLite for embedded
+//! mode (both in `src/store/` of the `revo` crate), and [`crate::memory::MemoryStore`] for tests
+//! of a component alone. The contract suite in `tests/store_contract.rs` runs against all three.
 
 use std::time::Duration;
 
@@ -204,8 +205,9 @@ pub trait Lease: Send + Sync {
     async fn still_held(&self) -> bool;
 }
 
+/// The event log: appends and reads, the seam every writer and follower needs.
 #[async_trait]
-pub trait EventStore: Send + Sync + 'static {
+pub trait EventLog: Send + Sync + 'static {
     /// Appends atomically, honouring the expected version.
     async fn append(&self, req: AppendRequest) -> Result<Appended, StoreError>;
 
@@ -231,20 +233,26 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Highest position assigned so far (0 if empty). Used for lag estimates.
     async fn head_position(&self) -> Result<i64, StoreError>;
+}
 
-    /// Round trip to the database.
-    async fn ping(&self) -> Result<(), StoreError>;
-
-    /// Whether the database's schema is exactly the one this build knows.
-    async fn schema_status(&self) -> Result<(), StoreError>;
-
+/// Named positions in the log, for followers that keep no read model (the relay).
+#[async_trait]
+pub trait Checkpoints: Send + Sync + 'static {
     /// A named checkpoint (0 if never saved).
     async fn load_checkpoint(&self, name: &str) -> Result<i64, StoreError>;
     async fn save_checkpoint(&self, name: &str, position: i64) -> Result<(), StoreError>;
+}
 
+/// Leadership of named singleton tasks.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
     /// Takes leadership for `name` if nobody holds it.
     async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>, StoreError>;
+}
 
+/// Persisted projections: rows per generation with a compare-and-set checkpoint.
+#[async_trait]
+pub trait ReadModels: Send + Sync + 'static {
     /// The active read model of a projection (created empty at generation 1 if missing).
     async fn load_read_model(&self, projection: &str) -> Result<StoredReadModel, StoreError>;
 
@@ -270,6 +278,18 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<i64, StoreError>;
 
     async fn list_read_models(&self) -> Result<Vec<ReadModelInfo>, StoreError>;
+}
+
+/// A whole store: the four seams over one database, and its lifecycle. Components take the
+/// narrowest seam they use (`Arc<dyn EventStore>` coerces to any of them); wiring, health and
+/// the command line hold the whole store.
+#[async_trait]
+pub trait EventStore: EventLog + Checkpoints + Leases + ReadModels {
+    /// Round trip to the database.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Whether the database's schema is exactly the one this build knows.
+    async fn schema_status(&self) -> Result<(), StoreError>;
 
     /// Drains in-flight appends and closes connections.
     async fn close(&self);
@@ -289,7 +309,7 @@ pub async fn wait_for_change(signal: &mut watch::Receiver<u64>, timeout: Duratio
 
 /// Catch-up then live: every committed event after `after`, in commit order, forever.
 pub fn subscribe(
-    store: std::sync::Arc<dyn EventStore>,
+    store: std::sync::Arc<dyn EventLog>,
     after: i64,
     batch: usize,
     poll: Duration,

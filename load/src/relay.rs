@@ -1,6 +1,7 @@
 //! Commit-to-subscriber latency: appenders at a fixed total rate into Postgres; the relay
 //! publishes to JetStream; a JetStream subscriber records when each event arrives.
 
+use revo_events::EventLog;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -56,7 +57,9 @@ pub async fn run(pg: &str, nats: &str, args: Args) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let relay = tokio::spawn(
         Relay {
-            store: store.clone(),
+            log: store.clone(),
+            checkpoints: store.clone(),
+            leases: store.clone(),
             bus: bus.clone(),
             subjects: subjects.clone(),
             config: RelayConfig::default(),

@@ -1,6 +1,7 @@
 //! Replay: fold a cost-like projection (spend per user, model and day) over stored events, the
 //! way `revo replay rebuild` does, and the same fold over events already in memory.
 
+use revo_events::EventLog;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 

@@ -1,14 +1,16 @@
 //! Event store adapters: Postgres (cluster mode) and SQLite (embedded mode), one contract
-//! (`revo_events::EventStore`), both fronted by the same group committer.
+//! (`revo_events::EventStore`), one shared implementation over a small dialect (`sql.rs`), both
+//! fronted by the same group committer.
 
 pub mod group_commit;
 pub mod heads;
 pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use std::collections::HashMap;
 
-use revo_events::{AppendRequest, Appended, NewEvent, Rows, StoreError};
+use revo_events::{AppendRequest, Appended, NewEvent, StoreError};
 use sqlx::migrate::Migrator;
 
 pub use group_commit::{GroupCommitConfig, StoreMetrics};
@@ -139,51 +141,4 @@ pub(crate) fn unique_violation(e: &sqlx::Error) -> Option<String> {
         }
         _ => None,
     }
-}
-
-/// `list_read_models` for both dialects: name, generation, position, rows, updated_at.
-pub(crate) const LIST_READ_MODELS: &str = "SELECT p.name, p.generation, p.position, \
-     (SELECT count(*) FROM read_model_rows r WHERE r.projection = p.name AND r.generation = p.generation), \
-     p.updated_at FROM projections p ORDER BY p.name";
-
-pub(crate) type ReadModelRow = (String, i64, i64, i64, chrono::DateTime<chrono::Utc>);
-
-pub(crate) fn read_model_info(
-    (name, generation, position, rows, updated_at): ReadModelRow,
-) -> revo_events::store::ReadModelInfo {
-    revo_events::store::ReadModelInfo {
-        name,
-        generation,
-        position,
-        rows,
-        updated_at,
-    }
-}
-
-/// Splits projection changes into upserts (keys, JSON texts) and deleted keys.
-pub(crate) fn split_changes(
-    changes: Vec<(String, Option<serde_json::Value>)>,
-) -> ((Vec<String>, Vec<String>), Vec<String>) {
-    let mut upserts = (Vec::new(), Vec::new());
-    let mut deletes = Vec::new();
-    for (k, doc) in changes {
-        match doc {
-            Some(doc) => {
-                upserts.0.push(k);
-                upserts.1.push(doc.to_string());
-            }
-            None => deletes.push(k),
-        }
-    }
-    (upserts, deletes)
-}
-
-pub(crate) fn parse_rows(rows: Vec<(String, String)>) -> Result<Rows, StoreError> {
-    rows.into_iter()
-        .map(|(k, doc)| {
-            serde_json::from_str(&doc)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| StoreError::Backend(format!("read model row `{k}` is not JSON: {e}")))
-        })
-        .collect()
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use prometheus::IntGauge;
 use revo_events::store::wait_for_change;
-use revo_events::{EventStore, Projection, ProjectionError, StoreError};
+use revo_events::{EventLog, Projection, ProjectionError, ReadModels, StoreError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -68,7 +68,7 @@ pub enum FoldUntil {
 
 /// Folds into `projection`, from the first event, as far as `until` says.
 pub async fn fold_from_zero(
-    store: &dyn EventStore,
+    store: &dyn EventLog,
     projection: &mut dyn Projection,
     until: FoldUntil,
     batch: usize,
@@ -142,7 +142,8 @@ pub async fn fold_from_zero(
 const DRAIN_PAGES: u32 = 10;
 
 pub struct Projector {
-    pub store: Arc<dyn EventStore>,
+    pub log: Arc<dyn EventLog>,
+    pub read_models: Arc<dyn ReadModels>,
     pub projection: Box<dyn Projection>,
     pub metrics: ProjectorMetrics,
     pub batch: usize,
@@ -192,12 +193,12 @@ impl Projector {
         cancel: &CancellationToken,
     ) -> Result<(), ReplayError> {
         let name = self.projection.name();
-        let stored = self.store.load_read_model(name).await?;
+        let stored = self.read_models.load_read_model(name).await?;
         self.projection.load(stored.rows)?;
         let (generation, mut position) = (stored.generation, stored.position);
         let _ = state.send(ProjectorState::Running { position });
         let mut dirty = BTreeSet::new();
-        let mut signal = self.store.append_signal();
+        let mut signal = self.log.append_signal();
         // Once cancelled, fold what is already committed (a few pages at most), then stop.
         let mut drain_pages = 0;
         loop {
@@ -208,7 +209,7 @@ impl Projector {
                 }
             }
             signal.borrow_and_update();
-            let events = self.store.read_all(position, self.batch).await?;
+            let events = self.log.read_all(position, self.batch).await?;
             let Some(last) = events.last() else {
                 self.metrics.lag_events.set(0);
                 if cancel.is_cancelled() {
@@ -232,7 +233,7 @@ impl Projector {
                 })
                 .collect();
             if !self
-                .store
+                .read_models
                 .save_read_model(name, generation, position, to, changes)
                 .await?
             {
@@ -245,7 +246,7 @@ impl Projector {
             position = to;
             let _ = state.send(ProjectorState::Running { position });
             if events.len() == self.batch {
-                if let Ok(head) = self.store.head_position().await {
+                if let Ok(head) = self.log.head_position().await {
                     self.metrics.lag_events.set((head - position).max(0));
                 }
             } else {

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use prometheus::{Gauge, IntCounter, IntGauge};
 use revo_events::codec::encode_wire;
 use revo_events::store::{wait_for_change, Lease};
-use revo_events::{EventStore, RecordedEvent};
+use revo_events::{Checkpoints, EventLog, Leases, RecordedEvent};
 use revo_nats::{Bus, OutgoingEvent, Subjects};
 use tokio_util::sync::CancellationToken;
 
@@ -60,9 +60,12 @@ pub struct RelayMetrics {
 pub const CHECKPOINT: &str = "relay";
 pub const LEASE: &str = "relay";
 
+/// Seams: the log it publishes, its checkpoint, and the lease that makes it the one relay.
 #[derive(Clone)]
 pub struct Relay {
-    pub store: Arc<dyn EventStore>,
+    pub log: Arc<dyn EventLog>,
+    pub checkpoints: Arc<dyn Checkpoints>,
+    pub leases: Arc<dyn Leases>,
     pub bus: Arc<dyn Bus>,
     pub subjects: Subjects,
     pub config: RelayConfig,
@@ -107,7 +110,7 @@ impl Relay {
 
     async fn acquire(&self, cancel: &CancellationToken) -> Option<Box<dyn Lease>> {
         loop {
-            match self.store.try_lease(LEASE).await {
+            match self.leases.try_lease(LEASE).await {
                 Ok(Some(lease)) => return Some(lease),
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "relay: cannot ask for the lease"),
@@ -124,7 +127,7 @@ impl Relay {
         let mut ensured = false;
         let mut checkpoint = None;
         let mut last_lease_check = Instant::now();
-        let mut signal = self.store.append_signal();
+        let mut signal = self.log.append_signal();
         let mut saved = Saved::default();
         loop {
             if cancel.is_cancelled() {
@@ -154,7 +157,7 @@ impl Relay {
             }
             let cp = match checkpoint {
                 Some(cp) => cp,
-                None => match self.store.load_checkpoint(CHECKPOINT).await {
+                None => match self.checkpoints.load_checkpoint(CHECKPOINT).await {
                     Ok(cp) => *checkpoint.insert(cp),
                     Err(e) => {
                         tracing::warn!(error = %e, "relay: cannot load checkpoint");
@@ -201,7 +204,7 @@ impl Relay {
         {
             return;
         }
-        match self.store.save_checkpoint(CHECKPOINT, cp).await {
+        match self.checkpoints.save_checkpoint(CHECKPOINT, cp).await {
             Ok(()) => {
                 saved.position = Some(cp);
                 saved.at = Instant::now();
@@ -227,7 +230,7 @@ impl Relay {
 
     /// One read-publish-checkpoint round from `cp`; returns the new checkpoint.
     async fn round(&self, cp: i64) -> (Round, i64) {
-        let events = match self.store.read_all(cp, self.config.batch).await {
+        let events = match self.log.read_all(cp, self.config.batch).await {
             Ok(events) => events,
             Err(e) => {
                 tracing::warn!(error = %e, "relay: cannot read events");
@@ -277,7 +280,7 @@ impl Relay {
         }
         // Positions are assigned before commit, so this counts in-flight appends too: an
         // estimate, exact once the store is quiet.
-        if let Ok(head) = self.store.head_position().await {
+        if let Ok(head) = self.log.head_position().await {
             self.metrics.lag_events.set((head - cp).max(0));
         }
         self.metrics
@@ -303,5 +306,102 @@ impl Relay {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // test code
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use revo_events::memory::MemoryStore;
+    use revo_events::store::AppendRequest;
+    use revo_events::{EventMeta, ExpectedVersion, NewEvent};
+    use revo_nats::MemoryBus;
+
+    fn metrics() -> RelayMetrics {
+        RelayMetrics {
+            lag_events: IntGauge::new("lag_events", "h").unwrap(),
+            lag_seconds: Gauge::new("lag_seconds", "h").unwrap(),
+            published: IntCounter::new("published", "h").unwrap(),
+            publish_errors: IntCounter::new("publish_errors", "h").unwrap(),
+            leader: IntGauge::new("leader", "h").unwrap(),
+        }
+    }
+
+    fn event(n: u8) -> NewEvent {
+        NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            event_type: "thing.happened".into(),
+            schema: 1,
+            occurred_at: chrono::Utc::now(),
+            meta: EventMeta::default(),
+            payload: vec![n],
+        }
+    }
+
+    /// The relay alone, over the in-memory log and bus: everything committed reaches the bus in
+    /// order, the checkpoint follows, and a second relay waits for the lease.
+    #[tokio::test]
+    async fn publishes_in_order_and_holds_the_lease() {
+        let store = MemoryStore::new();
+        let bus = Arc::new(MemoryBus::new(Duration::from_secs(60)));
+        let subjects = Subjects::new("relaytest").unwrap();
+        let mut live = bus.subscribe_events(&subjects.all_events()).await.unwrap();
+        let relay = Relay {
+            log: store.clone(),
+            checkpoints: store.clone(),
+            leases: store.clone(),
+            bus: bus.clone(),
+            subjects: subjects.clone(),
+            config: RelayConfig {
+                poll: Duration::from_millis(20),
+                lease_check: Duration::from_millis(20),
+                ..Default::default()
+            },
+            metrics: metrics(),
+        };
+        let standby = Relay {
+            metrics: metrics(),
+            ..relay.clone()
+        };
+        let cancel = CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        tasks.spawn(relay.clone().run(cancel.clone()));
+        tasks.spawn(standby.clone().run(cancel.clone()));
+        for n in 0..3u8 {
+            store
+                .append(AppendRequest::new(
+                    "thing",
+                    "t-1",
+                    ExpectedVersion::Any,
+                    vec![event(n)],
+                ))
+                .await
+                .unwrap();
+        }
+        for want in 1..=3i64 {
+            let msg = tokio::time::timeout(Duration::from_secs(5), live.next())
+                .await
+                .expect("the relay publishes")
+                .expect("the bus stays open")
+                .unwrap();
+            let ev = revo_events::codec::decode_wire(&msg.payload).unwrap();
+            assert_eq!((ev.stream_id.as_str(), ev.version), ("t-1", want));
+        }
+        cancel.cancel();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(store.load_checkpoint(CHECKPOINT).await.unwrap(), 3);
+        assert_eq!(
+            relay.metrics.leader.get() + standby.metrics.leader.get(),
+            0,
+            "both gave up leadership on shutdown"
+        );
+        assert_eq!(
+            relay.metrics.published.get() + standby.metrics.published.get(),
+            3,
+            "one relay published, once"
+        );
     }
 }

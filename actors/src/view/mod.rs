@@ -18,7 +18,7 @@ use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 use revo_events::store::wait_for_change;
-use revo_events::{EventStore, Projection};
+use revo_events::{EventLog, Projection, ReadModels};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -47,18 +47,19 @@ const BATCH: usize = 1000;
 impl<P: Projection + Default + Sync> LiveView<P> {
     /// Loads and catches up, then follows on `tracker` until `cancel`.
     pub async fn start(
-        store: Arc<dyn EventStore>,
+        log: Arc<dyn EventLog>,
+        read_models: &dyn ReadModels,
         poll: Duration,
         tracker: &TaskTracker,
         cancel: CancellationToken,
     ) -> Result<Self, ReplayError> {
         let mut projection = P::default();
-        let stored = store.load_read_model(projection.name()).await?;
+        let stored = read_models.load_read_model(projection.name()).await?;
         projection.load(stored.rows)?;
         let mut position = stored.position;
         let mut dirty = BTreeSet::new();
         loop {
-            let page = store.read_all(position, BATCH).await?;
+            let page = log.read_all(position, BATCH).await?;
             let Some(last) = page.last() else { break };
             position = last.position;
             for ev in &page {
@@ -69,14 +70,7 @@ impl<P: Projection + Default + Sync> LiveView<P> {
         let state = Arc::new(RwLock::new(projection));
         let (tx, rx) = watch::channel(position);
         let halted = Arc::new(OnceLock::new());
-        tracker.spawn(follow(
-            store,
-            state.clone(),
-            tx,
-            halted.clone(),
-            poll,
-            cancel,
-        ));
+        tracker.spawn(follow(log, state.clone(), tx, halted.clone(), poll, cancel));
         Ok(LiveView {
             state,
             position: rx,
@@ -112,20 +106,20 @@ impl<P> LiveView<P> {
 }
 
 async fn follow<P: Projection + Sync>(
-    store: Arc<dyn EventStore>,
+    log: Arc<dyn EventLog>,
     state: Arc<RwLock<P>>,
     position: watch::Sender<i64>,
     halted: Arc<OnceLock<String>>,
     poll: Duration,
     cancel: CancellationToken,
 ) {
-    let mut signal = store.append_signal();
+    let mut signal = log.append_signal();
     let mut at = *position.borrow();
     let mut dirty = BTreeSet::new();
     let mut backoff = Backoff::default();
     while !cancel.is_cancelled() {
         signal.borrow_and_update();
-        let page = match store.read_all(at, BATCH).await {
+        let page = match log.read_all(at, BATCH).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "live view: store error, retrying");

@@ -12,7 +12,8 @@ use uuid::Uuid;
 
 use crate::store::group_commit::{BatchBackend, BatchFailure};
 use crate::store::heads::{HeadCache, HeadReader, StreamKey};
-use crate::store::{outcomes, race_outcome, unavailable, unique_violation};
+use crate::store::sql::race_error;
+use crate::store::{outcomes, unavailable, unique_violation};
 
 pub(super) struct Backend {
     pub(super) pool: PgPool,
@@ -166,22 +167,7 @@ impl BatchBackend for Backend {
     }
 
     async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {
-        if let Ok(known) = race_outcome(req, cause) {
-            return known;
-        }
-        let actual: Result<i64, _> = sqlx::query_scalar(
-            "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = $1 AND stream_id = $2",
-        )
-        .bind(&req.stream_type)
-        .bind(&req.stream_id)
-        .fetch_one(&self.pool)
-        .await;
-        StoreError::Conflict {
-            stream_type: req.stream_type.clone(),
-            stream_id: req.stream_id.clone(),
-            expected: req.expected,
-            actual: actual.unwrap_or(-1),
-        }
+        race_error(&self.pool, req, cause).await
     }
 }
 

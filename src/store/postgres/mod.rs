@@ -3,33 +3,30 @@
 //! Commit order: every row records its writing transaction (`txid`). `read_all` returns only
 //! rows of transactions older than the oldest still running (`pg_snapshot_xmin`), ordered by
 //! `(txid, position)`. A transaction that took an early position but commits late is therefore
-//! read after the ones that committed before it, never skipped; see `docs/events.md`.
+//! read after the ones that committed before it, never skipped; see `docs/events.md`. What
+//! Postgres shares with SQLite is in `store::sql`.
 
 mod append;
-mod read_model;
 mod wake;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use revo_events::store::{Lease, ReadModelInfo, StoredReadModel};
-use revo_events::{
-    AppendRequest, Appended, Envelope, EventMeta, EventStore, RecordedEvent, Rows, StoreError,
-};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool, Row};
+use revo_events::store::Lease;
+use revo_events::{RecordedEvent, StoreError};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{Connection, PgConnection, Postgres, Row};
 use tokio::sync::{watch, Mutex};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use uuid::Uuid;
 
 use super::group_commit::{GroupCommitConfig, GroupCommitter, StoreMetrics};
+use super::sql::{applied_migrations, impl_event_store, Dialect, SqlStore, EVENT_COLUMNS};
 use super::{check_migrations, unavailable, PG_MIGRATOR};
 use append::Backend;
 use wake::PgLease;
-
-const EVENT_COLUMNS: &str = "position, event_id, stream_type, stream_id, version, event_type, \
-     schema, occurred_at, actor, correlation_id, causation_id, payload";
 
 #[derive(Debug, Clone)]
 pub struct PgStoreConfig {
@@ -57,18 +54,36 @@ impl PgStoreConfig {
     }
 }
 
-pub struct PgStore {
-    pool: PgPool,
+/// The event store on Postgres.
+pub type PgStore = SqlStore<Postgres>;
+
+/// What only the Postgres adapter has.
+pub struct PgOwn {
+    /// Leases take a connection of their own, outside the pool.
     connect: PgConnectOptions,
-    committer: GroupCommitter,
-    signal: Arc<watch::Sender<u64>>,
-    max_payload: usize,
     tasks: TaskTracker,
     stop: CancellationToken,
     /// Signalled when a read found committed events it could not return yet (held back by an
     /// older open transaction): no NOTIFY announces that transaction's end, so readers are
     /// woken on a short timer instead.
     held_back: Arc<wake::HeldBack>,
+}
+
+impl Dialect for Postgres {
+    fn migrator() -> &'static Migrator {
+        &PG_MIGRATOR
+    }
+    const HAS_MIGRATIONS_TABLE: &'static str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
+    const DOC_AS_TEXT: &'static str = "doc::text";
+    const DOC_PARAM: (&'static str, &'static str) = ("CAST(", " AS jsonb)");
+    const FOR_UPDATE: &'static str = " FOR UPDATE";
+    const SNAPSHOT: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    const MAX_BINDS: usize = u16::MAX as usize;
+    fn uuid(row: &PgRow, index: usize) -> Result<Option<Uuid>, sqlx::Error> {
+        row.try_get(index)
+    }
+    type Own = PgOwn;
 }
 
 fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
@@ -83,44 +98,20 @@ pub async fn migrate(url: &str) -> Result<(), StoreError> {
     let mut conn = PgConnection::connect_with(&options(url)?)
         .await
         .map_err(unavailable)?;
-    check_not_newer(&mut conn).await?;
+    // Refuses a database migrated by a newer build (running old code on it could corrupt it).
+    let applied = applied_migrations::<Postgres>(&mut conn)
+        .await?
+        .unwrap_or_default();
+    match check_migrations(&PG_MIGRATOR, &applied) {
+        Err(StoreError::Schema(m)) if m.contains("is not applied") => {}
+        other => other?,
+    }
     PG_MIGRATOR
         .run(&mut conn)
         .await
         .map_err(|e| StoreError::Schema(e.to_string()))?;
     let _ = conn.close().await;
     Ok(())
-}
-
-async fn applied_migrations(
-    conn: &mut PgConnection,
-) -> Result<Option<Vec<(i64, Vec<u8>, bool)>>, StoreError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    if !exists {
-        return Ok(None);
-    }
-    let rows =
-        sqlx::query("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(unavailable)?;
-    rows.iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect::<Result<Vec<_>, sqlx::Error>>()
-        .map(Some)
-        .map_err(unavailable)
-}
-
-/// Refuses a database migrated by a newer build (running old code on it could corrupt it).
-async fn check_not_newer(conn: &mut PgConnection) -> Result<(), StoreError> {
-    let applied = applied_migrations(conn).await?.unwrap_or_default();
-    match check_migrations(&PG_MIGRATOR, &applied) {
-        Err(StoreError::Schema(m)) if m.contains("is not applied") => Ok(()),
-        other => other,
-    }
 }
 
 impl PgStore {
@@ -148,94 +139,48 @@ impl PgStore {
             metrics,
             vec![signal.clone(), Arc::new(committed)],
         );
-        let store = Arc::new(PgStore {
-            pool,
-            connect,
+        let store = Arc::new(SqlStore {
+            reader: pool.clone(),
+            writer: pool,
             committer,
             signal,
             max_payload: config.max_payload,
-            tasks: TaskTracker::new(),
-            stop: CancellationToken::new(),
-            held_back,
+            own: PgOwn {
+                connect,
+                tasks: TaskTracker::new(),
+                stop: CancellationToken::new(),
+                held_back,
+            },
         });
-        store.schema_status().await?;
+        store.check_schema().await?;
         // Tells this process's own notifications apart from other processes'.
         let me = uuid::Uuid::now_v7().to_string();
-        store.tasks.spawn(wake::announce(
-            store.pool.clone(),
+        let own = &store.own;
+        own.tasks.spawn(wake::announce(
+            store.writer.clone(),
             committed_rx,
             me.clone(),
-            store.stop.clone(),
+            own.stop.clone(),
         ));
-        store.tasks.spawn(wake::listen(
-            store.pool.clone(),
+        own.tasks.spawn(wake::listen(
+            store.writer.clone(),
             store.signal.clone(),
-            store.held_back.clone(),
+            own.held_back.clone(),
             me,
-            store.stop.clone(),
+            own.stop.clone(),
         ));
         Ok(store)
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-}
-/// Columns by index, in `EVENT_COLUMNS` order (a name lookup per column per row costs more).
-fn decode_row(row: &sqlx::postgres::PgRow) -> Result<RecordedEvent, StoreError> {
-    let get = |e: sqlx::Error| StoreError::Backend(format!("cannot read event row: {e}"));
-    let schema: i32 = row.try_get(6).map_err(get)?;
-    Ok(RecordedEvent {
-        position: row.try_get(0).map_err(get)?,
-        envelope: Envelope {
-            event_id: row.try_get(1).map_err(get)?,
-            stream_type: row.try_get(2).map_err(get)?,
-            stream_id: row.try_get(3).map_err(get)?,
-            version: row.try_get(4).map_err(get)?,
-            event_type: row.try_get(5).map_err(get)?,
-            schema: u32::try_from(schema)
-                .map_err(|_| StoreError::Backend(format!("schema {schema}")))?,
-            occurred_at: row.try_get(7).map_err(get)?,
-            meta: EventMeta {
-                actor: row.try_get(8).map_err(get)?,
-                correlation_id: row.try_get(9).map_err(get)?,
-                causation_id: row.try_get(10).map_err(get)?,
-            },
-            payload: row.try_get(11).map_err(get)?,
-        },
-    })
-}
-
-#[async_trait]
-impl EventStore for PgStore {
-    async fn append(&self, req: AppendRequest) -> Result<Appended, StoreError> {
-        req.validate(self.max_payload)?;
-        self.committer.append(req).await
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.writer
     }
 
-    async fn read_stream(
+    async fn dialect_read_all(
         &self,
-        stream_type: &str,
-        stream_id: &str,
-        from_version: i64,
+        after: i64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_type = $1 AND stream_id = $2 \
-             AND version >= $3 ORDER BY version LIMIT $4"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(stream_type)
-            .bind(stream_id)
-            .bind(from_version)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(decode_row).collect()
-    }
-
-    async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = if after == 0 {
             let sql = format!(
                 "SELECT {EVENT_COLUMNS} FROM events \
@@ -244,7 +189,7 @@ impl EventStore for PgStore {
             );
             sqlx::query(&sql)
                 .bind(limit as i64)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reader)
                 .await
         } else {
             let sql = format!(
@@ -256,7 +201,7 @@ impl EventStore for PgStore {
             sqlx::query(&sql)
                 .bind(after)
                 .bind(limit as i64)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.reader)
                 .await
         }
         .map_err(unavailable)?;
@@ -274,84 +219,25 @@ impl EventStore for PgStore {
             };
             let pending: bool = sqlx::query_scalar(sql)
                 .bind(after)
-                .fetch_one(&self.pool)
+                .fetch_one(&self.reader)
                 .await
                 .map_err(unavailable)?;
             if pending {
-                self.held_back.held();
+                self.own.held_back.held();
             } else {
-                self.held_back.clear();
+                self.own.held_back.clear();
             }
+            self.check_position(after).await?;
         } else {
-            self.held_back.clear();
+            self.own.held_back.clear();
         }
-        if rows.is_empty() && after != 0 {
-            let known: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE position = $1)")
-                    .bind(after)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(unavailable)?;
-            if !known {
-                return Err(StoreError::UnknownPosition(after));
-            }
-        }
-        rows.iter().map(decode_row).collect()
+        rows.iter().map(Self::decode_event).collect()
     }
 
-    fn append_signal(&self) -> watch::Receiver<u64> {
-        self.signal.subscribe()
-    }
-
-    async fn head_position(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM events")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
-    }
-
-    async fn schema_status(&self) -> Result<(), StoreError> {
-        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
-        let applied = applied_migrations(&mut conn).await?.ok_or_else(|| {
-            StoreError::Schema("the database is not migrated: run `revo migrate`".into())
-        })?;
-        check_migrations(&PG_MIGRATOR, &applied)
-    }
-
-    async fn load_checkpoint(&self, name: &str) -> Result<i64, StoreError> {
-        let p: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(p.unwrap_or(0))
-    }
-
-    async fn save_checkpoint(&self, name: &str, position: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO checkpoints (name, position) VALUES ($1, $2) \
-             ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-        )
-        .bind(name)
-        .bind(position)
-        .execute(&self.pool)
-        .await
-        .map(|_| ())
-        .map_err(unavailable)
-    }
-
-    async fn try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>, StoreError> {
+    async fn dialect_try_lease(&self, name: &str) -> Result<Option<Box<dyn Lease>>, StoreError> {
         // A session-level advisory lock on a connection of its own: it lasts exactly as long as
         // this process's session, so a crashed leader releases it the moment its socket closes.
-        let mut conn = PgConnection::connect_with(&self.connect)
+        let mut conn = PgConnection::connect_with(&self.own.connect)
             .await
             .map_err(unavailable)?;
         let got: bool =
@@ -369,47 +255,12 @@ impl EventStore for PgStore {
         })))
     }
 
-    async fn load_read_model(&self, projection: &str) -> Result<StoredReadModel, StoreError> {
-        read_model::load(&self.pool, projection).await
-    }
-
-    async fn save_read_model(
-        &self,
-        projection: &str,
-        generation: i64,
-        from_position: i64,
-        to_position: i64,
-        changes: Vec<(String, Option<serde_json::Value>)>,
-    ) -> Result<bool, StoreError> {
-        read_model::save(
-            &self.pool,
-            projection,
-            generation,
-            from_position,
-            to_position,
-            changes,
-        )
-        .await
-    }
-
-    async fn replace_read_model(
-        &self,
-        projection: &str,
-        rows: &Rows,
-        position: i64,
-    ) -> Result<i64, StoreError> {
-        read_model::replace(&self.pool, projection, rows, position).await
-    }
-
-    async fn list_read_models(&self) -> Result<Vec<ReadModelInfo>, StoreError> {
-        read_model::list(&self.pool).await
-    }
-
-    async fn close(&self) {
-        self.committer.close().await;
-        self.stop.cancel();
-        self.tasks.close();
-        self.tasks.wait().await;
-        self.pool.close().await;
+    /// Stops the wake-up tasks (the pools close after).
+    async fn dialect_close(&self) {
+        self.own.stop.cancel();
+        self.own.tasks.close();
+        self.own.tasks.wait().await;
     }
 }
+
+impl_event_store!(Postgres);

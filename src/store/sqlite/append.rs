@@ -10,7 +10,8 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use crate::store::group_commit::{BatchBackend, BatchFailure};
 use crate::store::heads::{HeadCache, HeadReader, StreamKey};
-use crate::store::{outcomes, race_outcome, unavailable, unique_violation};
+use crate::store::sql::race_error;
+use crate::store::{outcomes, unavailable, unique_violation};
 
 /// SQLite allows 32,766 bound values per statement; 11 per event.
 const INSERT_CHUNK: usize = 2_000;
@@ -124,21 +125,6 @@ impl BatchBackend for Backend {
     }
 
     async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {
-        if let Ok(known) = race_outcome(req, cause) {
-            return known;
-        }
-        let actual: Result<i64, _> = sqlx::query_scalar(
-            "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = ? AND stream_id = ?",
-        )
-        .bind(&req.stream_type)
-        .bind(&req.stream_id)
-        .fetch_one(&self.writer)
-        .await;
-        StoreError::Conflict {
-            stream_type: req.stream_type.clone(),
-            stream_id: req.stream_id.clone(),
-            expected: req.expected,
-            actual: actual.unwrap_or(-1),
-        }
+        race_error(&self.writer, req, cause).await
     }
 }

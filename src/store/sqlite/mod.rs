@@ -3,9 +3,9 @@
 //! One writer connection, so position order is commit order and `read_all` is a plain range
 //! scan. WAL with `synchronous = FULL`: an acknowledged append survives a power cut. The data
 //! directory is locked by the serving process, so this store's leases are held by construction.
+//! What SQLite shares with Postgres is in `store::sql`.
 
 mod append;
-mod read_model;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -13,23 +13,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use revo_events::store::{Lease, ReadModelInfo, StoredReadModel};
-use revo_events::{
-    AppendRequest, Appended, Envelope, EventMeta, EventStore, RecordedEvent, Rows, StoreError,
+use revo_events::store::Lease;
+use revo_events::{RecordedEvent, StoreError};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Row, Sqlite};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::group_commit::{GroupCommitConfig, GroupCommitter, StoreMetrics};
 use super::heads::HeadCache;
+use super::sql::{applied_migrations, impl_event_store, Dialect, SqlStore, EVENT_COLUMNS};
 use super::{check_migrations, unavailable, SQLITE_MIGRATOR};
 use append::Backend;
-
-const EVENT_COLUMNS: &str = "position, event_id, stream_type, stream_id, version, event_type, \
-     schema, occurred_at, actor, correlation_id, causation_id, payload";
 
 #[derive(Debug, Clone)]
 pub struct SqliteStoreConfig {
@@ -54,12 +52,27 @@ impl SqliteStoreConfig {
     }
 }
 
-pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
-    committer: GroupCommitter,
-    signal: Arc<watch::Sender<u64>>,
-    max_payload: usize,
+/// The event store on SQLite.
+pub type SqliteStore = SqlStore<Sqlite>;
+
+impl Dialect for Sqlite {
+    fn migrator() -> &'static Migrator {
+        &SQLITE_MIGRATOR
+    }
+    const HAS_MIGRATIONS_TABLE: &'static str = "SELECT EXISTS (SELECT 1 FROM sqlite_master \
+         WHERE type = 'table' AND name = '_sqlx_migrations')";
+    const DOC_AS_TEXT: &'static str = "doc";
+    const DOC_PARAM: (&'static str, &'static str) = ("", "");
+    // One writer connection: a transaction on it excludes every other writer.
+    const FOR_UPDATE: &'static str = "";
+    const SNAPSHOT: Option<&'static str> = None;
+    const MAX_BINDS: usize = 32_766;
+    fn uuid(row: &SqliteRow, index: usize) -> Result<Option<Uuid>, sqlx::Error> {
+        let text: Option<String> = row.try_get(index)?;
+        text.map(|s| Uuid::from_str(&s).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+            .transpose()
+    }
+    type Own = ();
 }
 
 fn connect_options(path: &Path) -> SqliteConnectOptions {
@@ -89,15 +102,20 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(unavailable)?;
-        let applied = applied_migrations(&writer).await?;
-        match check_migrations(&SQLITE_MIGRATOR, &applied) {
-            Err(StoreError::Schema(m)) if m.contains("is not applied") => {
-                SQLITE_MIGRATOR
-                    .run(&writer)
-                    .await
-                    .map_err(|e| StoreError::Schema(e.to_string()))?;
+        {
+            let mut conn = writer.acquire().await.map_err(unavailable)?;
+            let applied = applied_migrations::<Sqlite>(&mut conn)
+                .await?
+                .unwrap_or_default();
+            match check_migrations(&SQLITE_MIGRATOR, &applied) {
+                Err(StoreError::Schema(m)) if m.contains("is not applied") => {
+                    SQLITE_MIGRATOR
+                        .run(&mut *conn)
+                        .await
+                        .map_err(|e| StoreError::Schema(e.to_string()))?;
+                }
+                other => other?,
             }
-            other => other?,
         }
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
@@ -111,65 +129,44 @@ impl SqliteStore {
             heads: HeadCache::default(),
         });
         let committer = GroupCommitter::start(backend, config.group, metrics, vec![signal.clone()]);
-        Ok(Arc::new(SqliteStore {
-            writer,
+        Ok(Arc::new(SqlStore {
             reader,
+            writer,
             committer,
             signal,
             max_payload: config.max_payload,
+            own: (),
         }))
     }
-}
 
-async fn applied_migrations(pool: &SqlitePool) -> Result<Vec<(i64, Vec<u8>, bool)>, StoreError> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations')",
-    )
-    .fetch_one(pool)
-    .await
-    .map_err(unavailable)?;
-    if !exists {
-        return Ok(Vec::new());
+    async fn dialect_read_all(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(after)
+            .bind(limit as i64)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        if rows.is_empty() {
+            self.check_position(after).await?;
+        }
+        rows.iter().map(Self::decode_event).collect()
     }
-    sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
-        .fetch_all(pool)
-        .await
-        .map_err(unavailable)
+
+    async fn dialect_try_lease(&self, _name: &str) -> Result<Option<Box<dyn Lease>>, StoreError> {
+        Ok(Some(Box::new(HeldLease)))
+    }
+
+    async fn dialect_close(&self) {}
 }
 
-fn parse_uuid(s: Option<String>, what: &str) -> Result<Option<Uuid>, StoreError> {
-    s.map(|s| Uuid::from_str(&s).map_err(|e| StoreError::Backend(format!("bad {what} `{s}`: {e}"))))
-        .transpose()
-}
-
-/// Columns by index, in `EVENT_COLUMNS` order (a name lookup per column per row costs more).
-fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<RecordedEvent, StoreError> {
-    let get = |e: sqlx::Error| StoreError::Backend(format!("cannot read event row: {e}"));
-    let schema: i64 = row.try_get(6).map_err(get)?;
-    let event_id: String = row.try_get(1).map_err(get)?;
-    Ok(RecordedEvent {
-        position: row.try_get(0).map_err(get)?,
-        envelope: Envelope {
-            event_id: parse_uuid(Some(event_id), "event id")?.unwrap_or_default(),
-            stream_type: row.try_get(2).map_err(get)?,
-            stream_id: row.try_get(3).map_err(get)?,
-            version: row.try_get(4).map_err(get)?,
-            event_type: row.try_get(5).map_err(get)?,
-            schema: u32::try_from(schema)
-                .map_err(|_| StoreError::Backend(format!("schema {schema}")))?,
-            occurred_at: row
-                .try_get::<DateTime<Utc>, _>("occurred_at")
-                .map_err(get)?,
-            meta: EventMeta {
-                actor: row.try_get(8).map_err(get)?,
-                correlation_id: parse_uuid(row.try_get(9).map_err(get)?, "correlation id")?,
-                causation_id: parse_uuid(row.try_get(10).map_err(get)?, "causation id")?,
-            },
-            payload: row.try_get(11).map_err(get)?,
-        },
-    })
-}
-
+/// The data-directory lock is the lease.
 struct HeldLease;
 
 #[async_trait]
@@ -179,148 +176,4 @@ impl Lease for HeldLease {
     }
 }
 
-#[async_trait]
-impl EventStore for SqliteStore {
-    async fn append(&self, req: AppendRequest) -> Result<Appended, StoreError> {
-        req.validate(self.max_payload)?;
-        self.committer.append(req).await
-    }
-
-    async fn read_stream(
-        &self,
-        stream_type: &str,
-        stream_id: &str,
-        from_version: i64,
-        limit: usize,
-    ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE stream_type = ? AND stream_id = ? \
-             AND version >= ? ORDER BY version LIMIT ?"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(stream_type)
-            .bind(stream_id)
-            .bind(from_version)
-            .bind(limit as i64)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unavailable)?;
-        rows.iter().map(decode_row).collect()
-    }
-
-    async fn read_all(&self, after: i64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE position > ? ORDER BY position LIMIT ?"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(after)
-            .bind(limit as i64)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unavailable)?;
-        if rows.is_empty() && after != 0 {
-            let known: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE position = ?)")
-                    .bind(after)
-                    .fetch_one(&self.reader)
-                    .await
-                    .map_err(unavailable)?;
-            if !known {
-                return Err(StoreError::UnknownPosition(after));
-            }
-        }
-        rows.iter().map(decode_row).collect()
-    }
-
-    fn append_signal(&self) -> watch::Receiver<u64> {
-        self.signal.subscribe()
-    }
-
-    async fn head_position(&self) -> Result<i64, StoreError> {
-        sqlx::query_scalar("SELECT COALESCE(max(position), 0) FROM events")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(unavailable)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
-    }
-
-    async fn schema_status(&self) -> Result<(), StoreError> {
-        check_migrations(&SQLITE_MIGRATOR, &applied_migrations(&self.reader).await?)
-    }
-
-    async fn load_checkpoint(&self, name: &str) -> Result<i64, StoreError> {
-        let p: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(unavailable)?;
-        Ok(p.unwrap_or(0))
-    }
-
-    async fn save_checkpoint(&self, name: &str, position: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-        )
-        .bind(name)
-        .bind(position)
-        .bind(Utc::now())
-        .execute(&self.writer)
-        .await
-        .map(|_| ())
-        .map_err(unavailable)
-    }
-
-    async fn try_lease(&self, _name: &str) -> Result<Option<Box<dyn Lease>>, StoreError> {
-        Ok(Some(Box::new(HeldLease)))
-    }
-
-    async fn load_read_model(&self, projection: &str) -> Result<StoredReadModel, StoreError> {
-        read_model::load(&self.writer, projection).await
-    }
-
-    async fn save_read_model(
-        &self,
-        projection: &str,
-        generation: i64,
-        from_position: i64,
-        to_position: i64,
-        changes: Vec<(String, Option<serde_json::Value>)>,
-    ) -> Result<bool, StoreError> {
-        read_model::save(
-            &self.writer,
-            projection,
-            generation,
-            from_position,
-            to_position,
-            changes,
-        )
-        .await
-    }
-
-    async fn replace_read_model(
-        &self,
-        projection: &str,
-        rows: &Rows,
-        position: i64,
-    ) -> Result<i64, StoreError> {
-        read_model::replace(&self.writer, projection, rows, position).await
-    }
-
-    async fn list_read_models(&self) -> Result<Vec<ReadModelInfo>, StoreError> {
-        read_model::list(&self.reader).await
-    }
-
-    async fn close(&self) {
-        self.committer.close().await;
-        self.reader.close().await;
-        self.writer.close().await;
-    }
-}
+impl_event_store!(Sqlite);
