@@ -84,66 +84,6 @@ fn row_error(e: sqlx::Error) -> StoreError {
     StoreError::Backend(format!("cannot read event row: {e}"))
 }
 
-/// Applied migrations (version, checksum, success), none if the table does not exist yet.
-pub(super) async fn applied_migrations<DB>(
-    conn: &mut DB::Connection,
-) -> Result<Option<Vec<(i64, Vec<u8>, bool)>>, StoreError>
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    usize: ColumnIndex<DB::Row>,
-    bool: Column<DB>,
-    i64: Column<DB>,
-    Vec<u8>: Column<DB>,
-{
-    let exists: bool = sqlx::query_scalar(DB::HAS_MIGRATIONS_TABLE)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(unavailable)?;
-    if !exists {
-        return Ok(None);
-    }
-    sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
-        .fetch_all(&mut *conn)
-        .await
-        .map(Some)
-        .map_err(unavailable)
-}
-
-/// The error for a request that lost a race with another writer when it ran alone: known from
-/// the violated constraint, or a conflict with the stream's current version.
-pub(super) async fn race_error<DB>(
-    pool: &Pool<DB>,
-    req: &AppendRequest,
-    cause: StoreError,
-) -> StoreError
-where
-    DB: Dialect,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    usize: ColumnIndex<DB::Row>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    i64: Column<DB>,
-{
-    if let Ok(known) = race_outcome(req, cause) {
-        return known;
-    }
-    let actual: Result<i64, _> = sqlx::query_scalar(
-        "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = $1 AND stream_id = $2",
-    )
-    .bind(req.stream_type.as_str())
-    .bind(req.stream_id.as_str())
-    .fetch_one(pool)
-    .await;
-    StoreError::Conflict {
-        stream_type: req.stream_type.clone(),
-        stream_id: req.stream_id.clone(),
-        expected: req.expected,
-        actual: actual.unwrap_or(-1),
-    }
-}
-
 impl<DB> SqlStore<DB>
 where
     DB: Dialect,
@@ -158,6 +98,49 @@ where
     Vec<u8>: Column<DB>,
     DateTime<Utc>: Column<DB>,
 {
+    // Applied migrations (version, checksum, success), none if the table does not exist yet.
+    pub(super) async fn applied_migrations(
+        conn: &mut DB::Connection,
+    ) -> Result<Option<Vec<(i64, Vec<u8>, bool)>>, StoreError> {
+        let exists: bool = sqlx::query_scalar(DB::HAS_MIGRATIONS_TABLE)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        if !exists {
+            return Ok(None);
+        }
+        sqlx::query_as("SELECT version, checksum, success FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await
+            .map(Some)
+            .map_err(unavailable)
+    }
+
+    /// The error for a request that lost a race with another writer when it ran alone: known from
+    /// the violated constraint, or a conflict with the stream's current version.
+    pub(super) async fn race_error(
+        pool: &Pool<DB>,
+        req: &AppendRequest,
+        cause: StoreError,
+    ) -> StoreError {
+        if let Ok(known) = race_outcome(req, cause) {
+            return known;
+        }
+        let actual: Result<i64, _> = sqlx::query_scalar(
+            "SELECT COALESCE(max(version), 0) FROM events WHERE stream_type = $1 AND stream_id = $2",
+        )
+        .bind(req.stream_type.as_str())
+        .bind(req.stream_id.as_str())
+        .fetch_one(pool)
+        .await;
+        StoreError::Conflict {
+            stream_type: req.stream_type.clone(),
+            stream_id: req.stream_id.clone(),
+            expected: req.expected,
+            actual: actual.unwrap_or(-1),
+        }
+    }
+
     /// An event row read with [`EVENT_COLUMNS`], by index (a name lookup per column per row
     /// costs more).
     pub(super) fn decode_event(row: &DB::Row) -> Result<RecordedEvent, StoreError> {
@@ -242,7 +225,7 @@ where
 
     pub(super) async fn check_schema(&self) -> Result<(), StoreError> {
         let mut conn = self.reader.acquire().await.map_err(unavailable)?;
-        let applied = applied_migrations::<DB>(&mut conn).await?.ok_or_else(|| {
+        let applied = Self::applied_migrations(&mut conn).await?.ok_or_else(|| {
             StoreError::Schema("the database is not migrated: run `revo migrate`".into())
         })?;
         check_migrations(DB::migrator(), &applied)

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::store::group_commit::{BatchBackend, BatchFailure};
 use crate::store::heads::{HeadCache, HeadReader, StreamKey};
-use crate::store::sql::race_error;
+use crate::store::sql::SqlStore;
 use crate::store::{outcomes, unavailable, unique_violation};
 
 pub(super) struct Backend {
@@ -167,7 +167,7 @@ impl BatchBackend for Backend {
     }
 
     async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {
-        race_error(&self.pool, req, cause).await
+        SqlStore::<sqlx::Postgres>::race_error(&self.pool, req, cause).await
     }
 }
 

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::group_commit::{GroupCommitConfig, GroupCommitter, StoreMetrics};
-use super::sql::{applied_migrations, impl_event_store, Dialect, SqlStore, EVENT_COLUMNS};
+use super::sql::{impl_event_store, Dialect, SqlStore, EVENT_COLUMNS};
 use super::{check_migrations, unavailable, PG_MIGRATOR};
 use append::Backend;
 use wake::PgLease;
@@ -99,7 +99,7 @@ pub async fn migrate(url: &str) -> Result<(), StoreError> {
         .await
         .map_err(unavailable)?;
     // Refuses a database migrated by a newer build (running old code on it could corrupt it).
-    let applied = applied_migrations::<Postgres>(&mut conn)
+    let applied = SqlStore::<Postgres>::applied_migrations(&mut conn)
         .await?
         .unwrap_or_default();
     match check_migrations(&PG_MIGRATOR, &applied) {

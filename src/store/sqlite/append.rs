@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Row, SqlitePool};
 
 use crate::store::group_commit::{BatchBackend, BatchFailure};
 use crate::store::heads::{HeadCache, HeadReader, StreamKey};
-use crate::store::sql::race_error;
+use crate::store::sql::SqlStore;
 use crate::store::{outcomes, unavailable, unique_violation};
 
 /// SQLite allows 32,766 bound values per statement; 11 per event.
@@ -125,6 +125,6 @@ impl BatchBackend for Backend {
     }
 
     async fn race_error(&self, req: &AppendRequest, cause: StoreError) -> StoreError {
-        race_error(&self.writer, req, cause).await
+        SqlStore::<sqlx::Sqlite>::race_error(&self.writer, req, cause).await
     }
 }

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use super::group_commit::{GroupCommitConfig, GroupCommitter, StoreMetrics};
 use super::heads::HeadCache;
-use super::sql::{applied_migrations, impl_event_store, Dialect, SqlStore, EVENT_COLUMNS};
+use super::sql::{impl_event_store, Dialect, SqlStore, EVENT_COLUMNS};
 use super::{check_migrations, unavailable, SQLITE_MIGRATOR};
 use append::Backend;
 
@@ -104,7 +104,7 @@ impl SqliteStore {
             .map_err(unavailable)?;
         {
             let mut conn = writer.acquire().await.map_err(unavailable)?;
-            let applied = applied_migrations::<Sqlite>(&mut conn)
+            let applied = SqlStore::<Sqlite>::applied_migrations(&mut conn)
                 .await?
                 .unwrap_or_default();
             match check_migrations(&SQLITE_MIGRATOR, &applied) {
