@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use revo::db::sqlite::SqliteStoreConfig;
+use revo::db::SqliteStore;
 use revo::identity::password::Hasher;
 use revo::identity::rbac::Permission;
 use revo::identity::throttle::LoginThrottle;
 use revo::identity::token::{JwtKey, TokenKeys};
 use revo::identity::{Identity, IdentitySettings, NewKeyRequest, RoleLimits};
-use revo::store::sqlite::SqliteStoreConfig;
-use revo::store::SqliteStore;
+use revo_actors::kit::{HealthBoard, Supervisor};
 use revo_actors::LiveView;
 use revo_events::{Directory, EventMeta, EventStore, Role};
 use tokio_util::sync::CancellationToken;
@@ -38,12 +39,16 @@ fn setup(rt: &tokio::runtime::Runtime) -> Fixture {
                 .await
                 .unwrap();
         let tasks = TaskTracker::new();
+        let sup = Supervisor::new(
+            tasks.clone(),
+            CancellationToken::new(),
+            HealthBoard::default(),
+        );
         let view = LiveView::<Directory>::start(
             store.clone(),
             store.as_ref(),
             Duration::from_millis(500),
-            &tasks,
-            CancellationToken::new(),
+            &sup,
         )
         .await
         .unwrap();

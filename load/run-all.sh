@@ -15,6 +15,6 @@ for run in 1 2 3; do
 done
 echo "## replay"; "$L" replay --events 1000000
 echo "## the edge over HTTP"; ./load/http/bench.sh 10 3; echo
-echo "## local models: single stream"; ./load/models/bench.sh 128 5; WEIGHTS=keep ./load/models/bench.sh 128 3; echo
-echo "## local models: concurrency"; ./load/models/concurrency.sh 64 2 3 16
-WEIGHTS=keep ./load/models/concurrency.sh 64 2 3 16; MODE=cluster ./load/models/concurrency.sh 64 2 3 16
+echo "## local models: single stream"; ./load/decode/bench.sh 128 5; WEIGHTS=keep ./load/decode/bench.sh 128 3; echo
+echo "## local models: concurrency"; ./load/decode/concurrency.sh 64 2 3 16
+WEIGHTS=keep ./load/decode/concurrency.sh 64 2 3 16; MODE=cluster ./load/decode/concurrency.sh 64 2 3 16

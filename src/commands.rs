@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 use crate::cli::{Cli, Command, EventsCommand, ModelsCommand, ReplayCommand, UsersCommand};
 use crate::config::{Config, LogFormat, Mode};
 use crate::metrics::Metrics;
-use crate::{models, node, replay, serve, store, users};
+use crate::{db, node, registry, replay, serve, users};
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("REVO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -39,7 +39,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             .map(|()| 0),
         Command::Migrate => match &config.mode {
             Mode::Cluster { database_url, .. } => {
-                store::postgres::migrate(database_url).await?;
+                db::postgres::migrate(database_url).await?;
                 println!("Postgres schema is current");
                 Ok(0)
             }
@@ -124,7 +124,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     file,
                     name,
                     weights,
-                } => models::import(
+                } => registry::import(
                     s.as_ref(),
                     &models_dir,
                     &file,
@@ -135,28 +135,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .await
                 .and_then(|row| {
                     writeln!(out, "imported:")?;
-                    models::print_row(&mut out, &row)?;
+                    registry::print_row(&mut out, &row)?;
                     Ok(())
                 }),
-                ModelsCommand::List => models::registry(s.as_ref()).await.and_then(|reg| {
+                ModelsCommand::List => registry::load(s.as_ref()).await.and_then(|reg| {
                     for row in reg.all() {
-                        models::print_row(&mut out, row)?;
+                        registry::print_row(&mut out, row)?;
                     }
                     Ok(())
                 }),
-                ModelsCommand::Show { name } => {
-                    models::registry(s.as_ref()).await.and_then(|reg| {
-                        let row = reg
-                            .get(&name)
-                            .ok_or_else(|| anyhow::anyhow!("no model named `{name}`"))?;
-                        models::print_row(&mut out, row)?;
-                        let cfg =
-                            std::fs::read_to_string(models_dir.join(&row.dir).join("config.json"))?;
-                        writeln!(out, "{cfg}")?;
-                        Ok(())
-                    })
-                }
-                ModelsCommand::Remove { name } => models::remove(s.as_ref(), &models_dir, &name)
+                ModelsCommand::Show { name } => registry::load(s.as_ref()).await.and_then(|reg| {
+                    let row = reg
+                        .get(&name)
+                        .ok_or_else(|| anyhow::anyhow!("no model named `{name}`"))?;
+                    registry::print_row(&mut out, row)?;
+                    let cfg =
+                        std::fs::read_to_string(models_dir.join(&row.dir).join("config.json"))?;
+                    writeln!(out, "{cfg}")?;
+                    Ok(())
+                }),
+                ModelsCommand::Remove { name } => registry::remove(s.as_ref(), &models_dir, &name)
                     .await
                     .and_then(|()| Ok(writeln!(out, "removed `{name}`")?)),
             };
@@ -165,7 +163,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Generate(args) => {
             let s = node::open_store(&config, store_metrics, true).await?;
-            let r = models::generate(
+            let r = registry::generate(
                 s.as_ref(),
                 &config.models_dir(),
                 config.ort_dylib.as_deref(),

@@ -332,7 +332,7 @@ impl Config {
         let max_payload_bytes = args
             .max_payload_bytes
             .or(file.max_payload_bytes)
-            .unwrap_or(crate::store::DEFAULT_MAX_PAYLOAD);
+            .unwrap_or(crate::db::DEFAULT_MAX_PAYLOAD);
         if max_payload_bytes == 0 {
             bail!("max payload bytes must be positive");
         }
@@ -425,7 +425,7 @@ fn env_or<T: std::str::FromStr>(name: &str, file: Option<T>) -> anyhow::Result<O
 }
 
 fn models_config(file: ModelsFile) -> anyhow::Result<revo_actors::model_thread::ModelSettings> {
-    use revo_models::engine::Device;
+    use revo_engine::engine::Device;
     let d = revo_actors::model_thread::ModelSettings::default();
     let threads = env_or("REVO_MODEL_THREADS", file.threads)?.unwrap_or(d.threads);
     let max_batch = env_or("REVO_MODEL_MAX_BATCH", file.max_batch)?.unwrap_or(d.max_batch);

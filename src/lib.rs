@@ -7,14 +7,14 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod db;
 pub mod http;
 pub mod identity;
 pub mod inference;
 pub mod metrics;
-pub mod models;
 pub mod node;
 pub mod projections;
+pub mod registry;
 pub mod replay;
 pub mod serve;
-pub mod store;
 pub mod users;

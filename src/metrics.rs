@@ -7,7 +7,7 @@ use prometheus::{
 };
 use revo_actors::{ProjectorMetrics, RelayMetrics};
 
-use crate::store::StoreMetrics;
+use crate::db::{CommitMetrics, StoreMetrics};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -155,7 +155,7 @@ fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> prometheus::Result<Hi
 
 impl Metrics {
     pub fn new() -> prometheus::Result<Self> {
-        let store = StoreMetrics {
+        let commit = CommitMetrics {
             append_seconds: histogram(
                 "revo_event_append_seconds",
                 "Time from an append call to its outcome (group commit included)",
@@ -170,6 +170,9 @@ impl Metrics {
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 4096.0,
                 ],
             )?,
+        };
+        let store = StoreMetrics {
+            commit,
             held_back_seconds: Gauge::new(
                 "revo_store_held_back_seconds",
                 "How long committed events have waited, unseen by readers, behind an older \
@@ -216,8 +219,8 @@ impl Metrics {
             &["actor"],
         )?;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(store.append_seconds.clone()),
-            Box::new(store.batch_events.clone()),
+            Box::new(store.commit.append_seconds.clone()),
+            Box::new(store.commit.batch_events.clone()),
             Box::new(relay.lag_events.clone()),
             Box::new(relay.lag_seconds.clone()),
             Box::new(relay.published.clone()),
@@ -269,7 +272,7 @@ mod tests {
     #[test]
     fn all_metrics_register_and_render() {
         let m = super::Metrics::new().unwrap();
-        m.store.append_seconds.observe(0.001);
+        m.store.commit.append_seconds.observe(0.001);
         m.projector("nodes").lag_events.set(3);
         m.http
             .requests

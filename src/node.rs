@@ -8,9 +8,9 @@ use revo_events::EventStore;
 use revo_nats::{Bus, JetStreamBus, JetStreamConfig, MemoryBus, Subjects};
 
 use crate::config::{Config, Mode};
-use crate::store::postgres::{self, PgStoreConfig};
-use crate::store::sqlite::SqliteStoreConfig;
-use crate::store::{PgStore, SqliteStore, StoreMetrics};
+use crate::db::postgres::{self, PgStoreConfig};
+use crate::db::sqlite::SqliteStoreConfig;
+use crate::db::{PgStore, SqliteStore, StoreMetrics};
 
 /// Opens the event store of the configured mode. Cluster mode migrates first when `migrate`.
 pub async fn open_store(

@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use revo_actors::{fold_from_zero, FoldUntil};
 use revo_events::codec::envelope_to_json;
+use revo_events::family::system::PROJECTION_STREAM;
 use revo_events::projection::diff_rows;
 use revo_events::store::wait_for_change;
-use revo_events::system::PROJECTION_STREAM;
 use revo_events::{
     AppendRequest, EventFamily, EventMeta, EventStore, ExpectedVersion, SystemEvent,
 };

@@ -10,8 +10,9 @@ use chrono::Utc;
 use revo_actors::kit::{HealthBoard, Supervisor};
 use revo_actors::projector::Projector;
 use revo_actors::rate_limit::gossip;
+use revo_actors::store_probe::StoreProbe;
 use revo_actors::{LiveView, Relay, RelayConfig};
-use revo_events::system::NODE_STREAM;
+use revo_events::family::system::NODE_STREAM;
 use revo_events::{
     AppendRequest, Directory, EventFamily, EventMeta, EventStore, ExpectedVersion,
     ModelsProjection, SystemEvent,
@@ -86,6 +87,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let board = HealthBoard::default();
     let sup = Supervisor::new(tasks.clone(), cancel.clone(), board.clone())
         .with_restart_counter(metrics.actor_restarts.clone());
+    // The health endpoints read the probe's latest result; they never query the store.
+    let store_probe = StoreProbe::spawn(
+        store.clone(),
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+        &sup,
+    );
     let relay = Relay {
         log: store.clone(),
         checkpoints: store.clone(),
@@ -102,8 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     });
-    let identity =
-        Arc::new(open_identity(&config, store.clone(), &node_id, &tasks, &cancel).await?);
+    let identity = Arc::new(open_identity(&config, store.clone(), &node_id, &sup).await?);
     match identity
         .bootstrap_admin(config.auth.admin_password.clone())
         .await
@@ -127,8 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store.clone(),
         store.as_ref(),
         Duration::from_millis(500),
-        &tasks,
-        cancel.clone(),
+        &sup,
     )
     .await
     .context("loading the model registry")?;
@@ -172,10 +178,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 batch: 1000,
                 poll: Duration::from_millis(500),
             }
-            .spawn(&tasks, cancel.clone())
+            .spawn(&sup)
         })
         .collect();
 
+    store_probe.first(Duration::from_secs(5)).await;
     let state = web::Data::new(AppState {
         store: store.clone(),
         bus: bus.clone(),
@@ -194,7 +201,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             enabled: config.http.trust_forwarded,
             trusted: config.trusted_proxies.clone(),
         },
-        runtime: tokio::runtime::Handle::current(),
+        store_probe,
     });
     let limits = config.http;
     let server = HttpServer::new(move || http::app(state.clone(), limits))
@@ -342,8 +349,7 @@ async fn open_identity(
     config: &Config,
     store: Arc<dyn EventStore>,
     node_id: &str,
-    tasks: &TaskTracker,
-    cancel: &CancellationToken,
+    sup: &Supervisor,
 ) -> anyhow::Result<Identity> {
     let (keys, signer) = jwt_keys(config)?;
     let tokens = TokenKeys::new(&keys, &signer, config.auth.token_ttl)?;
@@ -351,8 +357,7 @@ async fn open_identity(
         store.clone(),
         store.as_ref(),
         Duration::from_millis(500),
-        tasks,
-        cancel.clone(),
+        sup,
     )
     .await
     .context("loading the user directory")?;
@@ -375,7 +380,7 @@ async fn open_identity(
             max_keys_per_user: a.max_keys_per_user,
         },
         node_id,
-        tasks.clone(),
+        sup.tracker().clone(),
     ))
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use revo_actors::model_thread::ModelThread;
 use revo_actors::model_thread::{Event, Job, ModelSettings, Outcome};
-use revo_models::engine::Sampling;
+use revo_engine::engine::Sampling;
 use tokio::sync::mpsc;
 
 fn job(prompt: &str, max_tokens: usize) -> (Job, mpsc::UnboundedReceiver<Event>) {

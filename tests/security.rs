@@ -461,12 +461,16 @@ async fn a_halted_user_directory_fails_readiness_and_refuses_to_authenticate() {
         ))
         .await
         .unwrap();
+    // The directory says so to authentication, and its follower to the actor board.
     let ready = eventually(10, || async {
         let r = api.call("GET", "/health/ready", None, None).await;
-        (r.status == 503).then_some(r)
+        (r.status == 503 && r.body["reasons"].as_array().is_some_and(|a| a.len() == 2)).then_some(r)
     })
     .await;
-    assert_eq!(ready.body["reasons"], json!(["identity is not ready"]));
+    assert_eq!(
+        ready.body["reasons"],
+        json!(["identity is not ready", "actors is not ready"])
+    );
     let r = api.me(&admin).await;
     assert_eq!((r.status, r.code()), (503, "auth_unavailable"));
     assert!(r.header("retry-after").is_some());

@@ -13,6 +13,7 @@ mod common;
 use common::*;
 use revo_events::EventLog;
 use revo_events::{EventStore, ExpectedVersion};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_serve_answers_health_and_stops_cleanly() {
@@ -331,9 +332,9 @@ async fn with_postgres_unreachable_appends_fail_fast_and_write_nothing() {
         .url
         .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
     assert_ne!(via_proxy, db.url, "test expects Postgres at 127.0.0.1:5432");
-    let store = revo::store::PgStore::open(
-        revo::store::postgres::PgStoreConfig::new(via_proxy),
-        revo::store::StoreMetrics::unregistered().unwrap(),
+    let store = revo::db::PgStore::open(
+        revo::db::postgres::PgStoreConfig::new(via_proxy),
+        revo::db::StoreMetrics::unregistered().unwrap(),
     )
     .await
     .unwrap();
@@ -372,6 +373,65 @@ async fn with_postgres_unreachable_appends_fail_fast_and_write_nothing() {
     assert_eq!(read_everything(direct.as_ref()).await.len(), 1);
     store.close().await;
     direct.close().await;
+}
+
+/// The health endpoints read the store probe's latest result and never query the database
+/// themselves: a flood of readiness probes (public, unauthenticated) costs Postgres nothing, and
+/// an unreachable Postgres still shows in readiness within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_floods_cost_the_database_nothing_and_an_outage_still_shows() {
+    let db = TestDb::migrated().await;
+    let nats = TestNats::new();
+    let proxy = Proxy::start().await;
+    let via_proxy = db
+        .url
+        .replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
+    let url = nats_url();
+    let mut env = cluster_env(&db, &nats, &url);
+    env.retain(|(k, _)| *k != "REVO_DATABASE_URL");
+    env.push(("REVO_DATABASE_URL", via_proxy.as_str()));
+    let served = Served::start(&env).await;
+    let mut conn = db.conn().await;
+    let start = transactions(&mut conn).await;
+    let quiet = transactions(&mut conn).await - start;
+    let client = reqwest::Client::new();
+    let ready = served.url("/health/ready");
+    for _ in 0..50 {
+        let calls = (0..20).map(|_| client.get(&ready).send());
+        for r in futures::future::join_all(calls).await {
+            assert_eq!(r.unwrap().status(), 200);
+        }
+    }
+    let flooded = transactions(&mut conn).await - start - quiet;
+    eprintln!("transactions: {quiet} in a quiet window, {flooded} in one with 1,000 probes");
+    // A probe per call would be 2,000 transactions (ping and schema check for each of 1,000).
+    assert!(
+        flooded < quiet + 500,
+        "1,000 readiness probes cost {flooded} transactions (a quiet window: {quiet})"
+    );
+    drop(conn);
+
+    proxy.cut();
+    let body = eventually(20, || async {
+        let r = http_get(served.port, "/health/ready").await.ok()?;
+        (r.0 == 503).then_some(r.1)
+    })
+    .await;
+    assert!(body.contains("store is not ready"), "{body}");
+    drop(served);
+}
+
+/// The database's transactions so far. Backends report their counts when idle, at the latest
+/// 10 s later (Postgres 15's `PGSTAT_IDLE_INTERVAL`), so this reads them 11 s after the window.
+async fn transactions(conn: &mut sqlx::PgConnection) -> i64 {
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    sqlx::query_scalar::<_, i64>(
+        "SELECT xact_commit + xact_rollback FROM pg_stat_database \
+         WHERE datname = current_database()",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
 }
 
 /// A TCP forwarder to Postgres that can be cut, to make Postgres unreachable for one client.

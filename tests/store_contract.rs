@@ -228,7 +228,7 @@ async fn multi_event_append_is_atomic(store: Arc<impl EventStore>) {
 
 async fn oversized_payload_is_refused(store: Arc<impl EventStore>) {
     let mut big = event("big", 0);
-    big.payload = vec![0xc0; revo::store::DEFAULT_MAX_PAYLOAD + 1];
+    big.payload = vec![0xc0; revo::db::DEFAULT_MAX_PAYLOAD + 1];
     let err = store
         .append(req(
             "big",
@@ -239,7 +239,7 @@ async fn oversized_payload_is_refused(store: Arc<impl EventStore>) {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, StoreError::PayloadTooLarge { limit, .. } if limit == revo::store::DEFAULT_MAX_PAYLOAD)
+        matches!(err, StoreError::PayloadTooLarge { limit, .. } if limit == revo::db::DEFAULT_MAX_PAYLOAD)
     );
     assert!(err.to_string().contains("over the limit"));
     assert!(read_everything(store.as_ref()).await.is_empty());

@@ -5,9 +5,11 @@
 //!
 //! | folder | actor |
 //! |---|---|
+//! | `group_commit/` | batches concurrent appends into few transactions, each caller its own outcome |
 //! | `relay/` | transactional outbox: committed events to the bus, in order, once |
 //! | `projector/` | folds committed events into persisted read models |
 //! | `view/` | a projection kept folded in memory (the user directory, the model registry) |
+//! | `store_probe/` | checks the database and its schema on a timer for the health endpoints |
 //! | `rate_limit/` | the per-user and per-key limiter, and its gossip between edges |
 //! | `model_thread/` | a local model on its own OS thread, batching its sequences |
 //! | `model_worker/` | a model thread serving its model's queue group (the worker protocol) |
@@ -21,6 +23,7 @@
 //! never open database or NATS connections themselves. Every actor runs until its
 //! cancellation token fires and then drains.
 
+pub mod group_commit;
 pub mod kit;
 pub mod model_client;
 pub mod model_thread;
@@ -28,6 +31,7 @@ pub mod model_worker;
 pub mod projector;
 pub mod rate_limit;
 pub mod relay;
+pub mod store_probe;
 pub mod view;
 
 pub use projector::{

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::envelope::RecordedEvent;
+use crate::family::identity::{IdentityEvent, Role, KEY_STREAM, USER_STREAM};
 use crate::family::EventFamily;
-use crate::identity::{IdentityEvent, Role, KEY_STREAM, USER_STREAM};
 use crate::projection::{Projection, ProjectionError, Rows};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

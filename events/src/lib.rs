@@ -5,29 +5,26 @@
 //! (event log, checkpoints, leases, read models) that the Postgres and SQLite adapters implement.
 //!
 //! Must not do I/O: no database, network or file access lives here. The store traits are only
-//! the contract; the durable implementations live in the `revo` crate (`src/store/`), beside
+//! the contract; the durable implementations live in the `revo` crate (`src/db/`), beside
 //! which `memory.rs` keeps one in memory for tests.
 
 pub mod codec;
 pub mod directory;
 pub mod envelope;
 pub mod family;
-pub mod identity;
 pub mod memory;
-pub mod models;
 pub mod projection;
 pub mod store;
-pub mod system;
 
 pub use codec::{CodecError, DecodeError};
 pub use directory::Directory;
 pub use envelope::{Envelope, EventMeta, NewEvent, RecordedEvent};
+pub use family::identity::{IdentityEvent, Role};
+pub use family::models::{ModelEvent, ModelsProjection};
+pub use family::system::SystemEvent;
 pub use family::EventFamily;
-pub use identity::{IdentityEvent, Role};
-pub use models::{ModelEvent, ModelsProjection};
 pub use projection::{Projection, ProjectionError, Rows};
 pub use store::{
     AppendRequest, Appended, Checkpoints, EventLog, EventStore, ExpectedVersion, Leases,
     ReadModels, StoreError,
 };
-pub use system::SystemEvent;

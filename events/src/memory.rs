@@ -300,6 +300,9 @@ impl ReadModels for MemoryStore {
 #[async_trait]
 impl EventStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
+        if self.state().closed {
+            return Err(StoreError::ShuttingDown);
+        }
         Ok(())
     }
 

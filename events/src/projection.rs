@@ -13,8 +13,8 @@ use uuid::Uuid;
 
 use crate::codec::DecodeError;
 use crate::envelope::RecordedEvent;
+use crate::family::system::{SystemEvent, NODE_STREAM};
 use crate::family::EventFamily;
-use crate::system::{SystemEvent, NODE_STREAM};
 
 /// A read model: row key to JSON document.
 pub type Rows = BTreeMap<String, serde_json::Value>;

@@ -1,6 +1,6 @@
 //! The store's seams: the event log, checkpoints, leases and read models, and `EventStore`, all
 //! four over one database. Implementations: Postgres for cluster mode and SQLite for embedded
-//! mode (both in `src/store/` of the `revo` crate), and [`crate::memory::MemoryStore`] for tests
+//! mode (both in `src/db/` of the `revo` crate), and [`crate::memory::MemoryStore`] for tests
 //! of a component alone. The contract suite in `tests/store_contract.rs` runs against all three.
 
 use std::time::Duration;

@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
+use revo_events::family::system::{NODE_STREAM, PROJECTION_STREAM};
 use revo_events::projection::{diff_rows, NodesProjection};
-use revo_events::system::{NODE_STREAM, PROJECTION_STREAM};
 use revo_events::{Envelope, EventFamily, EventMeta, Projection, RecordedEvent, Rows, SystemEvent};
 
 #[derive(Debug, Clone)]

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use revo::store::postgres::PgStoreConfig;
-use revo::store::sqlite::SqliteStoreConfig;
-use revo::store::{PgStore, SqliteStore, StoreMetrics};
+use revo::db::postgres::PgStoreConfig;
+use revo::db::sqlite::SqliteStoreConfig;
+use revo::db::{PgStore, SqliteStore, StoreMetrics};
 use revo_events::{AppendRequest, EventStore, ExpectedVersion};
 use sqlx::{Connection, QueryBuilder};
 

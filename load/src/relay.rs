@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use revo::store::postgres::PgStoreConfig;
-use revo::store::{PgStore, StoreMetrics};
+use revo::db::postgres::PgStoreConfig;
+use revo::db::{PgStore, StoreMetrics};
 use revo_actors::{Relay, RelayConfig};
 use revo_events::{AppendRequest, EventStore, ExpectedVersion};
 use revo_nats::{Bus, JetStreamBus, JetStreamConfig, Subjects};

@@ -5,8 +5,8 @@ use revo_events::EventLog;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use revo::store::postgres::PgStoreConfig;
-use revo::store::{PgStore, StoreMetrics};
+use revo::db::postgres::PgStoreConfig;
+use revo::db::{PgStore, StoreMetrics};
 use revo_actors::{fold_from_zero, FoldUntil};
 use revo_events::{EventFamily, EventStore, Projection, ProjectionError, RecordedEvent, Rows};
 use sqlx::Connection;

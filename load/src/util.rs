@@ -15,7 +15,7 @@ pub async fn scratch_db(pg: &str) -> anyhow::Result<(String, String)> {
         .execute(&mut admin)
         .await?;
     let url = format!("{pg}/{name}");
-    revo::store::postgres::migrate(&url).await?;
+    revo::db::postgres::migrate(&url).await?;
     Ok((name, url))
 }
 

@@ -37,10 +37,10 @@ pub async fn login(
         correlation_id: request_id(&req),
         causation_id: None,
     };
-    let identity = state.identity.clone();
     let outcome = state
-        .on_node(async move { identity.login(&username, &password, client, meta).await })
-        .await?;
+        .identity
+        .login(&username, &password, client, meta)
+        .await;
     if let Err(IdentityError::LoginThrottled(_)) = &outcome {
         state
             .metrics
@@ -84,10 +84,7 @@ pub async fn logout(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let meta = caller.meta(&req);
-    let identity = state.identity.clone();
-    state
-        .on_node(async move { identity.logout(&caller.0, meta).await })
-        .await??;
+    state.identity.logout(&caller.0, meta).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -106,10 +103,7 @@ pub async fn logout_all(
     caller: Caller,
 ) -> Result<HttpResponse, ApiError> {
     let meta = caller.meta(&req);
-    let identity = state.identity.clone();
-    state
-        .on_node(async move { identity.logout_all(&caller.0, meta).await })
-        .await??;
+    state.identity.logout_all(&caller.0, meta).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

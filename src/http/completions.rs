@@ -5,9 +5,9 @@ use actix_web::http::StatusCode;
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use chrono::Utc;
-use revo_events::models::GENERATION_STREAM;
+use revo_engine::engine::Sampling;
+use revo_events::family::models::GENERATION_STREAM;
 use revo_events::{AppendRequest, EventFamily, EventMeta, ExpectedVersion, ModelEvent};
-use revo_models::engine::Sampling;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -245,14 +245,14 @@ pub async fn create(
                 Some(Event::Text(_)) => {}
                 Some(Event::Done(Ok(o))) => {
                     state.metrics.generation.completed(&r.model, &o);
-                    let rec = record(
+                    record(
                         state.store.clone(),
                         id.clone(),
                         r.model.clone(),
                         o.clone(),
                         meta,
-                    );
-                    state.on_node(rec).await?;
+                    )
+                    .await;
                     let usage = Some(Usage::of(&o));
                     return Ok(HttpResponse::Ok().json(Completion {
                         id,
@@ -276,65 +276,80 @@ pub async fn create(
             }
         }
     }
-    // Streaming: one SSE event per piece of text, then the finish, then [DONE]. A task on the
-    // node's runtime turns worker events into SSE bytes; the response streams them.
-    let (out, body) = mpsc::channel::<Bytes>(64);
-    let model = r.model;
-    let st = state.clone();
-    state.runtime.spawn(async move {
-        let chunk = |text: String, finish: Option<&str>, usage: Option<Usage>| {
-            let c = Completion {
-                id: id.clone(),
-                object: "text_completion".into(),
-                created,
-                model: model.clone(),
-                choices: vec![Choice {
-                    text,
-                    index: 0,
-                    logprobs: None,
-                    finish_reason: finish.map(str::to_owned),
-                }],
-                usage,
-            };
-            Bytes::from(format!(
-                "data: {}\n\n",
-                serde_json::to_string(&c).unwrap_or_default()
-            ))
-        };
-        loop {
-            match rx.recv().await {
-                Some(Event::Text(t)) => {
-                    // The client left: dropping `rx` stops the worker at its next token.
-                    if out.send(chunk(t, None, None)).await.is_err() {
-                        return;
-                    }
-                }
-                Some(Event::Done(Ok(o))) => {
-                    st.metrics.generation.completed(&model, &o);
-                    record(st.store.clone(), id.clone(), model.clone(), o.clone(), meta).await;
-                    let usage = Usage::of(&o);
-                    let last = chunk(String::new(), Some(finish_reason(o.finish)), Some(usage));
-                    let _ = out.send(last).await;
-                    break;
-                }
-                Some(Event::Done(Err(f))) => {
-                    st.metrics.generation.failed(&model, f.code);
-                    let e = json!({"error": {"code": f.code, "message": f.message}});
-                    let _ = out.send(Bytes::from(format!("data: {e}\n\n"))).await;
-                    break;
-                }
-                None => break,
-            }
-        }
-        let _ = out.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
-    });
-    let stream = futures::stream::unfold(body, |mut body| async move {
-        body.recv()
-            .await
-            .map(|b| (Ok::<_, actix_web::Error>(b), body))
+    // Streaming: one SSE event per piece of text, then the finish, then [DONE]. The response
+    // body turns worker events into SSE bytes as the client reads them; a client that leaves
+    // drops the body and with it `rx`, which stops the worker at its next token.
+    let sse = Sse {
+        rx,
+        state,
+        id,
+        created,
+        model: r.model,
+        meta,
+    };
+    let stream = futures::stream::unfold(Some(sse), |sse| async move {
+        let mut sse = sse?;
+        let (bytes, more) = sse.next().await;
+        Some((Ok::<_, actix_web::Error>(bytes), more.then_some(sse)))
     });
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .streaming(stream))
+}
+
+/// A streamed completion: worker events in, SSE bytes out.
+struct Sse {
+    rx: mpsc::UnboundedReceiver<Event>,
+    state: web::Data<AppState>,
+    id: String,
+    created: i64,
+    model: String,
+    meta: EventMeta,
+}
+
+const SSE_DONE: &str = "data: [DONE]\n\n";
+
+impl Sse {
+    fn chunk(&self, text: String, finish: Option<&str>, usage: Option<Usage>) -> String {
+        let c = Completion {
+            id: self.id.clone(),
+            object: "text_completion".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![Choice {
+                text,
+                index: 0,
+                logprobs: None,
+                finish_reason: finish.map(str::to_owned),
+            }],
+            usage,
+        };
+        format!(
+            "data: {}\n\n",
+            serde_json::to_string(&c).unwrap_or_default()
+        )
+    }
+
+    /// The next bytes of the body, and whether more follow.
+    async fn next(&mut self) -> (Bytes, bool) {
+        match self.rx.recv().await {
+            Some(Event::Text(t)) => (Bytes::from(self.chunk(t, None, None)), true),
+            Some(Event::Done(Ok(o))) => {
+                let st = &self.state;
+                st.metrics.generation.completed(&self.model, &o);
+                let (id, model) = (self.id.clone(), self.model.clone());
+                record(st.store.clone(), id, model, o.clone(), self.meta.clone()).await;
+                let usage = Usage::of(&o);
+                let last = self.chunk(String::new(), Some(finish_reason(o.finish)), Some(usage));
+                (Bytes::from(last + SSE_DONE), false)
+            }
+            Some(Event::Done(Err(f))) => {
+                self.state.metrics.generation.failed(&self.model, f.code);
+                let e = json!({"error": {"code": f.code, "message": f.message}});
+                (Bytes::from(format!("data: {e}\n\n{SSE_DONE}")), false)
+            }
+            None => (Bytes::from_static(SSE_DONE.as_bytes()), false),
+        }
+    }
 }

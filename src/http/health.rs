@@ -4,8 +4,9 @@
 //! The public endpoints say which component is unhealthy, never why: the reasons (driver
 //! errors, hosts, file paths) go to the log and to `/health/details`, which needs
 //! `system:read` (admins).
-
-use std::time::Duration;
+//!
+//! The store is never queried from here: the store probe actor (`actors/src/store_probe/`)
+//! checks it on a timer and these read its latest result.
 
 use actix_web::{get, web, HttpResponse};
 use revo_actors::ProjectorState;
@@ -17,9 +18,6 @@ use super::AppState;
 
 /// Committed events held back this long behind an open transaction mark the horizon degraded.
 const HORIZON_WARN_SECS: f64 = 5.0;
-
-/// Longest a readiness probe waits on the database.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Liveness: the process answers.
 #[utoipa::path(tag = "health", responses((status = 200, description = "Alive", body = serde_json::Value)))]
@@ -33,31 +31,9 @@ struct Check {
     problem: Option<String>,
 }
 
-async fn checks(state: &AppState) -> Vec<Check> {
-    let store = state.store.clone();
-    let probed = state
-        .on_node(async move {
-            let ping = match tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
-            };
-            let schema = if ping.is_some() {
-                Some("store unreachable".to_owned())
-            } else {
-                match tokio::time::timeout(PROBE_TIMEOUT, store.schema_status()).await {
-                    Ok(Ok(())) => None,
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
-                }
-            };
-            (ping, schema)
-        })
-        .await;
-    let (store, migrations) = match probed {
-        Ok(p) => p,
-        Err(e) => (Some(e.to_string()), Some(e.to_string())),
-    };
+fn checks(state: &AppState) -> Vec<Check> {
+    let probed = state.store_probe.latest();
+    let (store, migrations) = (probed.store, probed.migrations);
     let bus = match state.bus.health() {
         BusHealth::Connected => None,
         BusHealth::Degraded(why) => Some(why),
@@ -104,7 +80,7 @@ async fn checks(state: &AppState) -> Vec<Check> {
 #[get("/health/ready")]
 pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let mut failing = Vec::new();
-    for c in checks(&state).await {
+    for c in checks(&state) {
         if let Some(p) = c.problem {
             tracing::warn!(component = c.name, problem = %p, "not ready");
             failing.push(c.name);
@@ -131,7 +107,7 @@ pub async fn ready(state: web::Data<AppState>) -> HttpResponse {
 pub async fn summary(state: web::Data<AppState>) -> HttpResponse {
     let mut components = serde_json::Map::new();
     let mut healthy = true;
-    for c in checks(&state).await {
+    for c in checks(&state) {
         healthy &= c.problem.is_none();
         let status = if c.problem.is_none() {
             "ok"
@@ -168,7 +144,7 @@ pub async fn summary(state: web::Data<AppState>) -> HttpResponse {
 pub async fn details(state: web::Data<AppState>) -> HttpResponse {
     let mut components = serde_json::Map::new();
     let mut healthy = true;
-    for c in checks(&state).await {
+    for c in checks(&state) {
         healthy &= c.problem.is_none();
         let v = match c.problem {
             None => json!({"status": "ok"}),

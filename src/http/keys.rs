@@ -42,10 +42,7 @@ pub async fn create(
         expires_in_secs,
     };
     let meta = caller.meta(&req);
-    let identity = state.identity.clone();
-    let (row, secret) = state
-        .on_node(async move { identity.issue_key(&caller.0, request, meta).await })
-        .await??;
+    let (row, secret) = state.identity.issue_key(&caller.0, request, meta).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(NewKey {
@@ -90,10 +87,9 @@ pub async fn revoke(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let meta = caller.meta(&req);
-    let identity = state.identity.clone();
-    let id = id.into_inner();
     state
-        .on_node(async move { identity.revoke_key(&caller.0, id, meta).await })
-        .await??;
+        .identity
+        .revoke_key(&caller.0, id.into_inner(), meta)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }

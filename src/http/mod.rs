@@ -50,24 +50,11 @@ pub struct AppState {
     pub projectors: Vec<ProjectorHandle>,
     /// How the client address is found behind proxies (`client_addr.rs`).
     pub forwarding: client_addr::Forwarding,
-    /// The node's main runtime. Database and NATS connections must be opened there, not on
-    /// actix's worker runtimes, which stop before the node does.
-    pub runtime: tokio::runtime::Handle,
+    /// The latest check of the database, for the health endpoints.
+    pub store_probe: revo_actors::store_probe::StoreProbe,
 }
 
 impl AppState {
-    /// Runs `fut` on the node's main runtime and waits for it.
-    pub async fn on_node<F, T>(&self, fut: F) -> Result<T, error::ApiError>
-    where
-        F: std::future::Future<Output = T> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.runtime
-            .spawn(tracing::Instrument::in_current_span(fut))
-            .await
-            .map_err(|e| error::ApiError::unavailable(format!("node task failed: {e}")))
-    }
-
     /// The client's address, for login throttling.
     pub fn client_addr(&self, req: &HttpRequest) -> Option<String> {
         self.forwarding

@@ -36,14 +36,10 @@ pub async fn create(
         roles,
     } = body.0;
     let meta = caller.meta(&req);
-    let identity = state.identity.clone();
     let user = state
-        .on_node(async move {
-            identity
-                .create_user(&username, password, &roles, meta)
-                .await
-        })
-        .await??;
+        .identity
+        .create_user(&username, password, &roles, meta)
+        .await?;
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/users/{}", user.user_id)))
         .json(UserView::from(&user)))
@@ -119,11 +115,9 @@ pub async fn update(
         password,
     };
     let meta = caller.meta(&req);
-    let identity = state.identity.clone();
-    let id = id.into_inner();
-    let by = caller.0.user_id;
     let user = state
-        .on_node(async move { identity.update_user(by, id, patch, meta).await })
-        .await??;
+        .identity
+        .update_user(caller.0.user_id, id.into_inner(), patch, meta)
+        .await?;
     Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use revo_events::directory::{KeyRow, UserRow};
-use revo_events::identity::{valid_username, KEY_STREAM, USER_STREAM};
+use revo_events::family::identity::{valid_username, KEY_STREAM, USER_STREAM};
 use revo_events::{
     AppendRequest, EventFamily, EventMeta, EventStore, ExpectedVersion, IdentityEvent, Role,
     StoreError,

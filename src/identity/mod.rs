@@ -21,7 +21,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use revo_actors::LiveView;
 use revo_events::directory::{KeyRow, UserRow};
-use revo_events::identity::USER_STREAM;
+use revo_events::family::identity::USER_STREAM;
 use revo_events::{
     AppendRequest, Directory, EventFamily, EventMeta, EventStore, ExpectedVersion, IdentityEvent,
 };
@@ -61,7 +61,10 @@ pub struct Identity {
     max_keys_per_user: usize,
     /// Serialises key issuing on this edge, so the per-user cap holds under parallel requests.
     key_issue: tokio::sync::Mutex<()>,
+    /// Background appends run here, on the node's runtime: a request is served on one of the
+    /// HTTP server's runtimes, which stop before the node drains its tasks.
     tasks: TaskTracker,
+    runtime: tokio::runtime::Handle,
     pub limiter: Arc<RateLimiter>,
 }
 
@@ -113,6 +116,7 @@ fn issued_at(jti: &Uuid, iat: i64) -> DateTime<Utc> {
 }
 
 impl Identity {
+    /// Call on the node's runtime: background appends are spawned there.
     pub fn new(
         store: Arc<dyn EventStore>,
         view: LiveView<Directory>,
@@ -121,6 +125,7 @@ impl Identity {
         tasks: TaskTracker,
     ) -> Self {
         Identity {
+            runtime: tokio::runtime::Handle::current(),
             store,
             view,
             overlay: Overlay::default(),
@@ -342,11 +347,12 @@ impl Identity {
         };
         let req = AppendRequest::new(stream.0, stream.1, ExpectedVersion::Any, vec![new]);
         let store = self.store.clone();
-        self.tasks.spawn(async move {
+        let append = async move {
             if let Err(e) = store.append(req).await {
                 tracing::warn!(error = %e, "could not record a failed login");
             }
-        });
+        };
+        self.tasks.spawn_on(append, &self.runtime);
     }
 
     pub async fn login(

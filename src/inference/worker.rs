@@ -26,7 +26,7 @@ pub async fn run(config: Config, model: String) -> anyhow::Result<()> {
     };
     let metrics = crate::metrics::Metrics::new()?;
     let store = crate::node::open_store(&config, metrics.store.clone(), false).await?;
-    let row = crate::models::registry(store.as_ref())
+    let row = crate::registry::load(store.as_ref())
         .await?
         .get(&model)
         .cloned()

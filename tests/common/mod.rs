@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use revo::store::postgres::{self, PgStoreConfig};
-use revo::store::sqlite::SqliteStoreConfig;
-use revo::store::{PgStore, SqliteStore, StoreMetrics};
+use revo::db::postgres::{self, PgStoreConfig};
+use revo::db::sqlite::SqliteStoreConfig;
+use revo::db::{PgStore, SqliteStore, StoreMetrics};
 use revo_events::{AppendRequest, EventMeta, EventStore, ExpectedVersion, NewEvent};
 use revo_nats::{JetStreamBus, JetStreamConfig, Subjects};
 use sqlx::Connection;
@@ -610,7 +610,7 @@ pub fn cluster_env<'a>(
 
 /// The default model's GGUF (scripts/fetch-model.sh; scripts/test.sh fetches it).
 pub fn smollm2() -> PathBuf {
-    let path = revo_models::default_model_path();
+    let path = revo_engine::default_model_path();
     assert!(
         path.exists(),
         "{} is missing: run scripts/fetch-model.sh",
@@ -621,7 +621,7 @@ pub fn smollm2() -> PathBuf {
 
 /// A reference greedy completion of the default model, by prompt.
 pub fn case(prompt: &str) -> serde_json::Value {
-    include_str!("../../models/tests/fixtures/smollm2/greedy-cases.jsonl")
+    include_str!("../../engine/tests/fixtures/smollm2/greedy-cases.jsonl")
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .find(|c| c["prompt"] == prompt)
@@ -630,7 +630,7 @@ pub fn case(prompt: &str) -> serde_json::Value {
 
 /// Every reference greedy completion of the default model.
 pub fn cases() -> Vec<serde_json::Value> {
-    include_str!("../../models/tests/fixtures/smollm2/greedy-cases.jsonl")
+    include_str!("../../engine/tests/fixtures/smollm2/greedy-cases.jsonl")
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())

@@ -7,7 +7,7 @@ mod thread;
 
 use std::time::{Duration, Instant};
 
-use revo_models::engine::{Device, Finish, Sampling};
+use revo_engine::engine::{Device, Finish, Sampling};
 use tokio::sync::mpsc;
 
 pub use thread::{ModelThread, Stats};
@@ -88,9 +88,9 @@ pub fn known_code(code: &str) -> &'static str {
         .map_or("generation_failed", |(c, _)| c)
 }
 
-pub(crate) fn failure(e: &revo_models::local::LocalError) -> Failure {
-    use revo_models::engine::EngineError;
-    use revo_models::local::LocalError;
+pub(crate) fn failure(e: &revo_engine::local::LocalError) -> Failure {
+    use revo_engine::engine::EngineError;
+    use revo_engine::local::LocalError;
     let code = match e {
         LocalError::Engine(EngineError::Context { .. }) => "context_length_exceeded",
         LocalError::Engine(EngineError::Sampling(_) | EngineError::EmptyPrompt) => {

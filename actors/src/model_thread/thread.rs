@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use revo_models::engine::SeqId;
-use revo_models::local::{LocalModel, Update};
+use revo_engine::engine::SeqId;
+use revo_engine::local::{LocalModel, Update};
 
 use super::{failure, Event, Failure, Job, ModelSettings, Outcome, SubmitError};
 
@@ -126,7 +126,7 @@ fn run(
     stats: &Stats,
     jobs: Receiver<Job>,
 ) {
-    let loaded = revo_models::engine::locate_runtime(runtime)
+    let loaded = revo_engine::engine::locate_runtime(runtime)
         .map_err(|e| e.to_string())
         .and_then(|rt| {
             LocalModel::open(dir, &rt, settings.threads, settings.device).map_err(|e| e.to_string())

@@ -8,7 +8,7 @@
 //! - An edge whose client left publishes the inbox to `<prefix>.cmd.worker.<id>.cancel`.
 //! - Workers announce themselves with a [`Heartbeat`] on `<prefix>.sig.worker.<model>`.
 
-use revo_models::engine::{Finish, Sampling};
+use revo_engine::engine::{Finish, Sampling};
 use serde::{Deserialize, Serialize};
 
 use crate::model_thread::{known_code, Failure, Outcome};

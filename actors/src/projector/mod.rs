@@ -4,8 +4,13 @@
 //! Several nodes may run the same projection: the checkpoint is compare-and-set, so only one
 //! fold of each event lands; a loser reloads. A rebuild (new generation) makes running folds
 //! reload the same way.
+//!
+//! Each runner is a supervised actor, `projector.<name>`: `ready` while it follows,
+//! `degraded` while the store fails (it retries with the shared back-off) and once halted on an
+//! event it cannot fold. A halted projection does not fail readiness: the edge answers from its
+//! in-memory views, not from these read models, and every node would halt on the same event.
 
-use crate::kit::Backoff;
+use crate::kit::{Backoff, Context, Supervisor};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +19,6 @@ use prometheus::IntGauge;
 use revo_events::store::wait_for_change;
 use revo_events::{EventLog, Projection, ProjectionError, ReadModels, StoreError};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProjectorState {
@@ -151,38 +155,61 @@ pub struct Projector {
 }
 
 impl Projector {
-    pub fn spawn(
-        self,
-        tracker: &tokio_util::task::TaskTracker,
-        cancel: CancellationToken,
-    ) -> ProjectorHandle {
+    /// Runs the projection as the supervised actor `projector.<name>`.
+    pub fn spawn(self, sup: &Supervisor) -> ProjectorHandle {
         let (tx, rx) = watch::channel(ProjectorState::Starting);
         let name = self.projection.name();
-        tracker.spawn(self.run(tx, cancel));
+        // A restart (after a panic) takes the runner back; `follow` reloads its state first.
+        let runner = Arc::new(tokio::sync::Mutex::new(self));
+        let tx = Arc::new(tx);
+        sup.spawn(&format!("projector.{name}"), move |ctx| {
+            let (runner, tx) = (runner.clone(), tx.clone());
+            async move { runner.lock().await.run(&tx, ctx).await }
+        });
         ProjectorHandle { name, state: rx }
     }
 
-    async fn run(mut self, state: watch::Sender<ProjectorState>, cancel: CancellationToken) {
+    async fn run(
+        &mut self,
+        state: &watch::Sender<ProjectorState>,
+        ctx: Context,
+    ) -> Result<(), String> {
         let name = self.projection.name();
+        let cancel = &ctx.cancel;
+        let halted = match &*state.borrow() {
+            ProjectorState::Failed { reason } => Some(reason.clone()),
+            _ => None,
+        };
+        if let Some(reason) = halted {
+            ctx.health.degraded(format!("halted: {reason}"));
+            cancel.cancelled().await;
+            return Ok(());
+        }
         let mut backoff = Backoff::default();
         while !cancel.is_cancelled() {
-            match self.follow(&state, &cancel).await {
+            match self.follow(state, &ctx).await {
                 Ok(()) => backoff.reset(),
                 Err(ReplayError::Projection(e)) => {
+                    // Never skipped, never restarted (it would stop at the same event): it
+                    // stays halted and says so until the code is fixed and the node restarted.
                     tracing::error!(projection = name, error = %e, "projection halted");
+                    ctx.health.degraded(format!("halted: {e}"));
                     let _ = state.send(ProjectorState::Failed {
                         reason: e.to_string(),
                     });
-                    return;
+                    cancel.cancelled().await;
+                    return Ok(());
                 }
                 Err(ReplayError::Store(e)) => {
                     tracing::warn!(projection = name, error = %e, "projection: store error, retrying");
-                    if !backoff.wait(&cancel).await {
-                        return;
+                    ctx.health.degraded(format!("store error: {e}"));
+                    if !backoff.wait(cancel).await {
+                        return Ok(());
                     }
                 }
             }
         }
+        Ok(())
     }
 
     /// Follows the store until cancelled (Ok) or until the stored model moved under us (Ok, the
@@ -190,13 +217,15 @@ impl Projector {
     async fn follow(
         &mut self,
         state: &watch::Sender<ProjectorState>,
-        cancel: &CancellationToken,
+        ctx: &Context,
     ) -> Result<(), ReplayError> {
         let name = self.projection.name();
+        let cancel = &ctx.cancel;
         let stored = self.read_models.load_read_model(name).await?;
         self.projection.load(stored.rows)?;
         let (generation, mut position) = (stored.generation, stored.position);
         let _ = state.send(ProjectorState::Running { position });
+        ctx.health.ready();
         let mut dirty = BTreeSet::new();
         let mut signal = self.log.append_signal();
         // Once cancelled, fold what is already committed (a few pages at most), then stop.

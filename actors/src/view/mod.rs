@@ -11,8 +11,12 @@
 //! would let a revoked credential in. A halted view says so ([`LiveView::halted`]), and its
 //! users refuse to serve from it (readiness fails; authentication answers `503`) until the
 //! process is upgraded or restarted.
+//!
+//! The follower runs under the node's supervisor as `view.<projection>`: `ready` while it
+//! follows, `degraded` while the store fails (it retries with the shared back-off), `failed`
+//! once halted, which fails readiness.
 
-use crate::kit::Backoff;
+use crate::kit::{Backoff, Context, Supervisor};
 use std::collections::BTreeSet;
 use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
@@ -20,8 +24,6 @@ use std::time::Duration;
 use revo_events::store::wait_for_change;
 use revo_events::{EventLog, Projection, ReadModels};
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::projector::ReplayError;
 
@@ -45,13 +47,12 @@ impl<P> Clone for LiveView<P> {
 const BATCH: usize = 1000;
 
 impl<P: Projection + Default + Sync> LiveView<P> {
-    /// Loads and catches up, then follows on `tracker` until `cancel`.
+    /// Loads and catches up, then follows as a supervised actor until shutdown.
     pub async fn start(
         log: Arc<dyn EventLog>,
         read_models: &dyn ReadModels,
         poll: Duration,
-        tracker: &TaskTracker,
-        cancel: CancellationToken,
+        sup: &Supervisor,
     ) -> Result<Self, ReplayError> {
         let mut projection = P::default();
         let stored = read_models.load_read_model(projection.name()).await?;
@@ -67,15 +68,26 @@ impl<P: Projection + Default + Sync> LiveView<P> {
             }
             dirty.clear();
         }
+        let name = format!("view.{}", projection.name());
         let state = Arc::new(RwLock::new(projection));
         let (tx, rx) = watch::channel(position);
-        let halted = Arc::new(OnceLock::new());
-        tracker.spawn(follow(log, state.clone(), tx, halted.clone(), poll, cancel));
-        Ok(LiveView {
+        let view = LiveView {
             state,
             position: rx,
-            halted,
-        })
+            halted: Arc::new(OnceLock::new()),
+        };
+        let (follower, tx) = (view.clone(), Arc::new(tx));
+        sup.spawn(&name, move |ctx| {
+            follow(
+                log.clone(),
+                follower.state.clone(),
+                tx.clone(),
+                follower.halted.clone(),
+                poll,
+                ctx,
+            )
+        });
+        Ok(view)
     }
 }
 
@@ -105,56 +117,84 @@ impl<P> LiveView<P> {
     }
 }
 
+/// Stays halted (health `failed`) until shutdown: a halted view is never restarted, since it
+/// would only stop at the same event again.
+async fn stay_halted(ctx: &Context, halted: &OnceLock<String>, why: String) -> Result<(), String> {
+    let why = halted.get_or_init(|| why).clone();
+    ctx.health.failed(why);
+    ctx.cancel.cancelled().await;
+    Ok(())
+}
+
 async fn follow<P: Projection + Sync>(
     log: Arc<dyn EventLog>,
     state: Arc<RwLock<P>>,
-    position: watch::Sender<i64>,
+    position: Arc<watch::Sender<i64>>,
     halted: Arc<OnceLock<String>>,
     poll: Duration,
-    cancel: CancellationToken,
-) {
+    ctx: Context,
+) -> Result<(), String> {
+    let cancel = &ctx.cancel;
+    if let Some(why) = halted.get() {
+        return stay_halted(&ctx, &halted, why.clone()).await;
+    }
+    if state.is_poisoned() {
+        // A fold panicked part-way through a page: the state may hold half of it, and folding
+        // the page again could apply events twice.
+        let why = "a fold panicked part-way through a page".to_owned();
+        return stay_halted(&ctx, &halted, why).await;
+    }
     let mut signal = log.append_signal();
     let mut at = *position.borrow();
     let mut dirty = BTreeSet::new();
     let mut backoff = Backoff::default();
+    ctx.health.ready();
     while !cancel.is_cancelled() {
         signal.borrow_and_update();
         let page = match log.read_all(at, BATCH).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "live view: store error, retrying");
-                if !backoff.wait(&cancel).await {
-                    return;
+                ctx.health.degraded(format!("store error: {e}"));
+                if !backoff.wait(cancel).await {
+                    return Ok(());
                 }
                 continue;
             }
         };
         backoff.reset();
+        ctx.health.ready();
         let Some(last) = page.last() else {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => return Ok(()),
                 _ = wait_for_change(&mut signal, poll) => {}
             }
             continue;
         };
         let last = last.position;
-        {
+        let stopped = {
             let mut p = state.write().unwrap_or_else(|p| p.into_inner());
+            let mut stopped = None;
             for ev in &page {
                 if let Err(e) = p.apply(ev, &mut dirty) {
                     // Never skip: the view stays at the last event it could fold, and says so.
                     tracing::error!(projection = p.name(), error = %e, "live view halted");
-                    let _ = halted.set(format!(
+                    stopped = Some(format!(
                         "the {} view stopped at position {}: {e}",
                         p.name(),
                         ev.position
                     ));
-                    return;
+                    break;
                 }
             }
+            stopped
+        };
+        if let Some(why) = stopped {
+            return stay_halted(&ctx, &halted, why).await;
         }
         dirty.clear();
         at = last;
         let _ = position.send(at);
     }
+    Ok(())
 }
