@@ -328,6 +328,25 @@ mod tests {
         }
     }
 
+    /// A backend whose transactions wait until the test opens the gate.
+    fn gated(race_first: bool) -> Arc<Gated> {
+        Arc::new(Gated {
+            gate: Semaphore::new(0),
+            batches: Mutex::new(Vec::new()),
+            race_first,
+        })
+    }
+
+    /// Appends `events` events from a task of its own.
+    fn append(
+        tasks: &TaskTracker,
+        c: &Arc<GroupCommitter>,
+        events: usize,
+    ) -> tokio::task::JoinHandle<Result<Appended, StoreError>> {
+        let c = c.clone();
+        tasks.spawn(async move { c.append(request(events)).await })
+    }
+
     fn start(backend: Arc<Gated>, queue: usize) -> (Arc<GroupCommitter>, watch::Receiver<u64>) {
         let (signal, rx) = watch::channel(0);
         let config = GroupCommitConfig {
@@ -339,28 +358,16 @@ mod tests {
         (Arc::new(c), rx)
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_full_mailbox_refuses_at_once_and_queued_appends_commit_in_one_batch() {
-        let backend = Arc::new(Gated {
-            gate: Semaphore::new(0),
-            batches: Mutex::new(Vec::new()),
-            race_first: false,
-        });
+        let backend = gated(false);
         let (c, signal) = start(backend.clone(), 2);
         let tasks = TaskTracker::new();
         // The first append is taken into a batch and waits at the gate.
-        let first = tasks.spawn({
-            let c = c.clone();
-            async move { c.append(request(1)).await }
-        });
+        let first = append(&tasks, &c, 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
         // Two more fill the mailbox while that transaction is in flight.
-        let queued: Vec<_> = (0..2)
-            .map(|_| {
-                let c = c.clone();
-                tasks.spawn(async move { c.append(request(2)).await })
-            })
-            .collect();
+        let queued: Vec<_> = (0..2).map(|_| append(&tasks, &c, 2)).collect();
         tokio::time::sleep(Duration::from_millis(50)).await;
         // The next one is refused now, not parked.
         let refused = tokio::time::timeout(Duration::from_secs(1), c.append(request(1))).await;
@@ -383,30 +390,23 @@ mod tests {
         ));
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_raced_batch_is_retried_request_by_request() {
-        let backend = Arc::new(Gated {
-            gate: Semaphore::new(0),
-            batches: Mutex::new(Vec::new()),
-            race_first: true,
-        });
+        let backend = gated(true);
         let (c, _) = start(backend.clone(), 8);
         let tasks = TaskTracker::new();
-        let first = tasks.spawn({
-            let c = c.clone();
-            async move { c.append(request(1)).await }
-        });
+        let first = append(&tasks, &c, 1);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let (a, b) = (c.clone(), c.clone());
-        let both =
-            tasks.spawn(async move { tokio::join!(a.append(request(1)), b.append(request(3))) });
+        let (x, y) = (append(&tasks, &c, 1), append(&tasks, &c, 3));
         tokio::time::sleep(Duration::from_millis(50)).await;
         backend.gate.add_permits(10);
         // The lone first request raced and is retried alone; the next batch commits whole.
         assert!(first.await.unwrap().is_ok());
-        let (x, y) = both.await.unwrap();
         assert_eq!(
-            (x.unwrap().stream_version, y.unwrap().stream_version),
+            (
+                x.await.unwrap().unwrap().stream_version,
+                y.await.unwrap().unwrap().stream_version
+            ),
             (1, 3)
         );
         assert_eq!(*backend.batches.lock().unwrap(), vec![1, 1, 2]);
