@@ -92,6 +92,9 @@ pub struct ModelsFile {
     pub gpu: Option<String>,
     /// Cluster edges: a worker silent this long is lost (its request fails).
     pub worker_timeout_ms: Option<u64>,
+    /// `[[models.catalog]]`: the models the router may pick (see docs/api.md, "Catalogue").
+    /// Without it, the default hierarchy.
+    pub catalog: Option<Vec<revo_actors::router::catalog::EntryFile>>,
 }
 
 /// `[auth]` in `revo.toml`.
@@ -215,6 +218,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub ort_dylib: Option<PathBuf>,
     pub models: revo_actors::model_thread::ModelSettings,
+    /// The models the router may pick, checked.
+    pub catalog: revo_actors::router::catalog::Catalog,
 }
 
 impl Config {
@@ -289,7 +294,7 @@ impl Config {
     pub fn merge(
         args: &GlobalArgs,
         serve: Option<&ServeArgs>,
-        file: FileConfig,
+        mut file: FileConfig,
     ) -> anyhow::Result<Config> {
         let default_serve = ServeArgs::default();
         let serve = serve.unwrap_or(&default_serve);
@@ -378,6 +383,11 @@ impl Config {
             trusted_proxies,
             data_dir,
             ort_dylib: args.ort_dylib.clone(),
+            catalog: match file.models.catalog.take() {
+                None => revo_actors::router::catalog::Catalog::default_hierarchy(),
+                Some(entries) => revo_actors::router::catalog::Catalog::from_files(entries)
+                    .map_err(|e| anyhow::anyhow!(e))?,
+            },
             models: models_config(file.models)?,
         })
     }

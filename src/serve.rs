@@ -202,6 +202,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             trusted: config.trusted_proxies.clone(),
         },
         store_probe,
+        keys_present: config
+            .catalog
+            .entries
+            .iter()
+            .filter_map(|e| e.api_key_env.clone())
+            .filter(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()))
+            .collect(),
+        catalog: Arc::new(config.catalog.clone()),
     });
     let limits = config.http;
     let server = HttpServer::new(move || http::app(state.clone(), limits))

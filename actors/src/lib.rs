@@ -6,6 +6,7 @@
 //! | folder | actor |
 //! |---|---|
 //! | `group_commit/` | batches concurrent appends into few transactions, each caller its own outcome |
+//! | `router/` | the catalogue the router picks from (the router itself is issue 10's next step) |
 //! | `relay/` | transactional outbox: committed events to the bus, in order, once |
 //! | `projector/` | folds committed events into persisted read models |
 //! | `view/` | a projection kept folded in memory (the user directory, the model registry) |
@@ -31,6 +32,7 @@ pub mod model_worker;
 pub mod projector;
 pub mod rate_limit;
 pub mod relay;
+pub mod router;
 pub mod store_probe;
 pub mod view;
 

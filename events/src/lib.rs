@@ -13,6 +13,7 @@ pub mod directory;
 pub mod envelope;
 pub mod family;
 pub mod memory;
+pub mod money;
 pub mod projection;
 pub mod store;
 
@@ -23,6 +24,7 @@ pub use family::identity::{IdentityEvent, Role};
 pub use family::models::{ModelEvent, ModelsProjection};
 pub use family::system::SystemEvent;
 pub use family::EventFamily;
+pub use money::{MoneyError, Usd, UsdPerMtok};
 pub use projection::{Projection, ProjectionError, Rows};
 pub use store::{
     AppendRequest, Appended, Checkpoints, EventLog, EventStore, ExpectedVersion, Leases,

@@ -2,6 +2,7 @@
 //! every request (identity, RBAC, rate limits, metrics) in one place.
 
 pub mod access;
+pub mod ai;
 pub mod auth;
 pub mod client_addr;
 pub mod completions;
@@ -52,6 +53,10 @@ pub struct AppState {
     pub forwarding: client_addr::Forwarding,
     /// The latest check of the database, for the health endpoints.
     pub store_probe: revo_actors::store_probe::StoreProbe,
+    /// The models the router may pick (`GET /ai/models`).
+    pub catalog: Arc<revo_actors::router::catalog::Catalog>,
+    /// The catalogue's `api_key_env` variables that held a key at start (names only).
+    pub keys_present: std::collections::HashSet<String>,
 }
 
 impl AppState {
@@ -83,7 +88,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(keys::create)
         .service(keys::list)
         .service(keys::revoke)
-        .service(completions::create);
+        .service(completions::create)
+        .service(ai::models);
 }
 
 /// The generated OpenAPI document.

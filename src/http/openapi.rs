@@ -25,6 +25,7 @@ use super::AppState;
         (name = "users", description = "Accounts (argon2id passwords, roles)"),
         (name = "keys", description = "API keys for programs"),
         (name = "models", description = "Text generation with local models (OpenAI-compatible)"),
+        (name = "ai", description = "The router's catalogue of local and cloud models"),
         (name = "health", description = "Probes and metrics"),
         (name = "docs", description = "This documentation"),
     )

@@ -127,6 +127,11 @@ impl Inference {
         }
     }
 
+    /// Workers serving `model` now.
+    pub fn live_workers(&self, model: &str) -> usize {
+        self.client.live_workers(model).len()
+    }
+
     pub fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
         self.client.submit(model, job)
     }
