@@ -187,7 +187,7 @@ impl Catalog {
                 (_, v) => v,
             };
             let context_window = f.context_window.unwrap_or(8192);
-            let max_output_tokens = f.max_output_tokens.unwrap_or(4096);
+            let max_output_tokens = f.max_output_tokens.unwrap_or(context_window.min(4096));
             if context_window == 0 || max_output_tokens == 0 || max_output_tokens > context_window {
                 return Err(format!(
                     "{at}: context_window and max_output_tokens must be positive, and \
@@ -371,6 +371,12 @@ mod tests {
             let e = one(f).unwrap_err();
             assert!(e.contains(want), "{e} does not say {want}");
         }
+        // Without max_output_tokens, a small window bounds the default.
+        let small = one(EntryFile {
+            context_window: Some(2048),
+            ..file("x", "local")
+        });
+        assert_eq!(small.unwrap().entries[0].max_output_tokens, 2048);
         let twice = Catalog::from_files(vec![file("x", "local"), file("x", "openai")]);
         assert!(twice.unwrap_err().contains("used twice"));
     }
