@@ -106,7 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     sup.spawn("relay", move |ctx| {
         let relay = relay.clone();
         async move {
-            relay.run(ctx.cancel).await;
+            relay.supervised(ctx).await;
             Ok(())
         }
     });

@@ -5,7 +5,7 @@
 //! stored checkpoint advanced only past events the bus acknowledged, so a crash at any point
 //! republishes at most one batch, which the bus deduplicates.
 
-use crate::kit::Backoff;
+use crate::kit::{Backoff, Context, Health};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,23 +97,37 @@ enum Round {
 impl Relay {
     /// Runs until `cancel` fires, then drains what is committed (bounded by `drain_timeout`).
     pub async fn run(self, cancel: CancellationToken) {
+        self.run_reporting(&cancel, &Health::detached()).await;
+    }
+
+    /// As [`Relay::run`], as a supervised actor: `ready` while it publishes or stands by for
+    /// the lease, `degraded` while it cannot read, publish or ask for the lease.
+    pub async fn supervised(self, ctx: Context) {
+        self.run_reporting(&ctx.cancel, &ctx.health).await;
+    }
+
+    async fn run_reporting(self, cancel: &CancellationToken, health: &Health) {
         while !cancel.is_cancelled() {
-            let Some(lease) = self.acquire(&cancel).await else {
+            let Some(lease) = self.acquire(cancel, health).await else {
                 return;
             };
             self.metrics.leader.set(1);
             tracing::info!("relay: leader");
-            self.lead(lease.as_ref(), &cancel).await;
+            self.lead(lease.as_ref(), cancel, health).await;
             self.metrics.leader.set(0);
         }
     }
 
-    async fn acquire(&self, cancel: &CancellationToken) -> Option<Box<dyn Lease>> {
+    async fn acquire(&self, cancel: &CancellationToken, health: &Health) -> Option<Box<dyn Lease>> {
         loop {
             match self.leases.try_lease(LEASE).await {
                 Ok(Some(lease)) => return Some(lease),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "relay: cannot ask for the lease"),
+                // Another node leads: standing by is this one's job.
+                Ok(None) => health.ready(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay: cannot ask for the lease");
+                    health.degraded(format!("cannot ask for the lease: {e}"));
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return None,
@@ -122,7 +136,7 @@ impl Relay {
         }
     }
 
-    async fn lead(&self, lease: &dyn Lease, cancel: &CancellationToken) {
+    async fn lead(&self, lease: &dyn Lease, cancel: &CancellationToken, health: &Health) {
         let mut backoff = Backoff::new(Duration::from_millis(50), self.config.max_backoff);
         let mut ensured = false;
         let mut checkpoint = None;
@@ -149,6 +163,7 @@ impl Relay {
                     Ok(()) => ensured = true,
                     Err(e) => {
                         tracing::warn!(error = %e, "relay: bus not ready");
+                        health.degraded(format!("bus not ready: {e}"));
                         self.metrics.publish_errors.inc();
                         self.pause(&mut backoff, cancel).await;
                         continue;
@@ -161,6 +176,7 @@ impl Relay {
                     Ok(cp) => *checkpoint.insert(cp),
                     Err(e) => {
                         tracing::warn!(error = %e, "relay: cannot load checkpoint");
+                        health.degraded(format!("cannot load its checkpoint: {e}"));
                         self.pause(&mut backoff, cancel).await;
                         continue;
                     }
@@ -169,11 +185,13 @@ impl Relay {
             signal.borrow_and_update();
             match self.round(cp).await {
                 (Round::Published, new_cp) => {
+                    health.ready();
                     checkpoint = Some(new_cp);
                     self.save(&mut saved, new_cp, false).await;
                     backoff.reset();
                 }
                 (Round::Idle, _) => {
+                    health.ready();
                     // Not forced: a write here would delay the next batch; an idle relay saves
                     // on a later idle round, once `checkpoint_every` has passed.
                     self.save(&mut saved, cp, false).await;
@@ -183,6 +201,7 @@ impl Relay {
                     }
                 }
                 (Round::Failed, new_cp) => {
+                    health.degraded("cannot read or publish events (see the log)");
                     checkpoint = Some(new_cp);
                     self.save(&mut saved, new_cp, true).await;
                     // The stream may have been deleted or NATS restarted without it.
@@ -367,8 +386,13 @@ mod tests {
         };
         let cancel = CancellationToken::new();
         let tasks = tokio_util::task::TaskTracker::new();
-        tasks.spawn(relay.clone().run(cancel.clone()));
-        tasks.spawn(standby.clone().run(cancel.clone()));
+        let ctx = || Context {
+            cancel: cancel.clone(),
+            health: Health::detached(),
+        };
+        let (leader_ctx, standby_ctx) = (ctx(), ctx());
+        tasks.spawn(relay.clone().supervised(leader_ctx.clone()));
+        tasks.spawn(standby.clone().supervised(standby_ctx.clone()));
         for n in 0..3u8 {
             store
                 .append(AppendRequest::new(
@@ -388,6 +412,10 @@ mod tests {
                 .unwrap();
             let ev = revo_events::codec::decode_wire(&msg.payload).unwrap();
             assert_eq!((ev.stream_id.as_str(), ev.version), ("t-1", want));
+        }
+        // Publishing and standing by are both a relay doing its job.
+        for c in [&leader_ctx, &standby_ctx] {
+            assert_eq!(c.health.get(), crate::kit::Status::Ready);
         }
         cancel.cancel();
         tasks.close();
