@@ -123,10 +123,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let (limiter, bus, subjects) = (identity.limiter.clone(), bus.clone(), subjects.clone());
         sup.spawn("rate_limit.gossip", move |ctx| {
             let (limiter, bus, subjects) = (limiter.clone(), bus.clone(), subjects.clone());
-            async move {
-                gossip::run(limiter, bus, subjects, ctx.cancel).await;
-                Ok(())
-            }
+            gossip::run(limiter, bus, subjects, ctx)
         });
     }
     let (access, docs) = http::prepare()?;

@@ -431,6 +431,38 @@ async fn cluster_edge(db: &TestDb, nats: &TestNats) -> (Served, Api, String) {
     (served, api, admin)
 }
 
+/// Every actor of a cluster edge says how it is doing (before, the relay and the gossip stayed
+/// `starting` however they fared), and the health board is for admins only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_actor_of_a_cluster_edge_reports_its_health() {
+    let db = TestDb::migrated().await;
+    let nats = TestNats::new();
+    let (served, api, admin) = cluster_edge(&db, &nats).await;
+    let actors = eventually(10, || async {
+        let r = api.call("GET", "/health/details", Some(&admin), None).await;
+        let actors = r.body["components"]["actor_status"].clone();
+        let all_ready = actors
+            .as_object()
+            .is_some_and(|a| a.values().all(|v| v["status"] == "ready"));
+        all_ready.then_some(actors)
+    })
+    .await;
+    for name in [
+        "relay",
+        "store_probe",
+        "rate_limit.gossip",
+        "view.users",
+        "view.models",
+        "projector.users",
+        "projector.models",
+        "projector.nodes",
+    ] {
+        assert_eq!(actors[name]["status"], "ready", "{name}: {actors}");
+    }
+    assert!(served.stop().await.success());
+    nats.bus().await.delete_stream().await.ok();
+}
+
 fn raw_event(event_type: &str, schema: u32) -> NewEvent {
     NewEvent {
         event_id: uuid::Uuid::now_v7(),

@@ -7,44 +7,47 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use revo_nats::{Bus, Subjects};
-use tokio_util::sync::CancellationToken;
+
+use crate::kit::Context;
 
 use super::{Gossip, RateLimiter};
 
 /// How often an edge publishes its counts: the bound on how far a cluster can overshoot.
 pub const GOSSIP_EVERY: Duration = Duration::from_millis(100);
 
+/// Runs as the supervised actor `rate_limit.gossip`: `ready` while it shares counts, `degraded`
+/// while it cannot subscribe or publish (each edge then limits on its own counts alone). A
+/// subscription that ends is an error, so the supervisor starts it again.
 pub async fn run(
     limiter: Arc<RateLimiter>,
     bus: Arc<dyn Bus>,
     subjects: Subjects,
-    cancel: CancellationToken,
-) {
-    let subject = match subjects.signal("ratelimit", "counts") {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "rate-limit gossip disabled");
-            return;
-        }
-    };
+    ctx: Context,
+) -> Result<(), String> {
+    let cancel = &ctx.cancel;
+    let subject = subjects
+        .signal("ratelimit", "counts")
+        .map_err(|e| format!("no gossip subject: {e}"))?;
     let mut backoff = crate::kit::Backoff::default();
     let mut incoming = loop {
         match bus.subscribe_signals(&subject).await {
             Ok(s) => break s,
             Err(e) => {
                 tracing::warn!(error = %e, "rate-limit gossip: subscribe failed, retrying");
-                if !backoff.wait(&cancel).await {
-                    return;
+                ctx.health.degraded(format!("cannot subscribe: {e}"));
+                if !backoff.wait(cancel).await {
+                    return Ok(());
                 }
             }
         }
     };
+    ctx.health.ready();
     let mut tick = tokio::time::interval(GOSSIP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweeps = 0u32;
     loop {
         tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {
                 sweeps += 1;
                 if sweeps.is_multiple_of(600) {
@@ -53,8 +56,12 @@ pub async fn run(
                 let Some(g) = limiter.gossip() else { continue };
                 match serde_json::to_vec(&g) {
                     Ok(body) => {
-                        if let Err(e) = bus.publish_signal(&subject, Bytes::from(body)).await {
-                            tracing::debug!(error = %e, "rate-limit gossip not sent");
+                        match bus.publish_signal(&subject, Bytes::from(body)).await {
+                            Ok(()) => ctx.health.ready(),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "rate-limit gossip not sent");
+                                ctx.health.degraded(format!("cannot publish: {e}"));
+                            }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "rate-limit gossip not encoded"),
@@ -66,10 +73,7 @@ pub async fn run(
                     Err(e) => tracing::debug!(error = %e, "ignoring a malformed rate-limit gossip"),
                 },
                 Some(Err(e)) => tracing::debug!(error = %e, "rate-limit gossip stream"),
-                None => {
-                    tracing::warn!("rate-limit gossip stream ended");
-                    return;
-                }
+                None => return Err("the gossip subscription ended".to_owned()),
             },
         }
     }
