@@ -102,14 +102,7 @@ impl Inference {
         subjects: Subjects,
         settings: &ModelSettings,
     ) -> anyhow::Result<ModelClient> {
-        Ok(ModelClient::start(
-            work,
-            subjects,
-            settings.worker_timeout,
-            sup.tracker().clone(),
-            sup.cancel_token().clone(),
-        )
-        .await?)
+        Ok(ModelClient::start(work, subjects, settings.worker_timeout, sup).await?)
     }
 
     /// Waits (up to `timeout`) until every local model has loaded, or failed to, and its

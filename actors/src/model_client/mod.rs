@@ -9,9 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use revo_nats::{Subjects, WorkTransport};
+use revo_nats::{Subjects, WorkStream, WorkTransport};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::kit::{Context, Supervisor};
 
 use crate::model_thread::{Event, Failure, Job, SubmitError};
 use crate::model_worker::wire::{Heartbeat, Reply, Request};
@@ -31,45 +33,33 @@ pub struct ModelClient {
 }
 
 impl ModelClient {
-    /// Connects and starts following the workers' heartbeats (until `cancel`). Requests run
-    /// as tasks of `tasks`.
+    /// Connects and starts following the workers' heartbeats, as the supervised actor
+    /// `model_client.heartbeats` (a subscription that ends is subscribed again: without
+    /// heartbeats every model would look workerless). Requests run as tasks of the
+    /// supervisor's tracker and end at its shutdown.
     pub async fn start(
         client: Arc<dyn WorkTransport>,
         subjects: Subjects,
         timeout: Duration,
-        tasks: TaskTracker,
-        cancel: CancellationToken,
+        sup: &Supervisor,
     ) -> Result<ModelClient, revo_nats::BusError> {
-        let shutdown = cancel.clone();
-        let mut beats = client
-            .subscribe(&format!("{}.sig.worker.*", subjects.prefix()))
-            .await?;
+        let subject = format!("{}.sig.worker.*", subjects.prefix());
+        // The first subscription is made here, so a transport that cannot subscribe fails the
+        // start; restarts subscribe again.
+        let first = Arc::new(Mutex::new(Some(client.subscribe(&subject).await?)));
         let seen: Seen = Arc::default();
-        let s = seen.clone();
-        tasks.spawn(async move {
-            loop {
-                let msg = tokio::select! {
-                    m = beats.next() => m,
-                    _ = cancel.cancelled() => None,
-                };
-                let Some(msg) = msg else { return };
-                let Ok(hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) else {
-                    continue;
-                };
-                if let Ok(mut seen) = s.lock() {
-                    seen.entry(hb.model.clone())
-                        .or_default()
-                        .insert(hb.worker.clone(), (Instant::now(), hb));
-                }
-            }
+        let (c, s) = (client.clone(), seen.clone());
+        sup.spawn("model_client.heartbeats", move |ctx| {
+            let taken = first.lock().ok().and_then(|mut f| f.take());
+            follow_heartbeats(c.clone(), subject.clone(), taken, s.clone(), ctx)
         });
         Ok(ModelClient {
             client,
             subjects,
             timeout,
             seen,
-            tasks,
-            shutdown,
+            tasks: sup.tracker().clone(),
+            shutdown: sup.cancel_token().clone(),
             runtime: tokio::runtime::Handle::current(),
         })
     }
@@ -211,5 +201,142 @@ async fn relay(
                 return Ok(());
             }
         }
+    }
+}
+
+/// Records every worker heartbeat until shutdown; an ended subscription is an error (restart).
+async fn follow_heartbeats(
+    client: Arc<dyn WorkTransport>,
+    subject: String,
+    subscribed: Option<WorkStream>,
+    seen: Seen,
+    ctx: Context,
+) -> Result<(), String> {
+    let mut beats = match subscribed {
+        Some(b) => b,
+        None => client
+            .subscribe(&subject)
+            .await
+            .map_err(|e| format!("cannot subscribe to heartbeats: {e}"))?,
+    };
+    ctx.health.ready();
+    loop {
+        let msg = tokio::select! {
+            m = beats.next() => m,
+            _ = ctx.cancel.cancelled() => return Ok(()),
+        };
+        let Some(msg) = msg else {
+            return Err("the heartbeat subscription ended".to_owned());
+        };
+        let Ok(hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) else {
+            continue;
+        };
+        if let Ok(mut seen) = seen.lock() {
+            seen.entry(hb.model.clone())
+                .or_default()
+                .insert(hb.worker.clone(), (Instant::now(), hb));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use revo_nats::{BusError, MemoryWork};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::kit::{HealthBoard, Status};
+
+    /// The in-process transport, except that the first subscription ends after one message
+    /// (as a subscription does when its connection is replaced).
+    struct FirstEnds {
+        inner: MemoryWork,
+        subscriptions: AtomicU32,
+    }
+
+    #[async_trait]
+    impl WorkTransport for FirstEnds {
+        async fn subscribe(&self, subject: &str) -> Result<WorkStream, BusError> {
+            let s = self.inner.subscribe(subject).await?;
+            Ok(match self.subscriptions.fetch_add(1, Ordering::SeqCst) {
+                0 => s.take(1).boxed(),
+                _ => s,
+            })
+        }
+        async fn queue_subscribe(
+            &self,
+            subject: &str,
+            group: &str,
+        ) -> Result<WorkStream, BusError> {
+            self.inner.queue_subscribe(subject, group).await
+        }
+        async fn request(
+            &self,
+            subject: &str,
+            payload: Bytes,
+        ) -> Result<(String, WorkStream), BusError> {
+            self.inner.request(subject, payload).await
+        }
+        async fn publish(&self, subject: &str, payload: Bytes) -> Result<(), BusError> {
+            self.inner.publish(subject, payload).await
+        }
+        async fn flush(&self) -> Result<(), BusError> {
+            self.inner.flush().await
+        }
+    }
+
+    fn beat(worker: &str) -> Bytes {
+        let hb = Heartbeat {
+            worker: worker.into(),
+            model: "m".into(),
+            device: "cpu".into(),
+            loaded: true,
+            queued: 0,
+            active: 0,
+            max_batch: 1,
+            tokens_per_s: 0.0,
+            every_ms: 100,
+        };
+        Bytes::from(serde_json::to_vec(&hb).unwrap_or_default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_are_followed_again_after_the_subscription_ends() {
+        let board = HealthBoard::default();
+        let sup = Supervisor::new(TaskTracker::new(), CancellationToken::new(), board.clone());
+        let transport = Arc::new(FirstEnds {
+            inner: MemoryWork::new(),
+            subscriptions: AtomicU32::new(0),
+        });
+        let subjects = Subjects::new("mc").unwrap_or_else(|_| unreachable!());
+        let client = ModelClient::start(transport.clone(), subjects, Duration::from_secs(5), &sup)
+            .await
+            .unwrap_or_else(|_| unreachable!());
+        let subject = "mc.sig.worker.m";
+        // The first heartbeat arrives, then that subscription ends.
+        transport.publish(subject, beat("w1")).await.ok();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(client.live_workers("m").len(), 1);
+        // The supervisor subscribes again after its back-off; later heartbeats are seen.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        transport.publish(subject, beat("w2")).await.ok();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let mut workers: Vec<_> = client
+            .live_workers("m")
+            .into_iter()
+            .map(|h| h.worker)
+            .collect();
+        workers.sort();
+        assert_eq!(workers, ["w1", "w2"]);
+        assert_eq!(transport.subscriptions.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            board.snapshot()[0],
+            ("model_client.heartbeats".into(), Status::Ready)
+        );
+        sup.shutdown().await;
     }
 }
