@@ -150,7 +150,13 @@ pub async fn serve(
     beats_stop.cancel();
     tasks.wait().await;
     let _ = work.flush().await;
-    Ok(())
+    if ctx.cancel.is_cancelled() {
+        Ok(())
+    } else {
+        // A subscription ended under a running worker: an error, so the supervisor serves
+        // the model again rather than leave it without a worker.
+        Err("the request or cancel subscription ended".to_owned())
+    }
 }
 
 fn base_heartbeat(who: &WorkerId, s: &ModelSettings) -> Heartbeat {
