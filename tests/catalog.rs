@@ -71,18 +71,7 @@ async fn the_catalogue_shows_the_hierarchy_exact_prices_and_why_a_model_cannot_s
         ("REVO_CONFIG", config.as_str()),
         ("CATALOG_TEST_KEY_SET", "sk-test-secret"),
     ];
-    let gguf = smollm2();
-    let (code, _, err) = output(&mut revo_cmd(
-        &[
-            "models",
-            "import",
-            gguf.to_str().unwrap(),
-            "--name",
-            "smollm2",
-        ],
-        &env,
-    ));
-    assert_eq!(code, 0, "{err}");
+    import_smollm2(&env);
     let served = Served::start(&env).await;
     let api = Api::new(&served);
     let admin = api.login("admin", ADMIN_PW).await;

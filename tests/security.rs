@@ -635,22 +635,11 @@ async fn sigterm_mid_generation_exits_cleanly() {
     use futures::StreamExt;
     let dir = TempDir::new();
     let data = dir.path().to_str().unwrap().to_owned();
-    let gguf = smollm2();
     let env = [
         ("REVO_DATA_DIR", data.as_str()),
         ("REVO_ADMIN_PASSWORD", ADMIN_PW),
     ];
-    let (code, _, err) = output(&mut revo_cmd(
-        &[
-            "models",
-            "import",
-            gguf.to_str().unwrap(),
-            "--name",
-            "smollm2",
-        ],
-        &env,
-    ));
-    assert_eq!(code, 0, "{err}");
+    import_smollm2(&env);
     let served = Served::start(&env).await;
     let api = Api::new(&served);
     let admin = api.login("admin", ADMIN_PW).await;

@@ -59,18 +59,7 @@ async fn edges_generate_through_workers_and_notice_a_dead_one() {
         ("REVO_ADMIN_PASSWORD", ADMIN_PW),
         ("REVO_WORKER_TIMEOUT_MS", timeout.as_str()),
     ]);
-    let gguf = smollm2();
-    let (code, _, err) = output(&mut revo_cmd(
-        &[
-            "models",
-            "import",
-            gguf.to_str().unwrap(),
-            "--name",
-            "smollm2",
-        ],
-        &env,
-    ));
-    assert_eq!(code, 0, "{err}");
+    import_smollm2(&env);
     let edge = Served::start(&env).await;
     let api = Api::new(&edge);
     let admin = api.login("admin", ADMIN_PW).await;

@@ -619,6 +619,22 @@ pub fn smollm2() -> PathBuf {
     path
 }
 
+/// Imports the default model as `smollm2` into the data directory `env` names.
+pub fn import_smollm2(env: &[(&str, &str)]) {
+    let gguf = smollm2();
+    let (code, _, err) = output(&mut revo_cmd(
+        &[
+            "models",
+            "import",
+            gguf.to_str().unwrap(),
+            "--name",
+            "smollm2",
+        ],
+        env,
+    ));
+    assert_eq!(code, 0, "{err}");
+}
+
 /// A reference greedy completion of the default model, by prompt.
 pub fn case(prompt: &str) -> serde_json::Value {
     include_str!("../../engine/tests/fixtures/smollm2/greedy-cases.jsonl")
