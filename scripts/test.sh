@@ -53,7 +53,7 @@ ensure_nats() {
 
 ensure_python() {
   local venv="$CACHE/venv"
-  if ! "$venv/bin/python" -c 'import nats, msgpack, schemathesis' 2>/dev/null; then
+  if ! "$venv/bin/python" -c 'import nats, msgpack, schemathesis, openai, anthropic' 2>/dev/null; then
     say "installing Python test packages into $venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
       apt_install python3-venv

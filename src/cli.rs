@@ -174,6 +174,24 @@ pub enum ReplayCommand {
     Rebuild { projection: String },
     /// Rebuild into scratch and compare with the live read model; exit 1 on drift.
     Verify { projection: String },
+    /// Recompute spend from the raw generation events: by user, key, model, provider or day.
+    Cost(CostArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CostArgs {
+    /// First day counted, `YYYY-MM-DD` (UTC).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Last day counted, `YYYY-MM-DD` (UTC).
+    #[arg(long)]
+    pub to: Option<String>,
+    /// `user`, `key`, `model`, `provider` or `day`.
+    #[arg(long, default_value = "model")]
+    pub by: String,
+    /// `table`, `json` or `csv`.
+    #[arg(long, default_value = "table")]
+    pub format: String,
 }
 
 #[derive(Debug, Subcommand)]

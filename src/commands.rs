@@ -66,6 +66,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                         .await
                         .map(|ok| if ok { 0 } else { 1 })
                 }
+                ReplayCommand::Cost(args) => {
+                    let reference = config.reference_model.as_deref().and_then(|name| {
+                        let e = config.catalog.entries.iter().find(|e| e.name == name)?;
+                        Some((name, e.prices_sheet()))
+                    });
+                    replay::cost(s.as_ref(), &args, reference, &mut out)
+                        .await
+                        .map(|()| 0)
+                }
             };
             s.close().await;
             code

@@ -62,6 +62,24 @@ pub struct FileConfig {
     pub models: ModelsFile,
     #[serde(default)]
     pub jetstream: JetStreamFile,
+    #[serde(default)]
+    pub router: RouterFile,
+}
+
+/// `[router]`: how the router talks to providers (docs/api.md, "Routing").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterFile {
+    pub connect_timeout_ms: Option<u64>,
+    pub first_token_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub total_timeout_ms: Option<u64>,
+    /// Retries of one model before the next is tried (2).
+    pub max_retries: Option<u32>,
+    /// `max_tokens` when a request names none (1024).
+    pub default_max_tokens: Option<u32>,
+    /// The cloud model savings are priced against (the first cloud model of the catalogue).
+    pub reference_model: Option<String>,
 }
 
 /// `[jetstream]`: durability and retention of the events stream (cluster mode).
@@ -220,6 +238,9 @@ pub struct Config {
     pub models: revo_actors::model_thread::ModelSettings,
     /// The models the router may pick, checked.
     pub catalog: revo_actors::router::catalog::Catalog,
+    pub router: revo_actors::router::RouterSettings,
+    /// The catalogue entry savings are priced against, if any.
+    pub reference_model: Option<String>,
 }
 
 impl Config {
@@ -370,6 +391,11 @@ impl Config {
         if http.max_body_bytes == 0 || http.max_json_depth == 0 {
             bail!("[http] limits must be positive");
         }
+        let catalog = match file.models.catalog.take() {
+            None => revo_actors::router::catalog::Catalog::default_hierarchy(),
+            Some(entries) => revo_actors::router::catalog::Catalog::from_files(entries)
+                .map_err(|e| anyhow::anyhow!(e))?,
+        };
         Ok(Config {
             listen,
             mode,
@@ -383,11 +409,9 @@ impl Config {
             trusted_proxies,
             data_dir,
             ort_dylib: args.ort_dylib.clone(),
-            catalog: match file.models.catalog.take() {
-                None => revo_actors::router::catalog::Catalog::default_hierarchy(),
-                Some(entries) => revo_actors::router::catalog::Catalog::from_files(entries)
-                    .map_err(|e| anyhow::anyhow!(e))?,
-            },
+            router: router_config(&file.router)?,
+            reference_model: reference_model(&catalog, file.router.reference_model.take())?,
+            catalog,
             models: models_config(file.models)?,
         })
     }
@@ -431,6 +455,52 @@ fn env_or<T: std::str::FromStr>(name: &str, file: Option<T>) -> anyhow::Result<O
             .map(Some)
             .map_err(|_| anyhow::anyhow!("{name}=`{v}` is not a valid value")),
         Err(_) => Ok(file),
+    }
+}
+
+fn router_config(f: &RouterFile) -> anyhow::Result<revo_actors::router::RouterSettings> {
+    let d = revo_actors::router::RouterSettings::default();
+    let ms = |v: Option<u64>, d: Duration, key: &str| match v {
+        Some(0) => bail!("[router] {key} must be positive"),
+        Some(v) => Ok(Duration::from_millis(v)),
+        None => Ok(d),
+    };
+    let default_max_tokens = f.default_max_tokens.unwrap_or(d.default_max_tokens);
+    if default_max_tokens == 0 {
+        bail!("[router] default_max_tokens must be positive");
+    }
+    Ok(revo_actors::router::RouterSettings {
+        connect_timeout: ms(
+            f.connect_timeout_ms,
+            d.connect_timeout,
+            "connect_timeout_ms",
+        )?,
+        first_token_timeout: ms(
+            f.first_token_timeout_ms,
+            d.first_token_timeout,
+            "first_token_timeout_ms",
+        )?,
+        idle_timeout: ms(f.idle_timeout_ms, d.idle_timeout, "idle_timeout_ms")?,
+        total_timeout: ms(f.total_timeout_ms, d.total_timeout, "total_timeout_ms")?,
+        max_retries: f.max_retries.unwrap_or(d.max_retries).min(10),
+        default_max_tokens,
+        ..d
+    })
+}
+
+/// The named reference model (which must be in the catalogue), else the first cloud one.
+fn reference_model(
+    catalog: &revo_actors::router::catalog::Catalog,
+    named: Option<String>,
+) -> anyhow::Result<Option<String>> {
+    match named {
+        Some(n) if catalog.entries.iter().any(|e| e.name == n) => Ok(Some(n)),
+        Some(n) => bail!("[router] reference_model `{n}` is not in the catalogue"),
+        None => Ok(catalog
+            .entries
+            .iter()
+            .find(|e| !e.provider.is_local())
+            .map(|e| e.name.clone())),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod db;
 pub mod http;
 pub mod identity;
 pub mod inference;
+pub mod ledger;
 pub mod metrics;
 pub mod node;
 pub mod projections;

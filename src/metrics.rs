@@ -16,6 +16,7 @@ pub struct Metrics {
     pub projection_lag: IntGaugeVec,
     pub http: HttpMetrics,
     pub generation: GenerationMetrics,
+    pub router: revo_actors::router::RouterMetrics,
     /// Restarts of supervised actors, by actor name (static names and registry model names).
     pub actor_restarts: IntCounterVec,
 }
@@ -210,6 +211,7 @@ impl Metrics {
         )?;
         let http = HttpMetrics::new()?;
         let generation = GenerationMetrics::new()?;
+        let router = revo_actors::router::RouterMetrics::new()?;
         let registry = Registry::new();
         let actor_restarts = IntCounterVec::new(
             Opts::new(
@@ -238,7 +240,7 @@ impl Metrics {
             Box::new(generation.tokens.clone()),
             Box::new(generation.time_to_first_token.clone()),
         ];
-        for c in collectors {
+        for c in collectors.into_iter().chain(router.collectors()) {
             registry.register(c)?;
         }
         Ok(Metrics {
@@ -249,6 +251,7 @@ impl Metrics {
             projection_lag,
             http,
             generation,
+            router,
         })
     }
 

@@ -1,7 +1,7 @@
 //! The projections this build runs and can rebuild (`revo replay list`).
 
 use revo_events::projection::NodesProjection;
-use revo_events::{Directory, ModelsProjection, Projection};
+use revo_events::{Directory, LedgerProjection, ModelsProjection, Projection};
 
 /// A fresh instance of every projection.
 pub fn all() -> Vec<Box<dyn Projection>> {
@@ -9,6 +9,7 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(NodesProjection::default()),
         Box::new(Directory::default()),
         Box::new(ModelsProjection::default()),
+        Box::new(LedgerProjection::default()),
     ]
 }
 

@@ -1,4 +1,4 @@
-//! `revo replay list | rebuild | verify` and `revo events tail`.
+//! `revo replay list | rebuild | verify | cost` and `revo events tail`.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -14,7 +14,8 @@ use revo_events::{
     AppendRequest, EventFamily, EventMeta, EventStore, ExpectedVersion, SystemEvent,
 };
 
-use crate::cli::TailArgs;
+use crate::cli::{CostArgs, TailArgs};
+use crate::ledger;
 use crate::projections;
 
 const BATCH: usize = 4096;
@@ -195,4 +196,105 @@ pub async fn tail(
             writeln!(out, "{json}")?;
         }
     }
+}
+
+/// `revo replay cost`: every cent recomputed from the raw events (a fresh fold of the ledger,
+/// never the stored read model).
+pub async fn cost(
+    store: &dyn EventStore,
+    args: &CostArgs,
+    reference: Option<(&str, revo_events::PriceSheet)>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let by = ledger::By::parse(&args.by)
+        .with_context(|| format!("--by `{}`: one of user, key, model, provider, day", args.by))?;
+    for d in [&args.from, &args.to].into_iter().flatten() {
+        if !ledger::valid_day(d) {
+            bail!("`{d}` is not a day (YYYY-MM-DD)");
+        }
+    }
+    if !matches!(args.format.as_str(), "table" | "json" | "csv") {
+        bail!("--format `{}`: one of table, json, csv", args.format);
+    }
+    let mut p = revo_events::LedgerProjection::default();
+    let stats = fold_from_zero(store, &mut p, FoldUntil::Head { wait: HEAD_WAIT }, BATCH)
+        .await
+        .context("folding the generation events")?;
+    let filter = ledger::Filter {
+        from: args.from.clone(),
+        to: args.to.clone(),
+        user: None,
+    };
+    let r = ledger::report(p.rows_iter(), &filter, by, reference);
+    match args.format.as_str() {
+        "json" => writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?,
+        "csv" => {
+            writeln!(out, "{},requests,served_locally,failed_attempts,input_tokens,cache_read_tokens,cache_write_tokens,output_tokens,reasoning_tokens,cost_usd", args.by)?;
+            for l in r.groups.iter().chain(std::iter::once(&r.total)) {
+                let t = &l.tokens;
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{},{}",
+                    l.key,
+                    l.requests,
+                    l.served_locally,
+                    l.failed_attempts,
+                    t.input,
+                    t.cache_read,
+                    t.cache_write,
+                    t.output,
+                    t.reasoning,
+                    l.cost_usd
+                )?;
+            }
+        }
+        _ => {
+            writeln!(
+                out,
+                "{:<38} {:>9} {:>7} {:>7} {:>12} {:>12} {:>10} {:>16}",
+                args.by,
+                "requests",
+                "local",
+                "failed",
+                "input",
+                "cache r/w",
+                "output",
+                "cost (USD)"
+            )?;
+            for l in r.groups.iter().chain(std::iter::once(&r.total)) {
+                let t = &l.tokens;
+                writeln!(
+                    out,
+                    "{:<38} {:>9} {:>7} {:>7} {:>12} {:>12} {:>10} {:>16}",
+                    l.key,
+                    l.requests,
+                    l.served_locally,
+                    l.failed_attempts,
+                    t.input,
+                    format!("{}/{}", t.cache_read, t.cache_write),
+                    t.output,
+                    l.cost_usd
+                )?;
+            }
+            writeln!(
+                out,
+                "served locally: {:.1}% of requests, {:.1}% of tokens",
+                r.local_request_share * 100.0,
+                r.local_token_share * 100.0
+            )?;
+            if let Some(s) = &r.savings {
+                writeln!(
+                    out,
+                    "savings against {}: ${} (the same tokens there: ${})",
+                    s.reference_model, s.savings_usd, s.reference_cost_usd
+                )?;
+            }
+            writeln!(
+                out,
+                "({} events folded, through position {})",
+                stats.events, stats.position
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -179,6 +179,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .collect();
 
+    // Keys are read once, here; a key set later needs a restart (documented).
+    let keys = config
+        .catalog
+        .entries
+        .iter()
+        .filter_map(|e| e.api_key_env.clone())
+        .filter_map(|var| {
+            let v = std::env::var(&var).ok()?;
+            let v = v.trim().to_owned();
+            (!v.is_empty()).then_some((var, v))
+        })
+        .collect();
+    let router = revo_actors::router::Router::new(
+        Arc::new(config.catalog.clone()),
+        config.router.clone(),
+        keys,
+        inference.clone(),
+        store.clone(),
+        metrics.router.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    router.probe_once().await;
+    let ledger = LiveView::<revo_events::LedgerProjection>::start(
+        store.clone(),
+        store.as_ref(),
+        Duration::from_millis(500),
+        &sup,
+    )
+    .await
+    .context("loading the cost ledger")?;
+    router.start_probe(&sup, Duration::from_secs(10));
+
     store_probe.first(Duration::from_secs(5)).await;
     let state = web::Data::new(AppState {
         store: store.clone(),
@@ -199,14 +231,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             trusted: config.trusted_proxies.clone(),
         },
         store_probe,
-        keys_present: config
-            .catalog
-            .entries
-            .iter()
-            .filter_map(|e| e.api_key_env.clone())
-            .filter(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()))
-            .collect(),
-        catalog: Arc::new(config.catalog.clone()),
+        router: router.clone(),
+        reference_model: config.reference_model.clone(),
+        ledger,
     });
     let limits = config.http;
     let server = HttpServer::new(move || http::app(state.clone(), limits))
@@ -252,6 +279,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Actors drain (the relay publishes what is committed), then the store finishes queued
     // appends and closes.
+    if !router.drain(Duration::from_secs(10)).await {
+        tracing::warn!("routed requests still running at shutdown were not recorded");
+    }
     sup.shutdown().await;
     // Then the model threads (their workers have stopped) finish or fail what they hold and
     // are joined while the runtime library is still loaded.

@@ -93,10 +93,11 @@ async fn the_catalogue_shows_the_hierarchy_exact_prices_and_why_a_model_cannot_s
         .as_str()
         .unwrap()
         .contains("not in the model registry"));
+    // Nothing listens on the local server's port: its probe says so.
     assert!(by_name("ollama")["reason"]
         .as_str()
         .unwrap()
-        .contains("does not route"));
+        .contains("unreachable"));
     let gpt = by_name("gpt");
     assert_eq!(gpt["served_locally"], false);
     assert_eq!(
@@ -111,14 +112,47 @@ async fn the_catalogue_shows_the_hierarchy_exact_prices_and_why_a_model_cannot_s
             &Value::from("0.6")
         )
     );
-    // The key is set, so what is missing is the provider client, not the key.
-    assert!(gpt["reason"].as_str().unwrap().contains("does not route"));
+    // The key is set: the cloud model is available, its breaker closed.
+    assert_eq!(gpt["status"], "available", "{gpt}");
+    assert_eq!(gpt["breaker"], "closed");
     let claude = by_name("claude");
     assert_eq!(claude["reason"], "no API key: set CATALOG_TEST_KEY_UNSET");
     assert_eq!(claude["cache_write_usd_per_mtok"], "3.75");
     // Neither keys nor internal addresses are shown.
     let text = r.body.to_string();
     assert!(!text.contains("sk-test-secret") && !text.contains("127.0.0.1:9"));
+
+    // The router serves a chat with the local model, through its chat template, for free.
+    let r = api
+        .call(
+            "POST",
+            "/ai/generate",
+            Some(&admin),
+            Some(serde_json::json!({
+                "messages": [{"role": "system", "content": "Answer briefly."},
+                             {"role": "user", "content": "What is the capital of France?"}],
+                "max_tokens": 8, "temperature": 0, "force_local": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (&r.body["model"], &r.body["provider"], &r.body["cost_usd"]),
+        (
+            &Value::from("small"),
+            &Value::from("local"),
+            &Value::from("0")
+        )
+    );
+    assert_eq!(r.body["served_locally"], true);
+    let out = r.body["usage"]["output_tokens"].as_u64().unwrap();
+    assert!((1..=8).contains(&out), "{}", r.body);
+    // The template wrapped the chat: more prompt tokens than the words alone.
+    assert!(
+        r.body["usage"]["input_tokens"].as_u64().unwrap() > 15,
+        "{}",
+        r.body
+    );
+    assert!(!r.body["text"].as_str().unwrap().is_empty());
 
     // Programs see it with a developer's key; a viewer may not generate, so may not list.
     let pw = "a-password-for-the-catalogue-test";

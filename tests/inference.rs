@@ -24,6 +24,7 @@ fn job(prompt: &str, max_tokens: usize) -> (Job, mpsc::UnboundedReceiver<Event>)
     let (tx, rx) = mpsc::unbounded_channel();
     let job = Job {
         prompt: prompt.to_owned(),
+        messages: None,
         sampling: Sampling::greedy(max_tokens),
         stop: Vec::new(),
         events: tx,

@@ -29,7 +29,7 @@ pub struct LocalModel {
 }
 
 /// One chat message.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Message {
     pub role: String,
     pub content: String,
@@ -100,18 +100,20 @@ impl LocalModel {
     }
 
     pub fn chat_prompt(&self, user: &str) -> Result<String, LocalError> {
+        self.render(&[Message {
+            role: "user".into(),
+            content: user.into(),
+        }])
+    }
+
+    /// `messages` through the model's chat template, ending with the assistant's turn.
+    pub fn render(&self, messages: &[Message]) -> Result<String, LocalError> {
         let t = self
             .config
             .chat_template
             .as_deref()
             .ok_or(LocalError::NoTemplate)?;
-        render_chat(
-            t,
-            &[Message {
-                role: "user".into(),
-                content: user.into(),
-            }],
-        )
+        render_chat(t, messages)
     }
 
     /// Generates from `prompt` alone, calling `on_text` with each new piece of text as soon as

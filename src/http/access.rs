@@ -207,10 +207,17 @@ pub async fn admit(
         )),
         Some(Access::Public) => None,
         Some(Access::Needs(perm)) => {
-            let header = req
-                .headers()
+            let headers = req.headers();
+            // Anthropic's clients send their key as `x-api-key`; it is read as a bearer
+            // credential when there is no `Authorization`.
+            let api_key = headers
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+                .map(|k| format!("Bearer {k}"));
+            let header = headers
                 .get(actix_web::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
+                .and_then(|v| v.to_str().ok())
+                .or(api_key.as_deref());
             match state.identity.authenticate(header) {
                 Err(e) => {
                     http.auth_failures.with_label_values(&[e.code()]).inc();

@@ -2,6 +2,12 @@
 //! can serve now and, if not, why.
 
 use actix_web::{get, web, HttpResponse};
+use serde::Deserialize;
+
+use super::access::Caller;
+use super::error::ApiError;
+use crate::identity::rbac::Permission;
+use crate::ledger;
 use revo_actors::router::catalog::{Entry, Provider};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -38,6 +44,9 @@ pub struct CatalogModel {
     /// Why it cannot serve now (absent when available).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The circuit breaker: `closed`, `open` (failing; skipped until its cool-down ends) or
+    /// `half_open` (one probe request allowed).
+    pub breaker: &'static str,
     /// Workers serving it now (local models).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
@@ -50,34 +59,15 @@ pub struct CatalogList {
 
 /// Whether `e` can serve now: (workers, why not).
 fn availability(state: &AppState, e: &Entry) -> (Option<usize>, Option<String>) {
-    match e.provider {
-        Provider::Local => {
-            if state.models.read().get(&e.model).is_none() {
-                let why = format!(
-                    "`{}` is not in the model registry: import it with `revo models import FILE.gguf --name {}`",
-                    e.model, e.model
-                );
-                return (Some(0), Some(why));
-            }
-            let workers = state.inference.live_workers(&e.model);
-            let why = (workers == 0).then(|| "no worker has the model loaded".to_owned());
-            (Some(workers), why)
-        }
-        Provider::Openai | Provider::Anthropic | Provider::OpenaiCompatible => {
-            let keyless = e
-                .api_key_env
-                .as_deref()
-                .filter(|var| !state.keys_present.contains(*var));
-            let why = match keyless {
-                Some(var) => format!("no API key: set {var}"),
-                None => format!(
-                    "this build does not route to `{}` providers yet",
-                    e.provider.as_str()
-                ),
-            };
-            (None, Some(why))
-        }
+    let workers = (e.provider == Provider::Local).then(|| state.inference.live_workers(&e.model));
+    if e.provider == Provider::Local && state.models.read().get(&e.model).is_none() {
+        let why = format!(
+            "`{}` is not in the model registry: import it with `revo models import FILE.gguf --name {}`",
+            e.model, e.model
+        );
+        return (workers, Some(why));
     }
+    (workers, state.router.why_unavailable(e))
 }
 
 /// The catalogue, in the order the router prefers models, with live availability.
@@ -89,7 +79,8 @@ fn availability(state: &AppState, e: &Entry) -> (Option<usize>, Option<String>) 
 #[get("/ai/models")]
 pub async fn models(state: web::Data<AppState>) -> HttpResponse {
     let models = state
-        .catalog
+        .router
+        .catalog()
         .entries
         .iter()
         .map(|e| {
@@ -113,10 +104,91 @@ pub async fn models(state: web::Data<AppState>) -> HttpResponse {
                 } else {
                     "unavailable"
                 },
+                breaker: state.router.breaker_state(&e.name),
                 reason,
                 workers,
             }
         })
         .collect();
     HttpResponse::Ok().json(CatalogList { models })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// First day counted, `YYYY-MM-DD` (UTC).
+    pub from: Option<String>,
+    /// Last day counted, `YYYY-MM-DD` (UTC).
+    pub to: Option<String>,
+    /// Group by `model` (default), `provider`, `day`, `user` or `key`.
+    pub by: Option<String>,
+    /// Admins: one user's ledger.
+    pub user_id: Option<uuid::Uuid>,
+}
+
+/// The cost ledger: the caller's own (every key of theirs), or everyone's for admins; spend,
+/// tokens by kind, the share served locally and savings against the reference cloud model.
+#[utoipa::path(
+    tag = "ai",
+    security(("bearer" = ["generate"])),
+    params(MetricsQuery),
+    responses(
+        (status = 200, description = "The ledger over the window", body = ledger::Report),
+        (status = 403, description = "`user_id` of another user without the users:read permission", body = super::error::ErrorBody),
+        (status = 422, description = "A bad day or grouping", body = super::error::ErrorBody),
+        CallerErrors
+    )
+)]
+#[get("/ai/metrics")]
+pub async fn metrics(
+    state: web::Data<AppState>,
+    caller: Caller,
+    q: web::Query<MetricsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let q = q.into_inner();
+    let bad = |m: String| ApiError::unprocessable("invalid_parameter", m);
+    for d in [&q.from, &q.to].into_iter().flatten() {
+        if !ledger::valid_day(d) {
+            return Err(bad(format!("`{d}` is not a day (YYYY-MM-DD)")));
+        }
+    }
+    let by_name = q.by.as_deref().unwrap_or("model");
+    let by = ledger::By::parse(by_name).ok_or_else(|| {
+        bad(format!(
+            "by `{by_name}`: one of model, provider, day, user, key"
+        ))
+    })?;
+    let p = &caller.0;
+    let everyone = p.can(Permission::UsersRead);
+    let user = match q.user_id {
+        Some(u) if u != p.user_id && !everyone => {
+            return Err(ApiError::forbidden(
+                "forbidden",
+                "only admins read another user's ledger",
+            ))
+        }
+        Some(u) => Some(u),
+        None if everyone => None,
+        None => Some(p.user_id),
+    };
+    let filter = ledger::Filter {
+        from: q.from,
+        to: q.to,
+        user,
+    };
+    let reference = state.reference_model.as_deref().and_then(|name| {
+        let e = state
+            .router
+            .catalog()
+            .entries
+            .iter()
+            .find(|e| e.name == name)?;
+        Some((name, e.prices_sheet()))
+    });
+    let report = {
+        let l = state.ledger.read();
+        ledger::report(l.rows_iter(), &filter, by, reference)
+    };
+    Ok(HttpResponse::Ok().json(report))
 }

@@ -209,6 +209,7 @@ pub async fn create(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = Job {
         prompt: r.prompt,
+        messages: None,
         sampling,
         stop,
         events: tx,

@@ -4,9 +4,11 @@
 pub mod access;
 pub mod ai;
 pub mod auth;
+pub mod chat;
 pub mod client_addr;
 pub mod completions;
 pub mod error;
+pub mod generate;
 pub mod health;
 pub mod json;
 pub mod keys;
@@ -53,10 +55,12 @@ pub struct AppState {
     pub forwarding: client_addr::Forwarding,
     /// The latest check of the database, for the health endpoints.
     pub store_probe: revo_actors::store_probe::StoreProbe,
-    /// The models the router may pick (`GET /ai/models`).
-    pub catalog: Arc<revo_actors::router::catalog::Catalog>,
-    /// The catalogue's `api_key_env` variables that held a key at start (names only).
-    pub keys_present: std::collections::HashSet<String>,
+    /// The router and its catalogue (`/ai/*`, `/v1/chat/completions`, `/v1/messages`).
+    pub router: revo_actors::router::Router,
+    /// The catalogue entry savings are priced against.
+    pub reference_model: Option<String>,
+    /// The cost ledger, folded in memory and following the log (`GET /ai/metrics`).
+    pub ledger: revo_actors::LiveView<revo_events::LedgerProjection>,
 }
 
 impl AppState {
@@ -89,7 +93,12 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(keys::list)
         .service(keys::revoke)
         .service(completions::create)
-        .service(ai::models);
+        .service(ai::models)
+        .service(ai::metrics)
+        .service(generate::generate)
+        .service(chat::chat_completions)
+        .service(chat::list_models)
+        .service(chat::messages);
 }
 
 /// The generated OpenAPI document.

@@ -139,3 +139,13 @@ impl Inference {
         }
     }
 }
+
+impl revo_actors::router::LocalModels for Inference {
+    fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
+        Inference::submit(self, model, job)
+    }
+
+    fn live_workers(&self, model: &str) -> usize {
+        Inference::live_workers(self, model)
+    }
+}

@@ -8,6 +8,8 @@
     clippy::disallowed_methods
 )]
 
+pub mod stub;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -90,6 +90,7 @@ impl ModelClient {
             .map_err(|_| SubmitError::Unknown(model.to_owned()))?;
         let request = Request {
             prompt: job.prompt.clone(),
+            messages: job.messages.clone(),
             sampling: job.sampling.clone(),
             stop: job.stop.clone(),
         };

@@ -47,7 +47,10 @@ impl Default for ModelSettings {
 
 /// One generation request.
 pub struct Job {
+    /// The text to continue; with `messages`, replaced by them rendered through the model's
+    /// chat template (on the worker, which holds the template).
     pub prompt: String,
+    pub messages: Option<Vec<revo_engine::local::Message>>,
     pub sampling: Sampling,
     pub stop: Vec<String>,
     /// Where text pieces and the outcome go. Unbounded so that a slow client never stalls the
@@ -73,6 +76,7 @@ pub struct Failure {
 /// The failure codes, each with the HTTP status it answers with.
 pub const FAILURE_CODES: &[(&str, u16)] = &[
     ("invalid_parameter", 422),
+    ("chat_template_failed", 422),
     ("context_length_exceeded", 400),
     ("model_unavailable", 503),
     ("model_busy", 503),

@@ -110,11 +110,26 @@ struct Running {
     need: usize,
 }
 
-/// A job with the cache positions it may need.
-fn sized(model: &LocalModel, job: Job) -> (Job, usize) {
+/// A job with the cache positions it may need, its chat (if any) rendered; a chat the
+/// template cannot render is answered here and dropped.
+fn sized(model: &LocalModel, mut job: Job, stats: &Stats) -> Option<(Job, usize)> {
+    if let Some(messages) = job.messages.take() {
+        match model.render(&messages) {
+            Ok(p) => job.prompt = p,
+            Err(e) => {
+                stats.queued.fetch_sub(1, Ordering::Relaxed);
+                let f = Failure {
+                    code: "chat_template_failed",
+                    message: e.to_string(),
+                };
+                let _ = job.events.send(Event::Done(Err(f)));
+                return None;
+            }
+        }
+    }
     let prompt = model.encode(&job.prompt).map_or(0, |ids| ids.len());
     let need = prompt + job.sampling.max_tokens;
-    (job, need)
+    Some((job, need))
 }
 
 fn run(
@@ -196,7 +211,7 @@ fn run(
                 return;
             }
             match jobs.recv_timeout(IDLE_CHECK) {
-                Ok(job) => held = Some(sized(&model, job)),
+                Ok(job) => held = sized(&model, job, stats),
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             }
@@ -206,7 +221,7 @@ fn run(
         loop {
             if held.is_none() && !closed {
                 match jobs.try_recv() {
-                    Ok(job) => held = Some(sized(&model, job)),
+                    Ok(job) => held = sized(&model, job, stats),
                     Err(TryRecvError::Empty) => {}
                     Err(TryRecvError::Disconnected) => closed = true,
                 }

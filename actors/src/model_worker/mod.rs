@@ -248,6 +248,7 @@ impl Worker {
         let job = Job {
             sampling: request.sampling,
             prompt: request.prompt,
+            messages: request.messages,
             stop: request.stop,
             events: tx,
             received: Instant::now(),

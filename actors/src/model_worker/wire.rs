@@ -16,6 +16,9 @@ use crate::model_thread::{known_code, Failure, Outcome};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Request {
     pub prompt: String,
+    /// A chat, rendered by the worker with the model's template (replaces `prompt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<revo_engine::local::Message>>,
     /// `max_tokens`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `seed`.
     #[serde(flatten)]
     pub sampling: Sampling,
@@ -138,6 +141,7 @@ mod tests {
     fn requests_and_replies_round_trip_as_json() {
         let r = Request {
             prompt: "hi".into(),
+            messages: None,
             sampling: Sampling {
                 seed: Some(7),
                 ..Sampling::greedy(5)
