@@ -66,10 +66,23 @@ async fn the_api_honours_its_openapi_document() {
     let bin = schemathesis();
     let dir = TempDir::new();
     let data = dir.path().to_str().unwrap().to_owned();
+    // The router's endpoints get a model that answers: a stub OpenAI-compatible server.
+    let stub = common::stub::Stub::start(common::stub::Wire::OpenAi, vec![]).await;
+    let config = dir.path().join("revo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[models.catalog]]\nname = \"stub\"\nprovider = \"openai-compatible\"\n\
+             base_url = \"{}\"\ncapabilities = [\"chat\", \"tools\"]\n",
+            stub.base_url()
+        ),
+    )
+    .unwrap();
     let served = Served::start(&[
         ("REVO_DATA_DIR", &data),
         ("REVO_ADMIN_PASSWORD", ADMIN_PW),
         ("REVO_RATE_LIMIT_ADMIN", "0"),
+        ("REVO_CONFIG", config.to_str().unwrap()),
     ])
     .await;
     let api = Api::new(&served);

@@ -453,7 +453,10 @@ async fn every_actor_of_a_cluster_edge_reports_its_health() {
         "rate_limit.gossip",
         "view.users",
         "view.models",
+        "view.ledger",
+        "router.probe",
         "projector.users",
+        "projector.ledger",
         "projector.models",
         "projector.nodes",
     ] {

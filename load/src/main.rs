@@ -9,6 +9,7 @@ mod append;
 mod relay;
 mod replay;
 mod stats;
+mod stub;
 mod util;
 
 use clap::{Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Scenario {
     Relay(relay::Args),
     /// Folding a cost-like projection over stored events.
     Replay(replay::Args),
+    /// An instant OpenAI-compatible server (prints its address; runs until killed).
+    Stub(stub::Args),
 }
 
 #[tokio::main]
@@ -42,5 +45,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Append(a) => append::run(&cli.pg, a).await,
         Scenario::Relay(a) => relay::run(&cli.pg, &cli.nats, a).await,
         Scenario::Replay(a) => replay::run(&cli.pg, a).await,
+        Scenario::Stub(a) => stub::run(a).await,
     }
 }

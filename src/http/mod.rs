@@ -128,6 +128,12 @@ fn path_error(err: actix_web::error::PathError, _: &HttpRequest) -> actix_web::E
     actix_web::error::InternalError::from_response(err, e.error_response()).into()
 }
 
+/// A query string that does not parse is a `422 invalid_parameter`, as JSON.
+fn query_error(err: actix_web::error::QueryPayloadError, _: &HttpRequest) -> actix_web::Error {
+    let e = error::ApiError::unprocessable("invalid_parameter", format!("the query: {err}"));
+    actix_web::error::InternalError::from_response(err, e.error_response()).into()
+}
+
 pub fn app(
     state: web::Data<AppState>,
     limits: HttpLimits,
@@ -145,6 +151,7 @@ pub fn app(
         .app_data(state)
         .app_data(web::Data::new(limits))
         .app_data(web::PathConfig::default().error_handler(path_error))
+        .app_data(web::QueryConfig::default().error_handler(query_error))
         .configure(routes)
         .split_for_parts();
     app.default_service(web::to(error::not_found))

@@ -237,7 +237,7 @@ mod tests {
         let mut b = Breaker::new();
         let t0 = Instant::now();
         for i in 0..10 {
-            if i % 2 == 0 {
+            if i % 2 == 1 {
                 b.failure(t0, None, &s);
             } else {
                 b.success(&s);

@@ -411,6 +411,9 @@ impl Router {
         sup.spawn("router.probe", move |ctx| {
             let router = router.clone();
             async move {
+                // An unreachable server is the server's state, shown per model in
+                // `GET /ai/models`, not this actor's.
+                ctx.health.ready();
                 loop {
                     router.probe_once().await;
                     tokio::select! {

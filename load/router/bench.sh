@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Gateway overhead: chat completions through Revo's router to an instant OpenAI-compatible stub
+# (`revo-load stub`), against the stub alone, in the same run, at 64 connections (wrk -t2),
+# streamed and not. Revo runs a release build in embedded mode with every request recorded
+# (one `generation.attempt` event each, in SQLite through the group committer) and the ledger
+# following the log. The overhead is Revo's latency minus the stub's. wrk, Revo and the stub
+# share this machine's cores, so every figure is a lower bound for Revo alone.
+# Usage: load/router/bench.sh [SECONDS] [ROUNDS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+SECS="${1:-10}"
+ROUNDS="${2:-3}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/revo/target}"
+if ! command -v wrk >/dev/null; then
+  echo "installing wrk from Debian's packages" >&2
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --release -p revo -p revo-load >&2
+REVO="$CARGO_TARGET_DIR/release/revo"
+LOAD="$CARGO_TARGET_DIR/release/revo-load"
+
+DATA=$(mktemp -d)
+"$LOAD" stub > "$DATA/stub.addr" &
+STUB=$!
+trap 'kill $STUB $SERVER 2>/dev/null; wait 2>/dev/null; rm -rf "$DATA"' EXIT
+SERVER=
+for _ in $(seq 50); do [ -s "$DATA/stub.addr" ] && break; sleep 0.1; done
+STUB_ADDR=$(cat "$DATA/stub.addr")
+cat > "$DATA/revo.toml" <<TOML
+[[models.catalog]]
+name = "stub"
+provider = "openai-compatible"
+model = "stub"
+base_url = "http://$STUB_ADDR/v1"
+priority = 1
+TOML
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+BASE="http://127.0.0.1:$PORT"
+PW="bench-admin-password"
+REVO_DATA_DIR="$DATA" REVO_ADMIN_PASSWORD="$PW" REVO_LOG=warn REVO_CONFIG="$DATA/revo.toml" \
+  REVO_RATE_LIMIT_ADMIN=1000000000 \
+  "$REVO" serve --listen "127.0.0.1:$PORT" >/dev/null 2>"$DATA/serve.log" &
+SERVER=$!
+for _ in $(seq 100); do curl -sf "$BASE/health/ready" >/dev/null && break; sleep 0.1; done
+json() { python3 -c "import sys,json; print(json.load(sys.stdin)$1)"; }
+TOKEN=$(curl -sf "$BASE/auth/login" -H 'content-type: application/json' \
+  -d "{\"username\":\"admin\",\"password\":\"$PW\"}" | json "['access_token']")
+KEY=$(curl -sf "$BASE/keys" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+  -d '{"name":"bench"}' | json "['api_key']")
+# One request through Revo first: it must be served by the stub.
+curl -sf "$BASE/v1/chat/completions" -H "authorization: Bearer $KEY" -H 'content-type: application/json' \
+  -d '{"model":"stub","messages":[{"role":"user","content":"hi"}]}' | grep -q '"model":"stub"'
+
+for stream in false true; do
+  cat > "$DATA/post-$stream.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $KEY"
+wrk.body = '{"model":"stub","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16,"stream":$stream}'
+LUA
+done
+
+measure() {
+  local out
+  out=$(wrk -t2 -c64 -d"${SECS}s" --latency "$@")
+  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx responses:" >&2; echo "$out" >&2; exit 1; fi
+  python3 - "$out" <<'PY' || { echo "$out" >&2; exit 1; }
+import re, sys
+out = sys.argv[1]
+def us(v):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
+    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+p50 = us(re.search(r"^\s*50%[ \t]+(\S+)", out, re.M).group(1))
+p99 = us(re.search(r"^\s*99%[ \t]+(\S+)", out, re.M).group(1))
+print(f"{rps:.0f} {p50:.0f} {p99:.0f}")
+PY
+}
+
+declare -A R
+for round in $(seq "$ROUNDS"); do
+  for stream in false true; do
+    R[stub$stream]+="$(measure -s "$DATA/post-$stream.lua" "http://$STUB_ADDR/v1/chat/completions")"$'\n'
+    R[revo$stream]+="$(measure -s "$DATA/post-$stream.lua" "$BASE/v1/chat/completions")"$'\n'
+  done
+  echo "round $round done" >&2
+done
+EVENTS=$(curl -sf "$BASE/ai/metrics" -H "authorization: Bearer $TOKEN" | json "['total']['requests']")
+
+echo
+echo "POST /v1/chat/completions at 64 connections, ${SECS}s x $ROUNDS rounds (medians), $(nproc) cores shared by wrk, Revo and the stub"
+python3 - "${R[stubfalse]}" "${R[revofalse]}" "${R[stubtrue]}" "${R[revotrue]}" <<'PY'
+import statistics as st, sys
+def med(block):
+    rows = [list(map(float, l.split())) for l in block.strip().splitlines()]
+    return [st.median(c) for c in zip(*rows)], rows
+print(f"{'case':<26} {'req/s':>9} {'p50 us':>8} {'p99 us':>8}   rounds (req/s p50 p99)")
+labels = ["stub alone", "through Revo", "stub alone, streamed", "through Revo, streamed"]
+meds = []
+for label, block in zip(labels, sys.argv[1:]):
+    m, rows = med(block)
+    meds.append(m)
+    rounds = "; ".join(" ".join(f"{v:.0f}" for v in r) for r in rows)
+    print(f"{label:<26} {m[0]:>9.0f} {m[1]:>8.0f} {m[2]:>8.0f}   {rounds}")
+for name, s, r in [("not streamed", meds[0], meds[1]), ("streamed", meds[2], meds[3])]:
+    print(f"overhead, {name}: p50 +{r[1]-s[1]:.0f} us, p99 +{r[2]-s[2]:.0f} us")
+PY
+echo "requests recorded in the ledger: $EVENTS"
