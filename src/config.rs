@@ -80,6 +80,8 @@ pub struct RouterFile {
     pub default_max_tokens: Option<u32>,
     /// The cloud model savings are priced against (the first cloud model of the catalogue).
     pub reference_model: Option<String>,
+    /// How long a budget lease outlives its edge (30000).
+    pub budget_lease_ttl_ms: Option<u64>,
 }
 
 /// `[jetstream]`: durability and retention of the events stream (cluster mode).
@@ -239,6 +241,7 @@ pub struct Config {
     /// The models the router may pick, checked.
     pub catalog: revo_actors::router::catalog::Catalog,
     pub router: revo_actors::router::RouterSettings,
+    pub budgets: revo_actors::router::budget::BudgetSettings,
     /// The catalogue entry savings are priced against, if any.
     pub reference_model: Option<String>,
 }
@@ -410,6 +413,14 @@ impl Config {
             data_dir,
             ort_dylib: args.ort_dylib.clone(),
             router: router_config(&file.router)?,
+            budgets: revo_actors::router::budget::BudgetSettings {
+                lease_ttl: match file.router.budget_lease_ttl_ms {
+                    Some(ms) if ms < 1000 => bail!("[router] budget_lease_ttl_ms is at least 1000"),
+                    Some(ms) => Duration::from_millis(ms),
+                    None => revo_actors::router::budget::BudgetSettings::default().lease_ttl,
+                },
+                ..Default::default()
+            },
             reference_model: reference_model(&catalog, file.router.reference_model.take())?,
             catalog,
             models: models_config(file.models)?,

@@ -1,7 +1,7 @@
 //! The projections this build runs and can rebuild (`revo replay list`).
 
 use revo_events::projection::NodesProjection;
-use revo_events::{Directory, LedgerProjection, ModelsProjection, Projection};
+use revo_events::{BudgetsProjection, Directory, LedgerProjection, ModelsProjection, Projection};
 
 /// A fresh instance of every projection.
 pub fn all() -> Vec<Box<dyn Projection>> {
@@ -10,6 +10,7 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(Directory::default()),
         Box::new(ModelsProjection::default()),
         Box::new(LedgerProjection::default()),
+        Box::new(BudgetsProjection::default()),
     ]
 }
 

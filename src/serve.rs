@@ -191,6 +191,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             (!v.is_empty()).then_some((var, v))
         })
         .collect();
+    let budget_view = LiveView::<revo_events::BudgetsProjection>::start(
+        store.clone(),
+        store.as_ref(),
+        Duration::from_millis(200),
+        &sup,
+    )
+    .await
+    .context("loading the budgets")?;
+    let budgets = revo_actors::router::budget::Budgets::new(
+        budget_view,
+        store.clone(),
+        node_id.clone(),
+        config.budgets.clone(),
+    );
+    budgets.start(&sup, Duration::from_millis(500));
     let router = revo_actors::router::Router::new(
         Arc::new(config.catalog.clone()),
         config.router.clone(),
@@ -198,6 +213,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inference.clone(),
         store.clone(),
         metrics.router.clone(),
+        Some(budgets.clone()),
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     router.probe_once().await;
@@ -232,6 +248,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         store_probe,
         router: router.clone(),
+        budgets,
         reference_model: config.reference_model.clone(),
         ledger,
     });

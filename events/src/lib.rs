@@ -20,6 +20,7 @@ pub mod store;
 pub use codec::{CodecError, DecodeError};
 pub use directory::Directory;
 pub use envelope::{Envelope, EventMeta, NewEvent, RecordedEvent};
+pub use family::budget::{BudgetEvent, BudgetsProjection, Hold};
 pub use family::generation::{GenerationEvent, LedgerProjection, PriceSheet, TokenUsage};
 pub use family::identity::{IdentityEvent, Role};
 pub use family::models::{ModelEvent, ModelsProjection};

@@ -245,7 +245,7 @@ pub async fn chat_completions(
         r.cost_limit.as_deref(),
         r.fallback_allowed,
     )?;
-    let rx = start(&state, rr)?;
+    let rx = start(&state, rr).await?;
     let created = Utc::now().timestamp();
     if !stream {
         let a = finish(rx).await.map_err(|r| refusal_error(&r))?;
@@ -443,7 +443,7 @@ pub async fn messages(
         r.cost_limit.as_deref(),
         r.fallback_allowed,
     )?;
-    let rx = start(&state, rr)?;
+    let rx = start(&state, rr).await?;
     if !stream {
         let a = finish(rx).await.map_err(|r| refusal_error(&r))?;
         let mut b = HttpResponse::Ok();

@@ -19,6 +19,10 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// `Allow` (405).
     pub allow: Option<String>,
+    /// `budget_exceeded`: what the budget has left, in dollars.
+    pub remaining_usd: Option<String>,
+    /// `x-should-retry: false`: the official SDKs then do not retry.
+    pub no_retry: bool,
 }
 
 /// The body of every error response.
@@ -33,6 +37,10 @@ pub struct ErrorDetail {
     pub code: String,
     /// For people; may change between versions.
     pub message: String,
+    /// `budget_exceeded` only: what the budget has left in its period, in dollars.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub remaining_usd: Option<String>,
 }
 
 impl ApiError {
@@ -43,6 +51,8 @@ impl ApiError {
             message: message.into(),
             retry_after: None,
             allow: None,
+            remaining_usd: None,
+            no_retry: false,
         }
     }
 
@@ -175,10 +185,14 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
+        if self.no_retry {
+            res.insert_header(("x-should-retry", "false"));
+        }
         res.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_owned(),
                 message: self.message.clone(),
+                remaining_usd: self.remaining_usd.clone(),
             },
         })
     }

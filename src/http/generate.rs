@@ -228,7 +228,13 @@ pub fn parse_cost_limit(s: Option<&str>) -> Result<Option<Usd>, ApiError> {
 /// A refusal as an HTTP error (its attempts are in the log, and in the message's count).
 pub fn refusal_error(r: &Refusal) -> ApiError {
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
-    let e = ApiError::new(status, r.code, r.message.clone());
+    let mut e = ApiError::new(status, r.code, r.message.clone());
+    if let Some(left) = &r.remaining {
+        // A budget refusal: retrying cannot help, and the SDKs honour this header.
+        e.remaining_usd = Some(left.clone());
+        e.no_retry = true;
+        return e;
+    }
     match r.retry_after {
         Some(d) => e.with_retry_after(d.as_secs().max(1)),
         None if r.status == 503 => e.with_retry_after(1),
@@ -237,8 +243,11 @@ pub fn refusal_error(r: &Refusal) -> ApiError {
 }
 
 /// Starts routing; a request no model may take is refused at once.
-pub fn start(state: &AppState, req: RouteRequest) -> Result<mpsc::Receiver<Update>, ApiError> {
-    state.router.route(req).map_err(|r| refusal_error(&r))
+pub async fn start(
+    state: &AppState,
+    req: RouteRequest,
+) -> Result<mpsc::Receiver<Update>, ApiError> {
+    state.router.route(req).await.map_err(|r| refusal_error(&r))
 }
 
 /// Until a model answers: `Ok(started, rx)` once one has (headers can name it), or the
@@ -271,13 +280,11 @@ pub async fn opening(mut rx: mpsc::Receiver<Update>) -> Opening {
             Some(Update::Done(r)) => return Opening::Ended(*r),
             Some(_) => {}
             None => {
-                return Opening::Ended(Err(Refusal {
-                    status: 500,
-                    code: "router_failed",
-                    message: "the router stopped without an answer".into(),
-                    retry_after: None,
-                    attempts: Vec::new(),
-                }))
+                return Opening::Ended(Err(Refusal::new(
+                    500,
+                    "router_failed",
+                    "the router stopped without an answer",
+                )))
             }
         }
     }
@@ -290,13 +297,11 @@ pub async fn finish(mut rx: mpsc::Receiver<Update>) -> Result<Answer, Refusal> {
             Some(Update::Done(r)) => return *r,
             Some(_) => {}
             None => {
-                return Err(Refusal {
-                    status: 500,
-                    code: "router_failed",
-                    message: "the router stopped without an answer".into(),
-                    retry_after: None,
-                    attempts: Vec::new(),
-                })
+                return Err(Refusal::new(
+                    500,
+                    "router_failed",
+                    "the router stopped without an answer",
+                ))
             }
         }
     }
@@ -400,7 +405,7 @@ pub async fn generate(
         cost_limit: parse_cost_limit(r.cost_limit.as_deref())?,
         fallback_allowed: r.fallback_allowed.unwrap_or(true),
     };
-    let rx = start(&state, rr)?;
+    let rx = start(&state, rr).await?;
     if !stream {
         let a = finish(rx).await.map_err(|r| refusal_error(&r))?;
         let mut b = HttpResponse::Ok();

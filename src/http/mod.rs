@@ -4,6 +4,7 @@
 pub mod access;
 pub mod ai;
 pub mod auth;
+pub mod budgets;
 pub mod chat;
 pub mod client_addr;
 pub mod completions;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub router: revo_actors::router::Router,
     /// The catalogue entry savings are priced against.
     pub reference_model: Option<String>,
+    /// Budgets and this edge's leases on them.
+    pub budgets: revo_actors::router::budget::Budgets,
     /// The cost ledger, folded in memory and following the log (`GET /ai/metrics`).
     pub ledger: revo_actors::LiveView<revo_events::LedgerProjection>,
 }
@@ -98,7 +101,10 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(generate::generate)
         .service(chat::chat_completions)
         .service(chat::list_models)
-        .service(chat::messages);
+        .service(chat::messages)
+        .service(budgets::set)
+        .service(budgets::list)
+        .service(budgets::remove);
 }
 
 /// The generated OpenAPI document.

@@ -24,6 +24,8 @@ pub enum Wire {
 pub enum Script {
     /// Answers `text` (streamed word by word when asked) and bills the usage.
     Answer,
+    /// Answers after this many milliseconds.
+    Delay(u64),
     /// An error status with the provider's error body and extra headers.
     Status(u16, &'static str, Vec<(&'static str, &'static str)>),
     /// Accepts and never sends a byte.
@@ -50,6 +52,7 @@ pub struct Stub {
     pub requests: Arc<Mutex<Vec<Value>>>,
     pub billed: Arc<Mutex<Vec<Billed>>>,
     scripts: Arc<Mutex<Vec<Script>>>,
+    usage: Arc<Mutex<Option<Billed>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -67,15 +70,22 @@ impl Stub {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let billed = Arc::new(Mutex::new(Vec::new()));
         let scripts = Arc::new(Mutex::new(scripts));
-        let (r, b, s) = (requests.clone(), billed.clone(), scripts.clone());
+        let usage = Arc::new(Mutex::new(None));
+        let (r, b, s, u) = (
+            requests.clone(),
+            billed.clone(),
+            scripts.clone(),
+            usage.clone(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((conn, _)) = listener.accept().await else {
                     return;
                 };
                 let (r, b, s) = (r.clone(), b.clone(), s.clone());
+                let bill = u.lock().unwrap().unwrap_or_else(|| billed_for(wire));
                 tokio::spawn(async move {
-                    let _ = serve(conn, wire, r, b, s).await;
+                    let _ = serve(conn, wire, bill, r, b, s).await;
                 });
             }
         });
@@ -85,8 +95,14 @@ impl Stub {
             requests,
             billed,
             scripts,
+            usage,
             task,
         }
+    }
+
+    /// Bills `b` for every answer from now on (OpenAI wire: `input` is the uncached prompt).
+    pub fn set_usage(&self, b: Billed) {
+        *self.usage.lock().unwrap() = Some(b);
     }
 
     pub fn base_url(&self) -> String {
@@ -179,6 +195,7 @@ async fn read_request(conn: &mut TcpStream) -> Option<(String, Vec<(String, Stri
 async fn serve(
     mut conn: TcpStream,
     wire: Wire,
+    bill: Billed,
     requests: Arc<Mutex<Vec<Value>>>,
     billed: Arc<Mutex<Vec<Billed>>>,
     scripts: Arc<Mutex<Vec<Script>>>,
@@ -203,6 +220,13 @@ async fn serve(
     };
     requests.lock().unwrap().push(body.clone());
     let stream = body["stream"].as_bool().unwrap_or(false);
+    let script = match script {
+        Script::Delay(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Script::Answer
+        }
+        s => s,
+    };
     match script {
         Script::Status(code, err, extra) => {
             let b = match wire {
@@ -220,8 +244,8 @@ async fn serve(
             Ok(())
         }
         Script::Answer if !stream => {
-            billed.lock().unwrap().push(billed_for(wire));
-            let b = whole(wire, &body);
+            billed.lock().unwrap().push(bill);
+            let b = whole(wire, bill, &body);
             respond(&mut conn, 200, "application/json", &[], &b.to_string()).await
         }
         s => {
@@ -232,9 +256,9 @@ async fn serve(
             };
             if ending == Ending::Finish {
                 // A cut or failed stream reports no usage, so none is counted here either.
-                billed.lock().unwrap().push(billed_for(wire));
+                billed.lock().unwrap().push(bill);
             }
-            stream_answer(&mut conn, wire, &body, pieces, ending).await
+            stream_answer(&mut conn, wire, bill, &body, pieces, ending).await
         }
     }
 }
@@ -266,8 +290,7 @@ async fn respond(
     conn.shutdown().await
 }
 
-fn openai_usage(wire: Wire) -> Value {
-    let b = billed_for(wire);
+fn openai_usage(b: Billed) -> Value {
     json!({
         "prompt_tokens": b.input + b.cache_read,
         "completion_tokens": b.output,
@@ -277,8 +300,7 @@ fn openai_usage(wire: Wire) -> Value {
     })
 }
 
-fn anthropic_usage() -> Value {
-    let b = billed_for(Wire::Anthropic);
+fn anthropic_usage(b: Billed) -> Value {
     json!({
         "input_tokens": b.input,
         "cache_read_input_tokens": b.cache_read,
@@ -287,14 +309,14 @@ fn anthropic_usage() -> Value {
     })
 }
 
-fn whole(wire: Wire, req: &Value) -> Value {
+fn whole(wire: Wire, b: Billed, req: &Value) -> Value {
     let model = req["model"].clone();
     match wire {
         Wire::Anthropic => json!({
             "id": "msg_stub", "type": "message", "role": "assistant", "model": model,
             "content": [{"type": "text", "text": TEXT}],
             "stop_reason": "end_turn", "stop_sequence": null,
-            "usage": anthropic_usage(),
+            "usage": anthropic_usage(b),
         }),
         _ => {
             let mut v = json!({
@@ -303,9 +325,8 @@ fn whole(wire: Wire, req: &Value) -> Value {
                              "finish_reason": "stop", "logprobs": null}],
             });
             if wire == Wire::OpenAi {
-                v["usage"] = openai_usage(wire);
+                v["usage"] = openai_usage(b);
             } else {
-                let b = billed_for(wire);
                 v["timings"] =
                     json!({"prompt_n": b.input, "cache_n": b.cache_read, "predicted_n": b.output});
             }
@@ -317,6 +338,7 @@ fn whole(wire: Wire, req: &Value) -> Value {
 async fn stream_answer(
     conn: &mut TcpStream,
     wire: Wire,
+    b: Billed,
     req: &Value,
     pieces: usize,
     ending: Ending,
@@ -330,7 +352,7 @@ async fn stream_answer(
     };
     let mut out = Vec::new();
     if wire == Wire::Anthropic {
-        let mut u = anthropic_usage();
+        let mut u = anthropic_usage(b);
         u["output_tokens"] = json!(1);
         out.push(ev("message_start", json!({"type": "message_start", "message": {"id": "msg_stub", "type": "message", "role": "assistant", "model": req["model"], "content": [], "usage": u}})));
         out.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
@@ -379,18 +401,17 @@ async fn stream_answer(
             ));
             // Cumulative: an early delta, then the final count.
             tail.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": null}, "usage": {"output_tokens": 3}})));
-            tail.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": OUTPUT_TOKENS}})));
+            tail.push(ev("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": b.output}})));
             tail.push(ev("message_stop", json!({"type": "message_stop"})));
         }
         Wire::OpenAi => {
             tail.push(ev("", json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
             if req["stream_options"]["include_usage"] == true {
-                tail.push(ev("", json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "choices": [], "usage": openai_usage(wire)})));
+                tail.push(ev("", json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "choices": [], "usage": openai_usage(b)})));
             }
             tail.push("data: [DONE]\n\n".into());
         }
         Wire::LlamaCpp => {
-            let b = billed_for(wire);
             tail.push(ev("", json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
                 "timings": {"prompt_n": b.input, "cache_n": b.cache_read, "predicted_n": b.output}})));
             tail.push("data: [DONE]\n\n".into());

@@ -17,6 +17,7 @@
 //!   spent elsewhere).
 
 pub mod breaker;
+pub mod budget;
 pub mod catalog;
 pub mod provider;
 
@@ -256,16 +257,19 @@ pub struct Refusal {
     pub message: String,
     pub retry_after: Option<Duration>,
     pub attempts: Vec<AttemptReport>,
+    /// For `budget_exceeded`: what the budget has left in its period (dollars).
+    pub remaining: Option<String>,
 }
 
 impl Refusal {
-    fn new(status: u16, code: &'static str, message: impl Into<String>) -> Refusal {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Refusal {
         Refusal {
             status,
             code,
             message: message.into(),
             retry_after: None,
             attempts: Vec::new(),
+            remaining: None,
         }
     }
 }
@@ -288,6 +292,8 @@ pub enum Update {
 struct Candidate {
     entry: Entry,
     max_tokens: u32,
+    /// The most this model can cost for the request.
+    worst: Usd,
 }
 
 /// Why a model is not available now, or `None`.
@@ -318,6 +324,7 @@ struct Inner {
     /// OpenAI-compatible servers that did not answer their last probe, and why.
     unreachable: Mutex<HashMap<String, String>>,
     metrics: RouterMetrics,
+    budgets: Option<budget::Budgets>,
     /// The requests being routed, drained at shutdown so each is recorded.
     tasks: tokio_util::task::TaskTracker,
 }
@@ -336,6 +343,7 @@ impl Router {
         local: Arc<dyn LocalModels>,
         store: Arc<dyn EventStore>,
         metrics: RouterMetrics,
+        budgets: Option<budget::Budgets>,
     ) -> Result<Router, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
@@ -353,6 +361,7 @@ impl Router {
                 breakers: Mutex::new(HashMap::new()),
                 unreachable: Mutex::new(HashMap::new()),
                 metrics,
+                budgets,
                 tasks: tokio_util::task::TaskTracker::new(),
             }),
         })
@@ -478,23 +487,93 @@ impl Router {
 
     /// Chooses the models for `req` and starts trying them. A request no model may serve is
     /// refused at once (nothing is recorded: nothing was sent).
-    pub fn route(&self, req: RouteRequest) -> Result<mpsc::Receiver<Update>, Refusal> {
-        let candidates = self.candidates(&req).inspect_err(|_| {
+    pub async fn route(&self, req: RouteRequest) -> Result<mpsc::Receiver<Update>, Refusal> {
+        let no_candidate = |r: Refusal| {
+            let label = if r.code == "budget_exceeded" {
+                "budget_refused"
+            } else {
+                "no_candidate"
+            };
             self.inner
                 .metrics
                 .decisions
-                .with_label_values(&["no_candidate"])
+                .with_label_values(&[label])
                 .inc();
-        })?;
+            r
+        };
+        let mut candidates = self.candidates(&req).map_err(no_candidate)?;
+        let tickets = self
+            .admit(&req, &mut candidates)
+            .await
+            .map_err(no_candidate)?;
         // Bounded: a local model's pieces come as fast as it decodes; a slow reader slows the
         // forwarding task, never memory.
         let (tx, rx) = mpsc::channel(256);
         let inner = self.inner.clone();
         self.inner.tasks.spawn(async move {
-            let outcome = run(&inner, &req, candidates, &tx).await;
+            let outcome = run(&inner, &req, candidates, &tickets, &tx).await;
+            // Settled after the attempts are recorded: a lease released later never precedes
+            // the spend it covered in the log.
+            if let Some(b) = &inner.budgets {
+                let cost = match &outcome {
+                    Ok(a) => a.cost,
+                    Err(r) => r
+                        .attempts
+                        .iter()
+                        .fold(Usd::ZERO, |s, a| s.checked_add(a.cost_usd).unwrap_or(s)),
+                };
+                for t in tickets {
+                    b.settle(t, cost).await;
+                }
+            }
             let _ = tx.send(Update::Done(Box::new(outcome))).await;
         });
         Ok(rx)
+    }
+
+    /// Holds the request's worst case on the caller's budgets. A budget that cannot pay
+    /// leaves only the free (local) models; with none, the request is refused with `402`.
+    async fn admit(
+        &self,
+        req: &RouteRequest,
+        candidates: &mut Vec<Candidate>,
+    ) -> Result<Vec<budget::Ticket>, Refusal> {
+        let Some(b) = &self.inner.budgets else {
+            return Ok(Vec::new());
+        };
+        let worst = candidates
+            .iter()
+            .map(|c| c.worst)
+            .max()
+            .unwrap_or(Usd::ZERO);
+        if worst == Usd::ZERO || !b.applies(req.user_id, req.key_id) {
+            return Ok(Vec::new());
+        }
+        match b.admit(req.user_id, req.key_id, worst).await {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                candidates.retain(|c| c.worst == Usd::ZERO);
+                if !candidates.is_empty() {
+                    // A spent cloud budget never blocks free local models.
+                    return Ok(Vec::new());
+                }
+                Err(match e {
+                    budget::BudgetError::Exceeded(x) => {
+                        let mut r = Refusal::new(
+                            402,
+                            "budget_exceeded",
+                            format!(
+                                "a budget ({}, period {}) has ${} left, less than this request's worst case ${worst}; free local models were not available",
+                                x.budget_id, x.period, x.remaining
+                            ),
+                        );
+                        r.remaining = Some(x.remaining.to_string());
+                        r
+                    }
+                    budget::BudgetError::Store(m) => Refusal::new(503, "budget_unavailable", m),
+                })
+            }
+        }
     }
 
     fn candidates(&self, req: &RouteRequest) -> Result<Vec<Candidate>, Refusal> {
@@ -516,7 +595,11 @@ impl Router {
             let first = o.model_preference.as_deref();
             order.extend(entries.iter().filter(|e| Some(e.name.as_str()) != first));
         }
-        let worst_in = req.input.worst_case_tokens();
+        let worst_in = req.input.worst_case_tokens()
+            + req
+                .tools
+                .as_ref()
+                .map_or(0, |t| t.to_string().len() as u64 + TOOLS_ALLOWANCE);
         // A realistic estimate for fitting the window (about 4 bytes a token); the model
         // itself refuses a prompt that does not fit, and the next one is tried.
         let estimate_in = worst_in / 4;
@@ -571,9 +654,12 @@ impl Router {
                     }
                 }
             }
+            let p = e.prices_sheet();
+            let worst = worst_cost(&p, worst_in, max_tokens);
             out.push(Candidate {
                 entry: e.clone(),
                 max_tokens,
+                worst,
             });
         }
         if !o.fallback_allowed {
@@ -600,6 +686,20 @@ impl Entry {
             output: self.prices.output_usd_per_mtok,
         }
     }
+}
+
+/// Tokens a provider may add to a prompt with tools (Anthropic's tool-use system prompt is a
+/// few hundred).
+const TOOLS_ALLOWANCE: u64 = 1024;
+
+/// The most a request can cost: the prompt's worst case at the dearest input rate, and
+/// `max_tokens` of output.
+pub fn worst_cost(p: &PriceSheet, worst_in: u64, max_tokens: u32) -> Usd {
+    let dearest_in = p.input.max(p.cache_write).max(p.cache_read);
+    let input = dearest_in.cost(worst_in);
+    input
+        .checked_add(p.output.cost(u64::from(max_tokens)))
+        .unwrap_or(input)
 }
 
 /// The most output tokens that keep the worst case within `limit`: the prompt priced at the
@@ -656,6 +756,7 @@ async fn run(
     i: &Inner,
     req: &RouteRequest,
     candidates: Vec<Candidate>,
+    tickets: &[budget::Ticket],
     tx: &mpsc::Sender<Update>,
 ) -> Result<Answer, Refusal> {
     let started = Instant::now();
@@ -707,7 +808,8 @@ async fn run(
         }
     }
     let reports: Vec<AttemptReport> = attempts.iter().map(Attempt::report).collect();
-    record(i, req, &attempts).await;
+    let holds: Vec<revo_events::Hold> = tickets.iter().map(|t| t.hold.clone()).collect();
+    record(i, req, &attempts, &holds).await;
     let provider_time: Duration = attempts.iter().map(|a| a.duration).sum();
     if let Some((text, tool_calls, at)) = answer {
         let a = &attempts[at];
@@ -1042,7 +1144,7 @@ fn open_local(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, 
 
 /// Appends every attempt of the request in one append (logged, not returned, on failure:
 /// the answer was produced and is not withheld for the ledger's sake).
-async fn record(i: &Inner, req: &RouteRequest, attempts: &[Attempt]) {
+async fn record(i: &Inner, req: &RouteRequest, attempts: &[Attempt], holds: &[revo_events::Hold]) {
     if attempts.is_empty() {
         return;
     }
@@ -1092,6 +1194,7 @@ async fn record(i: &Inner, req: &RouteRequest, attempts: &[Attempt]) {
             cost_usd: cost,
             time_to_first_token_ms: a.first_ms,
             duration_ms: a.duration.as_millis() as u64,
+            holds: holds.to_vec(),
         };
         match ev.to_new_event(req.meta.clone()) {
             Ok(new) => events.push(new),

@@ -99,6 +99,9 @@ pub enum GenerationEvent {
         cost_usd: Usd,
         time_to_first_token_ms: Option<u64>,
         duration_ms: u64,
+        /// The budget leases the request spent against (`family::budget`).
+        #[serde(default)]
+        holds: Vec<crate::family::budget::Hold>,
     },
 }
 
@@ -334,6 +337,7 @@ mod tests {
             cost_usd: prices.cost(&usage),
             time_to_first_token_ms: None,
             duration_ms: 5,
+            holds: Vec::new(),
         }
     }
 

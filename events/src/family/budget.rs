@@ -1,0 +1,400 @@
+//! The `budget` family: spending limits per user or API key, and the leases through which
+//! edges spend them. Stream `budget/<budget id>`.
+//!
+//! An edge never asks the database per request. It takes a **lease**, a slice of a budget's
+//! headroom for the current period, appended with the stream's exact version, so that two
+//! edges can never both take the same headroom; it admits requests against its lease in
+//! memory, and each request's `generation.attempt` events name the leases they spent
+//! (`holds`). A budget's committed amount in a period is then
+//!
+//! - what its closed leases spent (released, or expired with their edge gone), exactly, from
+//!   the attempt events, plus
+//! - the whole amount of each live lease (its edge may spend all of it),
+//!
+//! and a lease is granted only while committed + the new lease ≤ limit.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Datelike, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::RecordedEvent;
+use crate::family::generation::GenerationEvent;
+use crate::family::models::GENERATION_STREAM;
+use crate::family::EventFamily;
+use crate::money::Usd;
+use crate::projection::{from_rows, to_rows, Projection, ProjectionError, Rows};
+
+pub const BUDGET_STREAM: &str = "budget";
+
+/// One lease a request spent against (recorded in its attempts).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Hold {
+    pub budget_id: Uuid,
+    pub lease_id: Uuid,
+    /// The lease's period (`2026-12-02`, `2026-12`, `total`).
+    pub period: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum BudgetEvent {
+    /// A budget created, or its limit changed.
+    #[serde(rename = "budget.set")]
+    Set {
+        budget_id: Uuid,
+        /// `user` or `key`.
+        scope: String,
+        subject_id: Uuid,
+        /// `day`, `month` or `total`.
+        period: String,
+        limit_usd: Usd,
+    },
+    #[serde(rename = "budget.deleted")]
+    Deleted { budget_id: Uuid },
+    /// An edge took a slice of the budget's headroom in `period`, until `expires_at`.
+    #[serde(rename = "budget.lease_granted")]
+    LeaseGranted {
+        budget_id: Uuid,
+        lease_id: Uuid,
+        node: String,
+        period: String,
+        amount_usd: Usd,
+        expires_at: DateTime<Utc>,
+    },
+    /// The edge is alive and still using the lease.
+    #[serde(rename = "budget.lease_renewed")]
+    LeaseRenewed {
+        budget_id: Uuid,
+        lease_id: Uuid,
+        expires_at: DateTime<Utc>,
+    },
+    /// The edge gave the lease back; what it spent is final (every request it admitted has
+    /// been recorded before this).
+    #[serde(rename = "budget.lease_released")]
+    LeaseReleased { budget_id: Uuid, lease_id: Uuid },
+}
+
+impl EventFamily for BudgetEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            BudgetEvent::Set { .. } => "budget.set",
+            BudgetEvent::Deleted { .. } => "budget.deleted",
+            BudgetEvent::LeaseGranted { .. } => "budget.lease_granted",
+            BudgetEvent::LeaseRenewed { .. } => "budget.lease_renewed",
+            BudgetEvent::LeaseReleased { .. } => "budget.lease_released",
+        }
+    }
+
+    fn current_schema(event_type: &str) -> Option<u32> {
+        match event_type {
+            "budget.set"
+            | "budget.deleted"
+            | "budget.lease_granted"
+            | "budget.lease_renewed"
+            | "budget.lease_released" => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// The period key of `at` for a budget period (`day`, `month`, `total`).
+pub fn period_key(period: &str, at: DateTime<Utc>) -> String {
+    match period {
+        "day" => at.format("%Y-%m-%d").to_string(),
+        "month" => format!("{:04}-{:02}", at.year(), at.month()),
+        _ => "total".to_owned(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseRow {
+    pub lease_id: Uuid,
+    pub node: String,
+    pub period: String,
+    pub amount_usd: Usd,
+    pub expires_at: DateTime<Utc>,
+    /// Spent so far, from the attempt events that name it.
+    pub used_usd: Usd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRow {
+    pub budget_id: Uuid,
+    pub scope: String,
+    pub subject_id: Uuid,
+    pub period: String,
+    pub limit_usd: Usd,
+    pub created_at: DateTime<Utc>,
+    /// The stream's version (a lease is granted against exactly this).
+    pub version: i64,
+    /// Spent by closed leases, by period.
+    pub settled: BTreeMap<String, Usd>,
+    /// Leases not released (live, or expired with their edge gone).
+    pub leases: BTreeMap<Uuid, LeaseRow>,
+}
+
+/// How long after its expiry a lease still counts in full: the attempts its edge recorded
+/// just before dying reach every edge's view within this.
+pub const EXPIRY_GRACE_SECS: i64 = 5;
+
+impl BudgetRow {
+    /// Spent in `period`: closed leases, and what the others have spent so far.
+    pub fn spent(&self, period: &str) -> Usd {
+        let open: Usd = self
+            .leases
+            .values()
+            .filter(|l| l.period == period)
+            .fold(Usd::ZERO, |s, l| s.checked_add(l.used_usd).unwrap_or(s));
+        let settled = self.settled.get(period).copied().unwrap_or_default();
+        settled.checked_add(open).unwrap_or(settled)
+    }
+
+    fn live(l: &LeaseRow, now: DateTime<Utc>) -> bool {
+        now < l.expires_at + chrono::Duration::seconds(EXPIRY_GRACE_SECS)
+    }
+
+    /// Held in `period`: the unspent part of live leases.
+    pub fn held(&self, period: &str, now: DateTime<Utc>) -> Usd {
+        self.leases
+            .values()
+            .filter(|l| l.period == period && Self::live(l, now))
+            .fold(Usd::ZERO, |s, l| {
+                let left = l.amount_usd.checked_sub(l.used_usd).unwrap_or(Usd::ZERO);
+                s.checked_add(left).unwrap_or(s)
+            })
+    }
+
+    /// Committed in `period`: spent, plus what live leases may still spend.
+    pub fn committed(&self, period: &str, now: DateTime<Utc>) -> Usd {
+        let spent = self.spent(period);
+        spent.checked_add(self.held(period, now)).unwrap_or(spent)
+    }
+}
+
+/// Every budget with its leases: the `budgets` projection.
+#[derive(Debug, Default, Clone)]
+pub struct BudgetsProjection {
+    budgets: BTreeMap<Uuid, BudgetRow>,
+}
+
+impl BudgetsProjection {
+    pub fn get(&self, id: &Uuid) -> Option<&BudgetRow> {
+        self.budgets.get(id)
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &BudgetRow> {
+        self.budgets.values()
+    }
+
+    /// The budgets that apply to a request by `user` (through `key`, if any).
+    pub fn applying(&self, user: Uuid, key: Option<Uuid>) -> Vec<&BudgetRow> {
+        self.budgets
+            .values()
+            .filter(|b| {
+                (b.scope == "user" && b.subject_id == user)
+                    || (b.scope == "key" && Some(b.subject_id) == key)
+            })
+            .collect()
+    }
+
+    /// The budget for (scope, subject, period), if one is set.
+    pub fn find(&self, scope: &str, subject: Uuid, period: &str) -> Option<&BudgetRow> {
+        self.budgets
+            .values()
+            .find(|b| b.scope == scope && b.subject_id == subject && b.period == period)
+    }
+
+    fn charge(&mut self, hold: &Hold, cost: Usd) {
+        let Some(b) = self.budgets.get_mut(&hold.budget_id) else {
+            return;
+        };
+        match b.leases.get_mut(&hold.lease_id) {
+            Some(l) => l.used_usd = l.used_usd.checked_add(cost).unwrap_or(l.used_usd),
+            // Released already (a late record): it still counts.
+            None => {
+                let s = b.settled.entry(hold.period.clone()).or_default();
+                *s = s.checked_add(cost).unwrap_or(*s);
+            }
+        }
+    }
+}
+
+impl Projection for BudgetsProjection {
+    fn name(&self) -> &'static str {
+        "budgets"
+    }
+
+    fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        dirty: &mut BTreeSet<String>,
+    ) -> Result<(), ProjectionError> {
+        let env = &event.envelope;
+        if env.stream_type == GENERATION_STREAM && env.event_type == "generation.attempt" {
+            let GenerationEvent::Attempt {
+                holds, cost_usd, ..
+            } = GenerationEvent::decode(env).map_err(|e| ProjectionError::decode(event, e))?;
+            for h in &holds {
+                dirty.insert(h.budget_id.to_string());
+                self.charge(h, cost_usd);
+            }
+            return Ok(());
+        }
+        if env.stream_type != BUDGET_STREAM {
+            return Ok(());
+        }
+        let ev = BudgetEvent::decode(env).map_err(|e| ProjectionError::decode(event, e))?;
+        let version = env.version;
+        match ev {
+            BudgetEvent::Set {
+                budget_id,
+                scope,
+                subject_id,
+                period,
+                limit_usd,
+            } => {
+                dirty.insert(budget_id.to_string());
+                let row = self.budgets.entry(budget_id).or_insert_with(|| BudgetRow {
+                    budget_id,
+                    scope: scope.clone(),
+                    subject_id,
+                    period: period.clone(),
+                    limit_usd,
+                    created_at: env.occurred_at,
+                    version,
+                    settled: BTreeMap::new(),
+                    leases: BTreeMap::new(),
+                });
+                row.limit_usd = limit_usd;
+                row.version = version;
+            }
+            BudgetEvent::Deleted { budget_id } => {
+                dirty.insert(budget_id.to_string());
+                self.budgets.remove(&budget_id);
+            }
+            BudgetEvent::LeaseGranted {
+                budget_id,
+                lease_id,
+                node,
+                period,
+                amount_usd,
+                expires_at,
+            } => {
+                dirty.insert(budget_id.to_string());
+                if let Some(b) = self.budgets.get_mut(&budget_id) {
+                    b.version = version;
+                    b.leases.insert(
+                        lease_id,
+                        LeaseRow {
+                            lease_id,
+                            node,
+                            period,
+                            amount_usd,
+                            expires_at,
+                            used_usd: Usd::ZERO,
+                        },
+                    );
+                }
+            }
+            BudgetEvent::LeaseRenewed {
+                budget_id,
+                lease_id,
+                expires_at,
+            } => {
+                dirty.insert(budget_id.to_string());
+                if let Some(b) = self.budgets.get_mut(&budget_id) {
+                    b.version = version;
+                    if let Some(l) = b.leases.get_mut(&lease_id) {
+                        l.expires_at = l.expires_at.max(expires_at);
+                    }
+                }
+            }
+            BudgetEvent::LeaseReleased {
+                budget_id,
+                lease_id,
+            } => {
+                dirty.insert(budget_id.to_string());
+                if let Some(b) = self.budgets.get_mut(&budget_id) {
+                    b.version = version;
+                    if let Some(l) = b.leases.remove(&lease_id) {
+                        let s = b.settled.entry(l.period).or_default();
+                        *s = s.checked_add(l.used_usd).unwrap_or(*s);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn row(&self, key: &str) -> Option<serde_json::Value> {
+        let id = Uuid::parse_str(key).ok()?;
+        self.budgets
+            .get(&id)
+            .and_then(|r| serde_json::to_value(r).ok())
+    }
+
+    fn rows(&self) -> Rows {
+        let by_key: BTreeMap<String, &BudgetRow> = self
+            .budgets
+            .iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        to_rows(&by_key)
+    }
+
+    fn load(&mut self, rows: Rows) -> Result<(), ProjectionError> {
+        let by_key: BTreeMap<String, BudgetRow> = from_rows(rows)?;
+        self.budgets = by_key.into_values().map(|r| (r.budget_id, r)).collect();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn lease(amount: &str, used: &str, expires_at: DateTime<Utc>) -> LeaseRow {
+        LeaseRow {
+            lease_id: Uuid::now_v7(),
+            node: "n".into(),
+            period: "total".into(),
+            amount_usd: Usd::parse(amount).unwrap(),
+            expires_at,
+            used_usd: Usd::parse(used).unwrap(),
+        }
+    }
+
+    #[test]
+    fn live_leases_count_in_full_and_expired_ones_by_what_they_spent() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 2, 12, 0, 0).unwrap();
+        let mut b = BudgetRow {
+            budget_id: Uuid::now_v7(),
+            scope: "user".into(),
+            subject_id: Uuid::nil(),
+            period: "total".into(),
+            limit_usd: Usd::parse("10").unwrap(),
+            created_at: now,
+            version: 1,
+            settled: BTreeMap::from([("total".into(), Usd::parse("1").unwrap())]),
+            leases: BTreeMap::new(),
+        };
+        let live = lease("2", "0.5", now + chrono::Duration::seconds(30));
+        let dead = lease("3", "0.25", now - chrono::Duration::seconds(60));
+        b.leases.insert(live.lease_id, live);
+        b.leases.insert(dead.lease_id, dead);
+        assert_eq!(b.spent("total").to_string(), "1.75");
+        assert_eq!(b.held("total", now).to_string(), "1.5");
+        assert_eq!(b.committed("total", now).to_string(), "3.25");
+        // Just expired: still in full during the grace period.
+        let recent = lease("1", "0", now - chrono::Duration::seconds(1));
+        b.leases.insert(recent.lease_id, recent);
+        assert_eq!(b.committed("total", now).to_string(), "4.25");
+        assert_eq!(period_key("month", now), "2026-12");
+        assert_eq!(period_key("day", now), "2026-12-02");
+    }
+}

@@ -1,0 +1,254 @@
+//! `POST /budgets`, `GET /budgets`, `DELETE /budgets/{id}`: spending limits per user or API
+//! key, set by admins. Enforcement is the router's (`actors/src/router/budget.rs`).
+
+use actix_web::http::StatusCode;
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use revo_events::family::budget::{period_key, BudgetEvent, BudgetRow, BUDGET_STREAM};
+use revo_events::{AppendRequest, EventFamily, ExpectedVersion, StoreError, Usd};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::access::Caller;
+use super::error::{ApiError, ErrorBody};
+use super::json::Json;
+use super::openapi::{BodyErrors, CallerErrors};
+use super::AppState;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetBudget {
+    /// `user` or `key`.
+    pub scope: String,
+    /// The user's or the API key's id.
+    pub id: Uuid,
+    /// `day` or `month` (UTC), or `total`.
+    pub period: String,
+    /// Dollars as a decimal string, e.g. `"10.00"`.
+    #[schema(example = "10.00")]
+    pub limit_usd: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BudgetView {
+    /// The budget's id (for `DELETE /budgets/{id}`).
+    pub id: Uuid,
+    pub scope: String,
+    /// The user or key it limits.
+    pub subject_id: Uuid,
+    pub period: String,
+    /// The current period: `2026-12-02`, `2026-12` or `total`.
+    pub current_period: String,
+    #[schema(value_type = String)]
+    pub limit_usd: String,
+    /// Spent in the current period, exactly (every recorded request).
+    #[schema(value_type = String)]
+    pub spent_usd: String,
+    /// Reserved by edges' leases for requests to come (or in flight).
+    #[schema(value_type = String)]
+    pub held_usd: String,
+    /// What can still be leased: limit − spent − held.
+    #[schema(value_type = String)]
+    pub remaining_usd: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl BudgetView {
+    fn of(b: &BudgetRow, now: DateTime<Utc>) -> BudgetView {
+        let period = period_key(&b.period, now);
+        let committed = b.committed(&period, now);
+        BudgetView {
+            id: b.budget_id,
+            scope: b.scope.clone(),
+            subject_id: b.subject_id,
+            period: b.period.clone(),
+            limit_usd: b.limit_usd.to_string(),
+            spent_usd: b.spent(&period).to_string(),
+            held_usd: b.held(&period, now).to_string(),
+            remaining_usd: b
+                .limit_usd
+                .checked_sub(committed)
+                .unwrap_or(Usd::ZERO)
+                .to_string(),
+            current_period: period,
+            created_at: b.created_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BudgetList {
+    pub budgets: Vec<BudgetView>,
+}
+
+fn invalid(m: impl Into<String>) -> ApiError {
+    ApiError::unprocessable("invalid_parameter", m)
+}
+
+/// One budget per scope, subject and period: its id is derived from them, so two admins
+/// setting the same budget at once update one stream instead of creating two.
+pub fn budget_id(scope: &str, subject: Uuid, period: &str) -> Uuid {
+    let digest = Sha256::digest(format!("revo-budget:{scope}:{subject}:{period}"));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
+}
+
+/// Sets (creates or changes) a budget.
+#[utoipa::path(
+    tag = "budgets",
+    security(("bearer" = ["users:write"])),
+    request_body = SetBudget,
+    responses(
+        (status = 201, description = "Created", body = BudgetView),
+        (status = 200, description = "The existing budget's limit changed", body = BudgetView),
+        (status = 404, description = "No such user or key", body = ErrorBody),
+        BodyErrors,
+        CallerErrors,
+    )
+)]
+#[post("/budgets")]
+pub async fn set(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    body: Json<SetBudget>,
+) -> Result<HttpResponse, ApiError> {
+    let b = body.0;
+    if !matches!(b.scope.as_str(), "user" | "key") {
+        return Err(invalid("scope is `user` or `key`"));
+    }
+    if !matches!(b.period.as_str(), "day" | "month" | "total") {
+        return Err(invalid("period is `day`, `month` or `total`"));
+    }
+    let limit = Usd::parse(&b.limit_usd).map_err(|e| invalid(format!("limit_usd: {e}")))?;
+    let exists = match b.scope.as_str() {
+        "user" => state.identity.user(&b.id).is_some(),
+        _ => state.identity.keys().iter().any(|k| k.key_id == b.id),
+    };
+    if !exists {
+        return Err(ApiError::not_found(format!(
+            "no {} with id {}",
+            b.scope, b.id
+        )));
+    }
+    let id = budget_id(&b.scope, b.id, &b.period);
+    let existed = state.budgets.view().read().get(&id).is_some();
+    let ev = BudgetEvent::Set {
+        budget_id: id,
+        scope: b.scope,
+        subject_id: b.id,
+        period: b.period,
+        limit_usd: limit,
+    };
+    let new = ev
+        .to_new_event(caller.meta(&req))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let appended = state
+        .store
+        .append(AppendRequest::new(
+            BUDGET_STREAM,
+            id.to_string(),
+            ExpectedVersion::Any,
+            vec![new],
+        ))
+        .await
+        .map_err(store_error)?;
+    // Read-your-writes: answer once this edge's view shows it.
+    let view = state.budgets.view();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let shown = view
+            .read()
+            .get(&id)
+            .filter(|r| r.version >= appended.stream_version)
+            .map(|r| BudgetView::of(r, Utc::now()));
+        if let Some(v) = shown {
+            let status = if existed {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            return Ok(HttpResponse::build(status).json(v));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(
+                "the budget was saved but is not visible yet",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    ApiError::from(e)
+}
+
+/// Every budget, with what it has spent and holds in its current period.
+#[utoipa::path(
+    tag = "budgets",
+    security(("bearer" = ["users:read"])),
+    responses((status = 200, description = "The budgets", body = BudgetList), CallerErrors)
+)]
+#[get("/budgets")]
+pub async fn list(state: web::Data<AppState>) -> HttpResponse {
+    let now = Utc::now();
+    let budgets = state
+        .budgets
+        .view()
+        .read()
+        .all()
+        .map(|b| BudgetView::of(b, now))
+        .collect();
+    HttpResponse::Ok().json(BudgetList { budgets })
+}
+
+/// Removes a budget: requests are no longer limited by it.
+#[utoipa::path(
+    tag = "budgets",
+    security(("bearer" = ["users:write"])),
+    params(("id" = Uuid, Path, description = "The budget's id")),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 404, description = "No such budget", body = ErrorBody),
+        CallerErrors,
+    )
+)]
+#[delete("/budgets/{id}")]
+pub async fn remove(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    caller: Caller,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if state.budgets.view().read().get(&id).is_none() {
+        return Err(ApiError::not_found(format!("no budget {id}")));
+    }
+    let new = BudgetEvent::Deleted { budget_id: id }
+        .to_new_event(caller.meta(&req))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    state
+        .store
+        .append(AppendRequest::new(
+            BUDGET_STREAM,
+            id.to_string(),
+            ExpectedVersion::Any,
+            vec![new],
+        ))
+        .await
+        .map_err(store_error)?;
+    // Read-your-writes, as for setting.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while state.budgets.view().read().get(&id).is_some() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::unavailable(
+                "the budget was removed but is still visible",
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    Ok(HttpResponse::NoContent().finish())
+}
