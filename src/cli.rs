@@ -70,6 +70,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// Spending limits per user or API key (for the API, see docs/api.md, "Budgets").
+    Budgets {
+        #[command(subcommand)]
+        command: BudgetsCommand,
+    },
     /// The local model registry (directories under <data_dir>/models).
     Models {
         #[command(subcommand)]
@@ -137,6 +142,29 @@ pub enum UsersCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BudgetsCommand {
+    /// Set a budget, or change its limit.
+    Set {
+        /// `user` or `key`.
+        #[arg(long)]
+        scope: String,
+        /// The user's or the key's id.
+        #[arg(long)]
+        id: uuid::Uuid,
+        /// `day`, `month` (UTC) or `total`.
+        #[arg(long)]
+        period: String,
+        /// Dollars, e.g. 10.00.
+        #[arg(long)]
+        limit_usd: String,
+    },
+    /// Every budget with what it has spent and holds in its current period.
+    List,
+    /// Remove a budget.
+    Delete { id: uuid::Uuid },
 }
 
 #[derive(Debug, Default, Args)]

@@ -7,10 +7,12 @@ use std::io::Write;
 use anyhow::bail;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, EventsCommand, ModelsCommand, ReplayCommand, UsersCommand};
+use crate::cli::{
+    BudgetsCommand, Cli, Command, EventsCommand, ModelsCommand, ReplayCommand, UsersCommand,
+};
 use crate::config::{Config, LogFormat, Mode};
 use crate::metrics::Metrics;
-use crate::{db, node, registry, replay, serve, users};
+use crate::{budgets, db, node, registry, replay, serve, users};
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("REVO_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
@@ -88,6 +90,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let s = node::open_store(&config, store_metrics, false).await?;
             let mut out = std::io::stdout().lock();
             let r = replay::tail(Arc::clone(&s), &args, &mut out).await;
+            s.close().await;
+            r.map(|()| 0)
+        }
+        Command::Budgets { command } => {
+            // Changes take the data directory (embedded mode: fails clearly while a server
+            // holds it); listing only reads.
+            let _lock = match command {
+                BudgetsCommand::List => None,
+                _ => Some(node::DataDirLock::acquire(&config)?),
+            };
+            let s = node::open_store(&config, store_metrics, false).await?;
+            let r = match command {
+                BudgetsCommand::Set {
+                    scope,
+                    id,
+                    period,
+                    limit_usd,
+                } => budgets::set(s.as_ref(), &scope, id, &period, &limit_usd)
+                    .await
+                    .map(|b| println!("budget {b}: {scope} {id}, {period}, ${limit_usd}")),
+                BudgetsCommand::List => {
+                    budgets::list(s.as_ref(), &mut std::io::stdout().lock()).await
+                }
+                BudgetsCommand::Delete { id } => budgets::delete(s.as_ref(), id)
+                    .await
+                    .map(|()| println!("budget {id} removed")),
+            };
             s.close().await;
             r.map(|()| 0)
         }

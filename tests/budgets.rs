@@ -279,6 +279,53 @@ async fn a_budget_admits_exactly_what_it_covers_and_never_blocks_local_models() 
     ];
     let (code, out, _) = output(&mut revo_cmd(&["replay", "verify", "budgets"], &env));
     assert_eq!(code, 0, "{out}");
+    // The CLI sets, lists and removes the same budgets.
+    let (code, out, err) = output(&mut revo_cmd(
+        &[
+            "budgets",
+            "set",
+            "--scope",
+            "user",
+            "--id",
+            &dev_id,
+            "--period",
+            "month",
+            "--limit-usd",
+            "5",
+        ],
+        &env,
+    ));
+    assert_eq!(code, 0, "{err}");
+    let month_id = out
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_owned();
+    let (code, out, _) = output(&mut revo_cmd(&["budgets", "list"], &env));
+    assert_eq!(code, 0);
+    assert!(out.contains(&month_id) && out.contains(&dev_id), "{out}");
+    let (code, _, err) = output(&mut revo_cmd(
+        &[
+            "budgets",
+            "set",
+            "--scope",
+            "key",
+            "--id",
+            &dev_id,
+            "--period",
+            "day",
+            "--limit-usd",
+            "1",
+        ],
+        &env,
+    ));
+    assert_ne!(code, 0);
+    assert!(err.contains("no key with id"), "{err}");
+    let (code, _, err) = output(&mut revo_cmd(&["budgets", "delete", &month_id], &env));
+    assert_eq!(code, 0, "{err}");
+    let (_, out, _) = output(&mut revo_cmd(&["budgets", "list"], &env));
+    assert!(!out.contains(&month_id), "{out}");
 }
 
 /// Two edges, one budget of 50 worst cases, 200 requests at once: exactly 50 served; then

@@ -490,10 +490,37 @@ async fn the_official_openai_and_anthropic_sdks_work_unchanged() {
     let (_, key) = s.api.create_key(&dev, json!({"name": "sdk"})).await;
     let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/official_sdks.py");
+    // A second key whose budget is spent, for the refusal the SDKs must not retry.
+    let (spent_id, spent) = s.api.create_key(&dev, json!({"name": "spent"})).await;
+    let r = s
+        .api
+        .call(
+            "POST",
+            "/budgets",
+            Some(&s.token),
+            Some(json!({"scope": "key", "id": spent_id, "period": "month", "limit_usd": "0"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let before = s.gpt.hits();
     let (code, out, err) =
-        output(std::process::Command::new(python).args([script, &s.api.base, &key, TEXT]));
+        output(std::process::Command::new(python).args([script, &s.api.base, &key, TEXT, &spent]));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("anthropic stream ok"), "{out}");
+    assert!(out.contains("budget refusals ok"), "{out}");
+    // Each SDK sent its refused request once: no retries.
+    let metrics = s.api.text("/metrics").await;
+    for route in ["/v1/chat/completions", "/v1/messages"] {
+        let line = format!(
+            "revo_http_requests_total{{method=\"POST\",route=\"{route}\",status=\"402\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{route}: {metrics}");
+    }
+    assert_eq!(
+        s.gpt.hits(),
+        before + 1,
+        "only the SDK's own gpt chat reached gpt"
+    );
     // A viewer may not generate, through any of the compatible APIs.
     s.api.create_user(&s.token, "viewer", pw, &["viewer"]).await;
     let viewer = s.api.login("viewer", pw).await;

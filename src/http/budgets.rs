@@ -7,7 +7,6 @@ use chrono::{DateTime, Utc};
 use revo_events::family::budget::{period_key, BudgetEvent, BudgetRow, BUDGET_STREAM};
 use revo_events::{AppendRequest, EventFamily, ExpectedVersion, StoreError, Usd};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -87,15 +86,6 @@ fn invalid(m: impl Into<String>) -> ApiError {
     ApiError::unprocessable("invalid_parameter", m)
 }
 
-/// One budget per scope, subject and period: its id is derived from them, so two admins
-/// setting the same budget at once update one stream instead of creating two.
-pub fn budget_id(scope: &str, subject: Uuid, period: &str) -> Uuid {
-    let digest = Sha256::digest(format!("revo-budget:{scope}:{subject}:{period}"));
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_custom_bytes(bytes).into_uuid()
-}
-
 /// Sets (creates or changes) a budget.
 #[utoipa::path(
     tag = "budgets",
@@ -117,13 +107,7 @@ pub async fn set(
     body: Json<SetBudget>,
 ) -> Result<HttpResponse, ApiError> {
     let b = body.0;
-    if !matches!(b.scope.as_str(), "user" | "key") {
-        return Err(invalid("scope is `user` or `key`"));
-    }
-    if !matches!(b.period.as_str(), "day" | "month" | "total") {
-        return Err(invalid("period is `day`, `month` or `total`"));
-    }
-    let limit = Usd::parse(&b.limit_usd).map_err(|e| invalid(format!("limit_usd: {e}")))?;
+    let limit = crate::budgets::check(&b.scope, &b.period, &b.limit_usd).map_err(invalid)?;
     let exists = match b.scope.as_str() {
         "user" => state.identity.user(&b.id).is_some(),
         _ => state.identity.keys().iter().any(|k| k.key_id == b.id),
@@ -134,7 +118,7 @@ pub async fn set(
             b.scope, b.id
         )));
     }
-    let id = budget_id(&b.scope, b.id, &b.period);
+    let id = crate::budgets::budget_id(&b.scope, b.id, &b.period);
     let existed = state.budgets.view().read().get(&id).is_some();
     let ev = BudgetEvent::Set {
         budget_id: id,

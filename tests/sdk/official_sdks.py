@@ -64,3 +64,23 @@ with an.messages.stream(
 assert streamed == text, streamed
 assert final.usage.output_tokens == 40 and final.usage.cache_creation_input_tokens == 100, final.usage
 print("anthropic stream ok")
+
+if len(sys.argv) > 4:
+    # A key whose budget is spent: 402 budget_exceeded, which neither SDK retries (the test
+    # counts the requests Revo answered).
+    spent_key = sys.argv[4]
+    oa = openai.OpenAI(base_url=f"{base}/v1", api_key=spent_key, max_retries=3)
+    try:
+        oa.chat.completions.create(
+            model="gpt", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+        raise AssertionError("a spent budget served a cloud request")
+    except openai.APIStatusError as e:
+        assert e.status_code == 402 and e.body["code"] == "budget_exceeded", e.body
+    an = anthropic.Anthropic(base_url=base, api_key=spent_key, max_retries=3)
+    try:
+        an.messages.create(model="gpt", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        raise AssertionError("a spent budget served a cloud request")
+    except anthropic.APIStatusError as e:
+        assert e.status_code == 402, e
+    print("budget refusals ok")
