@@ -50,6 +50,8 @@ pub struct Filter {
     pub from: Option<String>,
     pub to: Option<String>,
     pub user: Option<Uuid>,
+    /// Only requests made with this API key.
+    pub key: Option<Uuid>,
 }
 
 impl Filter {
@@ -62,6 +64,7 @@ impl Filter {
                 .as_ref()
                 .is_none_or(|t| r.day.as_str() <= t.as_str())
             && self.user.is_none_or(|u| r.user_id == u)
+            && self.key.is_none_or(|k| r.key_id == Some(k))
     }
 }
 

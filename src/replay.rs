@@ -224,6 +224,7 @@ pub async fn cost(
         from: args.from.clone(),
         to: args.to.clone(),
         user: None,
+        key: None,
     };
     let r = ledger::report(p.rows_iter(), &filter, by, reference);
     match args.format.as_str() {

@@ -254,6 +254,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let limits = config.http;
     let server = HttpServer::new(move || http::app(state.clone(), limits))
+        // Streamed answers are many small writes: without TCP_NODELAY each waits for the
+        // client's delayed ACK (40 ms a piece on Linux).
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
         .disable_signals()
         .shutdown_timeout(10)
         .bind(config.listen)

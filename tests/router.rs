@@ -538,14 +538,18 @@ async fn the_official_openai_and_anthropic_sdks_work_unchanged() {
         let r = s.api.call("POST", path, Some(&viewer), Some(body)).await;
         assert_eq!(r.status, 403, "{path}: {}", r.body);
     }
-    // The key's requests are in its owner's ledger; another developer sees none of them,
-    // and may not ask for someone else's.
+    // The key's requests are in its own ledger and its owner's; another developer sees none
+    // of them, and may not ask for someone else's. A key sees only its own requests.
     let m = s.api.call("GET", "/ai/metrics", Some(&key), None).await;
     assert!(
         m.body["total"]["requests"].as_u64().unwrap() >= 4,
         "{}",
         m.body
     );
+    let owner = s.api.call("GET", "/ai/metrics", Some(&dev), None).await;
+    assert_eq!(owner.body["total"]["requests"], m.body["total"]["requests"]);
+    let m = s.api.call("GET", "/ai/metrics", Some(&spent), None).await;
+    assert_eq!(m.body["total"]["requests"], 0, "{}", m.body);
     s.api
         .create_user(&s.token, "other", pw, &["developer"])
         .await;

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Gateway overhead: chat completions through Revo's router to an instant OpenAI-compatible stub
-# (`revo-load stub`), against the stub alone, in the same run, at 64 connections (wrk -t2),
+# (`revo-load stub`), against the stub alone, in the same run, at 64 connections (wrk -t2) and 1,
 # streamed and not. Revo runs a release build in embedded mode with every request recorded
 # (one `generation.attempt` event each, in SQLite through the group committer) and the ledger
 # following the log. The overhead is Revo's latency minus the stub's. wrk, Revo and the stub
 # share this machine's cores, so every figure is a lower bound for Revo alone.
+# At 1 connection (wrk -t1) the overhead is seen without queueing.
 # Usage: load/router/bench.sh [SECONDS] [ROUNDS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -62,8 +63,10 @@ LUA
 done
 
 measure() {
-  local out
-  out=$(wrk -t2 -c64 -d"${SECS}s" --latency "$@")
+  local out conns=$1 threads=2
+  shift
+  [ "$conns" -lt 2 ] && threads=1
+  out=$(wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency "$@")
   if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx responses:" >&2; echo "$out" >&2; exit 1; fi
   python3 - "$out" <<'PY' || { echo "$out" >&2; exit 1; }
 import re, sys
@@ -80,17 +83,20 @@ PY
 
 declare -A R
 for round in $(seq "$ROUNDS"); do
-  for stream in false true; do
-    R[stub$stream]+="$(measure -s "$DATA/post-$stream.lua" "http://$STUB_ADDR/v1/chat/completions")"$'\n'
-    R[revo$stream]+="$(measure -s "$DATA/post-$stream.lua" "$BASE/v1/chat/completions")"$'\n'
+  for conns in 64 1; do
+    for stream in false true; do
+      R[stub$stream$conns]+="$(measure "$conns" -s "$DATA/post-$stream.lua" "http://$STUB_ADDR/v1/chat/completions")"$'\n'
+      R[revo$stream$conns]+="$(measure "$conns" -s "$DATA/post-$stream.lua" "$BASE/v1/chat/completions")"$'\n'
+    done
   done
   echo "round $round done" >&2
 done
 EVENTS=$(curl -sf "$BASE/ai/metrics" -H "authorization: Bearer $TOKEN" | json "['total']['requests']")
 
+for conns in 64 1; do
 echo
-echo "POST /v1/chat/completions at 64 connections, ${SECS}s x $ROUNDS rounds (medians), $(nproc) cores shared by wrk, Revo and the stub"
-python3 - "${R[stubfalse]}" "${R[revofalse]}" "${R[stubtrue]}" "${R[revotrue]}" <<'PY'
+echo "POST /v1/chat/completions at $conns connection(s), ${SECS}s x $ROUNDS rounds (medians), $(nproc) cores shared by wrk, Revo and the stub"
+python3 - "${R[stubfalse$conns]}" "${R[revofalse$conns]}" "${R[stubtrue$conns]}" "${R[revotrue$conns]}" <<'PY'
 import statistics as st, sys
 def med(block):
     rows = [list(map(float, l.split())) for l in block.strip().splitlines()]
@@ -106,4 +112,5 @@ for label, block in zip(labels, sys.argv[1:]):
 for name, s, r in [("not streamed", meds[0], meds[1]), ("streamed", meds[2], meds[3])]:
     print(f"overhead, {name}: p50 +{r[1]-s[1]:.0f} us, p99 +{r[2]-s[2]:.0f} us")
 PY
+done
 echo "requests recorded in the ledger: $EVENTS"

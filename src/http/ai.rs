@@ -127,7 +127,8 @@ pub struct MetricsQuery {
     pub user_id: Option<uuid::Uuid>,
 }
 
-/// The cost ledger: the caller's own (every key of theirs), or everyone's for admins; spend,
+/// The cost ledger: the caller's own (a token: every request of its user; an API key: the
+/// key's own requests), or everyone's for admins; spend,
 /// tokens by kind, the share served locally and savings against the reference cloud model.
 #[utoipa::path(
     tag = "ai",
@@ -172,10 +173,17 @@ pub async fn metrics(
         None if everyone => None,
         None => Some(p.user_id),
     };
+    // A key reads its own requests only (it may be one program's of several); a token
+    // reads all of its user's.
+    let key = match p.via {
+        crate::identity::Via::Key { key_id } if !everyone => Some(key_id),
+        _ => None,
+    };
     let filter = ledger::Filter {
         from: q.from,
         to: q.to,
         user,
+        key,
     };
     let reference = state.reference_model.as_deref().and_then(|name| {
         let e = state
