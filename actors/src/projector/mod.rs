@@ -145,10 +145,6 @@ pub async fn fold_from_zero(
 /// Pages a stopping runner still folds, so a clean shutdown leaves its read model current.
 const DRAIN_PAGES: u32 = 10;
 
-/// How long a caught-up projector lets commits gather before folding again (its read model
-/// lags by at most this much more; no request is served from it).
-const COALESCE: Duration = Duration::from_millis(50);
-
 pub struct Projector {
     pub log: Arc<dyn EventLog>,
     pub read_models: Arc<dyn ReadModels>,
@@ -284,14 +280,6 @@ impl Projector {
                 }
             } else {
                 self.metrics.lag_events.set(0);
-                // Caught up: let more commits gather before the next page, so that under
-                // load each save (a write transaction) carries many events rather than one.
-                if !cancel.is_cancelled() {
-                    tokio::select! {
-                        _ = cancel.cancelled() => {}
-                        _ = tokio::time::sleep(COALESCE) => {}
-                    }
-                }
             }
         }
         Ok(())
