@@ -12,11 +12,7 @@ cd "$(dirname "$0")/../.."
 SECS="${1:-10}"
 ROUNDS="${2:-3}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/revo/target}"
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk from Debian's packages" >&2
-  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk >/dev/null
-fi
+. load/lib/wrk.sh
 cargo build --release -p revo -p revo-load >&2
 REVO="$CARGO_TARGET_DIR/release/revo"
 LOAD="$CARGO_TARGET_DIR/release/revo-load"
@@ -62,24 +58,6 @@ wrk.body = '{"model":"stub","messages":[{"role":"user","content":"What is the ca
 LUA
 done
 
-measure() {
-  local out conns=$1 threads=2
-  shift
-  [ "$conns" -lt 2 ] && threads=1
-  out=$(wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency "$@")
-  if grep -q "Non-2xx" <<<"$out"; then echo "non-2xx responses:" >&2; echo "$out" >&2; exit 1; fi
-  python3 - "$out" <<'PY' || { echo "$out" >&2; exit 1; }
-import re, sys
-out = sys.argv[1]
-def us(v):
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", v)
-    return float(m.group(1)) * {"us": 1, "ms": 1e3, "s": 1e6, "m": 6e7}[m.group(2)]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-p50 = us(re.search(r"^\s*50%[ \t]+(\S+)", out, re.M).group(1))
-p99 = us(re.search(r"^\s*99%[ \t]+(\S+)", out, re.M).group(1))
-print(f"{rps:.0f} {p50:.0f} {p99:.0f}")
-PY
-}
 
 declare -A R
 for round in $(seq "$ROUNDS"); do

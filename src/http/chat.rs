@@ -10,7 +10,6 @@
 //! do, so a newer SDK keeps working.
 
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
-use bytes::Bytes;
 use chrono::Utc;
 use revo_actors::router::provider::ChatMessage;
 use revo_actors::router::{Answer, Input, RouteOptions, Update};
@@ -23,7 +22,7 @@ use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::generate::{
     base_request, check_messages, check_sampling, finish, opening, parse_cost_limit, refusal_error,
-    served_by, sse_stream, start, Opening,
+    served_by, sse_response, sse_stream, start,
 };
 use super::json::Json;
 use super::openapi::{BodyErrors, CallerErrors};
@@ -270,25 +269,11 @@ pub async fn chat_completions(
         .stream_options
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let (model, provider, local, rx) = match opening(rx).await {
-        Opening::Ended(Err(r)) => return Err(refusal_error(&r)),
-        Opening::Ended(Ok(a)) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let (m, p, l) = (a.model.clone(), a.provider, a.served_locally);
-            let _ = tx.try_send(Update::Done(Box::new(Ok(a))));
-            (m, p, l, rx)
-        }
-        Opening::Started {
-            model,
-            provider,
-            served_locally,
-            rx,
-        } => (model, provider, served_locally, rx),
-    };
+    let (started, rx) = opening(rx).await?;
     let ctx = ChunkCtx {
         id,
         created,
-        model: model.clone(),
+        model: started.model.clone(),
         include_usage,
     };
     let first = ctx.chunk(json!({"role": "assistant", "content": ""}), None);
@@ -316,12 +301,7 @@ pub async fn chat_completions(
             }
         },
     });
-    let mut b = HttpResponse::Ok();
-    served_by(&mut b, &model, provider, local, None);
-    b.content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"));
-    let head = futures::stream::once(async move { Ok(Bytes::from(first)) });
-    Ok(b.streaming(futures::StreamExt::chain(head, frames)))
+    Ok(sse_response(&started, first, frames))
 }
 
 /// The catalogue as OpenAI's model list (`auto` first: the router's choice).
@@ -455,25 +435,11 @@ pub async fn messages(
             "usage": anthropic_usage(&a),
         })));
     }
-    let (model, provider, local, rx) = match opening(rx).await {
-        Opening::Ended(Err(r)) => return Err(refusal_error(&r)),
-        Opening::Ended(Ok(a)) => {
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
-            let (m, p, l) = (a.model.clone(), a.provider, a.served_locally);
-            let _ = tx.try_send(Update::Done(Box::new(Ok(a))));
-            (m, p, l, rx)
-        }
-        Opening::Started {
-            model,
-            provider,
-            served_locally,
-            rx,
-        } => (model, provider, served_locally, rx),
-    };
+    let (started, rx) = opening(rx).await?;
     let first = sse(
         "message_start",
         json!({"type": "message_start", "message": {
-            "id": id, "type": "message", "role": "assistant", "model": model, "content": [],
+            "id": id, "type": "message", "role": "assistant", "model": started.model, "content": [],
             "stop_reason": null, "stop_sequence": null,
             "usage": {"input_tokens": 0, "output_tokens": 0}}}),
     ) + &sse(
@@ -511,10 +477,5 @@ pub async fn messages(
             ),
         },
     });
-    let mut b = HttpResponse::Ok();
-    served_by(&mut b, &model, provider, local, None);
-    b.content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"));
-    let head = futures::stream::once(async move { Ok(Bytes::from(first)) });
-    Ok(b.streaming(futures::StreamExt::chain(head, frames)))
+    Ok(sse_response(&started, first, frames))
 }

@@ -250,19 +250,18 @@ pub async fn start(
     state.router.route(req).await.map_err(|r| refusal_error(&r))
 }
 
-/// Until a model answers: `Ok(started, rx)` once one has (headers can name it), or the
-/// request's end if none did.
-pub enum Opening {
-    Started {
-        model: String,
-        provider: &'static str,
-        served_locally: bool,
-        rx: mpsc::Receiver<Update>,
-    },
-    Ended(Result<Answer, Refusal>),
+/// The model that answers a streamed request.
+pub struct Started {
+    pub model: String,
+    pub provider: &'static str,
+    pub served_locally: bool,
 }
 
-pub async fn opening(mut rx: mpsc::Receiver<Update>) -> Opening {
+/// Waits until a model answers, so the response's headers can name it; a refusal before
+/// that is an HTTP error. An answer without a single piece still streams (its end alone).
+pub async fn opening(
+    mut rx: mpsc::Receiver<Update>,
+) -> Result<(Started, mpsc::Receiver<Update>), ApiError> {
     loop {
         match rx.recv().await {
             Some(Update::Started {
@@ -270,17 +269,27 @@ pub async fn opening(mut rx: mpsc::Receiver<Update>) -> Opening {
                 provider,
                 served_locally,
             }) => {
-                return Opening::Started {
+                let started = Started {
                     model,
                     provider,
                     served_locally,
-                    rx,
-                }
+                };
+                return Ok((started, rx));
             }
-            Some(Update::Done(r)) => return Opening::Ended(*r),
+            Some(Update::Done(r)) => {
+                let a = (*r).map_err(|r| refusal_error(&r))?;
+                let (tx, rx) = mpsc::channel(1);
+                let started = Started {
+                    model: a.model.clone(),
+                    provider: a.provider,
+                    served_locally: a.served_locally,
+                };
+                let _ = tx.try_send(Update::Done(Box::new(Ok(a))));
+                return Ok((started, rx));
+            }
             Some(_) => {}
             None => {
-                return Opening::Ended(Err(Refusal::new(
+                return Err(refusal_error(&Refusal::new(
                     500,
                     "router_failed",
                     "the router stopped without an answer",
@@ -288,6 +297,20 @@ pub async fn opening(mut rx: mpsc::Receiver<Update>) -> Opening {
             }
         }
     }
+}
+
+/// A server-sent events response naming the model that answers: `first`, then `frames`.
+pub fn sse_response(
+    s: &Started,
+    first: String,
+    frames: impl futures::Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+) -> HttpResponse {
+    let mut b = HttpResponse::Ok();
+    served_by(&mut b, &s.model, s.provider, s.served_locally, None);
+    b.content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"));
+    let head = futures::stream::once(async move { Ok(Bytes::from(first)) });
+    b.streaming(futures::StreamExt::chain(head, frames))
 }
 
 /// Waits for the whole answer.
@@ -412,49 +435,23 @@ pub async fn generate(
         served_by(&mut b, &a.model, a.provider, a.served_locally, Some(a.cost));
         return Ok(b.json(GenerateResponse::of(&id, &a)));
     }
-    match opening(rx).await {
-        Opening::Ended(Err(r)) => Err(refusal_error(&r)),
-        Opening::Ended(Ok(a)) => {
-            // Answered with no text at all: the whole story in one go.
-            let mut b = HttpResponse::Ok();
-            served_by(&mut b, &a.model, a.provider, a.served_locally, Some(a.cost));
-            b.content_type("text/event-stream");
-            let body = event(
-                "started",
-                &json!({"id": id, "model": a.model, "provider": a.provider, "served_locally": a.served_locally}),
-            ) + &event("completed", &GenerateResponse::of(&id, &a));
-            Ok(b.body(body))
-        }
-        Opening::Started {
-            model,
-            provider,
-            served_locally,
-            rx,
-        } => {
-            let mut b = HttpResponse::Ok();
-            served_by(&mut b, &model, provider, served_locally, None);
-            b.content_type("text/event-stream")
-                .insert_header(("Cache-Control", "no-cache"));
-            let first = event(
-                "started",
-                &json!({"id": id, "model": model, "provider": provider, "served_locally": served_locally}),
-            );
-            let frames = sse_stream(rx, id, |id: &mut String, u| match u {
-                Update::Text(t) => (event("token", &json!({ "text": t })), true),
-                Update::ToolCall(v) => (event("tool_call", &json!({ "tool_calls": v })), true),
-                Update::Started { .. } => (String::new(), true),
-                Update::Done(r) => match *r {
-                    Ok(a) => (event("completed", &GenerateResponse::of(id, &a)), false),
-                    Err(r) => {
-                        let attempts: Vec<AttemptView> =
-                            r.attempts.iter().map(AttemptView::from).collect();
-                        let e = json!({"code": r.code, "message": r.message, "attempts": attempts});
-                        (event("error", &e), false)
-                    }
-                },
-            });
-            let head = futures::stream::once(async move { Ok(Bytes::from(first)) });
-            Ok(b.streaming(futures::StreamExt::chain(head, frames)))
-        }
-    }
+    let (started, rx) = opening(rx).await?;
+    let first = event(
+        "started",
+        &json!({"id": id, "model": started.model, "provider": started.provider, "served_locally": started.served_locally}),
+    );
+    let frames = sse_stream(rx, id, |id: &mut String, u| match u {
+        Update::Text(t) => (event("token", &json!({ "text": t })), true),
+        Update::ToolCall(v) => (event("tool_call", &json!({ "tool_calls": v })), true),
+        Update::Started { .. } => (String::new(), true),
+        Update::Done(r) => match *r {
+            Ok(a) => (event("completed", &GenerateResponse::of(id, &a)), false),
+            Err(r) => {
+                let attempts: Vec<AttemptView> = r.attempts.iter().map(AttemptView::from).collect();
+                let e = json!({"code": r.code, "message": r.message, "attempts": attempts});
+                (event("error", &e), false)
+            }
+        },
+    });
+    Ok(sse_response(&started, first, frames))
 }

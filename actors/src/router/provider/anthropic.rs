@@ -12,7 +12,7 @@ use futures::StreamExt;
 use revo_events::TokenUsage;
 use serde_json::{json, Value};
 
-use super::{read_capped, send, sse_events, ChatRequest, Piece, Reply, UpstreamError, MAX_BODY};
+use super::{read_json, replay, send, sse_events, ChatRequest, Piece, Reply, UpstreamError};
 
 pub const VERSION: &str = "2023-06-01";
 
@@ -136,14 +136,7 @@ pub async fn call(
     if req.stream {
         return Ok(stream(resp));
     }
-    let bytes = read_capped(resp, MAX_BODY)
-        .await
-        .map_err(UpstreamError::Broken)?;
-    let v: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| UpstreamError::Broken(format!("the answer is not JSON: {e}")))?;
-    Ok(Box::pin(futures::stream::iter(
-        whole(&v).into_iter().map(Ok),
-    )))
+    Ok(replay(whole(&read_json(resp).await?)))
 }
 
 fn whole(v: &Value) -> Vec<Piece> {

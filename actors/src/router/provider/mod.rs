@@ -195,6 +195,20 @@ pub(crate) async fn read_capped(resp: reqwest::Response, cap: usize) -> Result<V
     Ok(body)
 }
 
+/// A whole (non-streamed) answer as JSON, bounded by [`MAX_BODY`].
+pub(crate) async fn read_json(resp: reqwest::Response) -> Result<serde_json::Value, UpstreamError> {
+    let bytes = read_capped(resp, MAX_BODY)
+        .await
+        .map_err(UpstreamError::Broken)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| UpstreamError::Broken(format!("the answer is not JSON: {e}")))
+}
+
+/// The pieces of a whole answer, as a reply.
+pub(crate) fn replay(pieces: Vec<Piece>) -> Reply {
+    Box::pin(futures::stream::iter(pieces.into_iter().map(Ok)))
+}
+
 /// Largest non-streamed answer read (16 MiB): far above any max_tokens, and bounded.
 pub(crate) const MAX_BODY: usize = 16 << 20;
 
