@@ -82,6 +82,8 @@ pub struct RouterFile {
     pub reference_model: Option<String>,
     /// How long a budget lease outlives its edge (30000).
     pub budget_lease_ttl_ms: Option<u64>,
+    /// The cascade's confidence bar when neither the request nor the model sets one (0.5).
+    pub cascade_threshold: Option<f64>,
 }
 
 /// `[jetstream]`: durability and retention of the events stream (cluster mode).
@@ -480,6 +482,10 @@ fn router_config(f: &RouterFile) -> anyhow::Result<revo_actors::router::RouterSe
     if default_max_tokens == 0 {
         bail!("[router] default_max_tokens must be positive");
     }
+    let cascade_threshold = f.cascade_threshold.unwrap_or(d.cascade_threshold);
+    if !(0.0..=1.0).contains(&cascade_threshold) {
+        bail!("[router] cascade_threshold is 0 to 1");
+    }
     Ok(revo_actors::router::RouterSettings {
         connect_timeout: ms(
             f.connect_timeout_ms,
@@ -495,6 +501,7 @@ fn router_config(f: &RouterFile) -> anyhow::Result<revo_actors::router::RouterSe
         total_timeout: ms(f.total_timeout_ms, d.total_timeout, "total_timeout_ms")?,
         max_retries: f.max_retries.unwrap_or(d.max_retries).min(10),
         default_max_tokens,
+        cascade_threshold,
         ..d
     })
 }

@@ -102,6 +102,8 @@ pub struct Line {
     pub requests: u64,
     pub served_locally: u64,
     pub failed_attempts: u64,
+    /// Local answers the cascade held back and escalated to a later model.
+    pub escalated_attempts: u64,
     /// Attempts whose usage the provider never reported (cut streams).
     pub unreported_usage: u64,
     pub tokens: Tokens,
@@ -120,6 +122,7 @@ impl Line {
     fn add(&mut self, r: &LedgerRow) {
         self.requests += r.requests;
         self.failed_attempts += r.failed_attempts;
+        self.escalated_attempts += r.escalated_attempts;
         self.unreported_usage += r.unreported_usage;
         if r.served_locally {
             self.served_locally += r.requests;

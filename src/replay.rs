@@ -230,12 +230,12 @@ pub async fn cost(
     match args.format.as_str() {
         "json" => writeln!(out, "{}", serde_json::to_string_pretty(&r)?)?,
         "csv" => {
-            writeln!(out, "{},requests,served_locally,failed_attempts,input_tokens,cache_read_tokens,cache_write_tokens,output_tokens,reasoning_tokens,cost_usd", args.by)?;
+            writeln!(out, "{},requests,served_locally,failed_attempts,input_tokens,cache_read_tokens,cache_write_tokens,output_tokens,reasoning_tokens,cost_usd,escalated_attempts", args.by)?;
             for l in r.groups.iter().chain(std::iter::once(&r.total)) {
                 let t = &l.tokens;
                 writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{},{},{}",
                     l.key,
                     l.requests,
                     l.served_locally,
@@ -245,18 +245,20 @@ pub async fn cost(
                     t.cache_write,
                     t.output,
                     t.reasoning,
-                    l.cost_usd
+                    l.cost_usd,
+                    l.escalated_attempts
                 )?;
             }
         }
         _ => {
             writeln!(
                 out,
-                "{:<38} {:>9} {:>7} {:>7} {:>12} {:>12} {:>10} {:>16}",
+                "{:<38} {:>9} {:>7} {:>7} {:>9} {:>12} {:>12} {:>10} {:>16}",
                 args.by,
                 "requests",
                 "local",
                 "failed",
+                "escalated",
                 "input",
                 "cache r/w",
                 "output",
@@ -266,11 +268,12 @@ pub async fn cost(
                 let t = &l.tokens;
                 writeln!(
                     out,
-                    "{:<38} {:>9} {:>7} {:>7} {:>12} {:>12} {:>10} {:>16}",
+                    "{:<38} {:>9} {:>7} {:>7} {:>9} {:>12} {:>12} {:>10} {:>16}",
                     l.key,
                     l.requests,
                     l.served_locally,
                     l.failed_attempts,
+                    l.escalated_attempts,
                     t.input,
                     format!("{}/{}", t.cache_read, t.cache_write),
                     t.output,

@@ -38,6 +38,7 @@ async fn outcome(mut rx: mpsc::UnboundedReceiver<Event>) -> Outcome {
     loop {
         match rx.recv().await.unwrap() {
             Event::Text(t) => text.push_str(&t),
+            Event::Logprobs(_) => {}
             Event::Done(done) => {
                 let o = done.unwrap();
                 assert_eq!(o.text, text, "the pieces make the text");

@@ -19,7 +19,7 @@ use ort::value::{DynValue, Tensor};
 pub use crate::runtime::locate_runtime;
 use crate::runtime::runtime;
 use crate::sampling::Sampler;
-pub use crate::sampling::Sampling;
+pub use crate::sampling::{Logprobs, Sampling, MAX_TOP_LOGPROBS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -99,11 +99,13 @@ pub type SeqId = u64;
 
 /// What a sequence produced: a new token, and whether it has finished (it then leaves the
 /// batch). An end-of-sequence token finishes it without a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Produced {
     pub seq: SeqId,
     pub token: Option<u32>,
     pub finish: Option<Finish>,
+    /// The token's log-probabilities, when the sampling asks for them.
+    pub logprobs: Option<Logprobs>,
 }
 
 struct Seq {
@@ -124,14 +126,16 @@ struct Seq {
 impl Seq {
     /// Chooses the next token from `logits`.
     fn advance(&mut self, logits: &[f32]) -> Produced {
-        let t = self.sampler.next(logits);
+        let (t, logprobs) = self.sampler.next(logits);
         let mut p = Produced {
             seq: self.id,
             token: Some(t),
             finish: None,
+            logprobs,
         };
         if self.eos.contains(&t) {
             p.token = None;
+            p.logprobs = None;
             p.finish = Some(Finish::Stop);
         } else {
             self.produced += 1;

@@ -166,7 +166,7 @@ impl LocalModel {
             shown: 0,
             stopped: false,
         };
-        let update = text.push(&self.tokenizer, p);
+        let update = text.push(&self.tokenizer, &p);
         if update.done.is_none() {
             self.streams.insert(p.seq, text);
         } else if p.finish.is_none() {
@@ -190,7 +190,7 @@ impl LocalModel {
             let Some(stream) = self.streams.get_mut(&p.seq) else {
                 continue;
             };
-            let update = stream.push(&self.tokenizer, p);
+            let update = stream.push(&self.tokenizer, &p);
             if update.done.is_some() {
                 self.streams.remove(&p.seq);
                 if p.finish.is_none() {
@@ -217,11 +217,33 @@ impl LocalModel {
     }
 }
 
-/// What one step did for a sequence: a piece of text to show, and the generation when it ended.
+/// What one step did for a sequence: a piece of text to show, the new token's
+/// log-probabilities (when the sampling asks), and the generation when it ended.
 #[derive(Debug, Clone, Default)]
 pub struct Update {
     pub text: Option<String>,
+    pub logprobs: Option<TokenLogprob>,
     pub done: Option<Generation>,
+}
+
+/// A generated token's log-probability and its likeliest alternatives, as text. A token's text
+/// is the token decoded alone: a token holding part of a character shows U+FFFD.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+}
+
+fn token_text(tokenizer: &tokenizers::Tokenizer, id: u32) -> String {
+    tokenizer.decode(&[id], false).unwrap_or_default()
 }
 
 /// Turns a sequence's tokens into text: whole characters only, stop sequences cut and held back
@@ -236,8 +258,22 @@ struct TextStream {
 }
 
 impl TextStream {
-    fn push(&mut self, tokenizer: &tokenizers::Tokenizer, p: Produced) -> Update {
+    fn push(&mut self, tokenizer: &tokenizers::Tokenizer, p: &Produced) -> Update {
         let mut update = Update::default();
+        if let (Some(t), Some(l)) = (p.token, &p.logprobs) {
+            update.logprobs = Some(TokenLogprob {
+                token: token_text(tokenizer, t),
+                logprob: l.logprob,
+                top: l
+                    .top
+                    .iter()
+                    .map(|&(id, logprob)| TopLogprob {
+                        token: token_text(tokenizer, id),
+                        logprob,
+                    })
+                    .collect(),
+            });
+        }
         if let Some(t) = p.token {
             self.tokens.push(t);
             if let Ok(full) = tokenizer.decode(&self.tokens, true) {

@@ -19,6 +19,51 @@ pub struct Sampling {
     pub repetition_penalty: f32,
     /// Same seed, same parameters, same prompt: same output.
     pub seed: Option<u64>,
+    /// Report each chosen token's log-probability and this many most likely alternatives
+    /// (at most [`MAX_TOP_LOGPROBS`]); `None` computes none (it costs a pass over the
+    /// vocabulary per token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<usize>,
+}
+
+/// Most alternatives a token's log-probabilities may list (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// A chosen token's natural-log probability under the model (its raw distribution: before
+/// temperature, penalties, top-k or top-p), and the most likely tokens with theirs, most
+/// likely first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logprobs {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+impl Logprobs {
+    /// Log-softmax of `logits` at `chosen`, and its `k` largest entries.
+    pub fn of(logits: &[f32], chosen: u32, k: usize) -> Logprobs {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&x| f64::from(x - max).exp()).sum();
+        let lse = f64::from(max) + sum.ln();
+        let lp = |i: usize| (f64::from(logits[i]) - lse) as f32;
+        let mut top = Vec::new();
+        if k > 0 && !logits.is_empty() {
+            let k = k.min(logits.len());
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            let desc = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+            if k < order.len() {
+                order.select_nth_unstable_by(k - 1, desc);
+                order.truncate(k);
+            }
+            order.sort_unstable_by(desc);
+            top = order.into_iter().map(|i| (i as u32, lp(i))).collect();
+        }
+        Logprobs {
+            logprob: logits
+                .get(chosen as usize)
+                .map_or(f32::NEG_INFINITY, |_| lp(chosen as usize)),
+            top,
+        }
+    }
 }
 
 impl Sampling {
@@ -30,6 +75,7 @@ impl Sampling {
             top_k: 0,
             repetition_penalty: 1.0,
             seed: None,
+            logprobs: None,
         }
     }
 
@@ -46,6 +92,9 @@ impl Sampling {
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty <= 10.0) {
             return bad("repetition_penalty is in (0, 10]");
+        }
+        if self.logprobs.is_some_and(|k| k > MAX_TOP_LOGPROBS) {
+            return bad("top_logprobs is 0 to 20");
         }
         Ok(())
     }
@@ -142,11 +191,14 @@ impl Sampler {
         }
     }
 
-    /// Chooses the next token and remembers it.
-    pub(crate) fn next(&mut self, logits: &[f32]) -> u32 {
+    /// Chooses the next token and remembers it, with its log-probabilities when asked.
+    pub(crate) fn next(&mut self, logits: &[f32]) -> (u32, Option<Logprobs>) {
         let t = self.sampling.choose(logits, &self.history, &mut self.rng);
         self.history.push(t);
-        t
+        (
+            t,
+            self.sampling.logprobs.map(|k| Logprobs::of(logits, t, k)),
+        )
     }
 }
 
@@ -173,6 +225,7 @@ mod tests {
             top_k,
             repetition_penalty: 1.0,
             seed: Some(1),
+            logprobs: None,
         }
     }
 
@@ -239,5 +292,29 @@ mod tests {
             let t = s.choose(&logits, &[], &mut rng) as usize;
             assert!(nucleus.contains(&t), "{t} is outside the nucleus");
         }
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_likeliest_alternatives() {
+        // Probabilities 0.5, 0.25, 0.125, 0.125, shifted: a softmax ignores the shift.
+        let logits = [
+            2f32.ln() * 3.0 + 7.0,
+            2f32.ln() * 2.0 + 7.0,
+            2f32.ln() + 7.0,
+            2f32.ln() + 7.0,
+        ];
+        let l = Logprobs::of(&logits, 1, 3);
+        assert!((l.logprob - 0.25f32.ln()).abs() < 1e-5, "{l:?}");
+        let ids: Vec<u32> = l.top.iter().map(|t| t.0).collect();
+        // Ties keep the lower id first.
+        assert_eq!(ids, [0, 1, 2]);
+        assert!((l.top[0].1 - 0.5f32.ln()).abs() < 1e-5);
+        assert!((l.top[2].1 - 0.125f32.ln()).abs() < 1e-5);
+        assert!(Logprobs::of(&logits, 3, 0).top.is_empty());
+        // Asked for more than the vocabulary: all of it.
+        assert_eq!(Logprobs::of(&logits, 0, 20).top.len(), 4);
+        let mut s = Sampling::greedy(1);
+        s.logprobs = Some(21);
+        assert!(s.validate().is_err());
     }
 }

@@ -248,6 +248,7 @@ fn a_batch_gives_each_sequence_the_tokens_it_gets_alone() {
                 top_k: 40,
                 repetition_penalty: 1.1,
                 seed: Some(7 + i as u64),
+                logprobs: None,
             };
             (i, ids(&c["prompt_ids"]), s)
         })

@@ -5,7 +5,8 @@
 //!
 //! `model` is a catalogue name (that model, no fallback unless `fallback_allowed` is sent) or
 //! `auto` (the router picks, with fallback). Revo's routing options ride along as extra body
-//! fields (`force_local`, `cost_limit`, `fallback_allowed`), which the SDKs send with
+//! fields (`force_local`, `cost_limit`, `fallback_allowed`, `route`,
+//! `confidence_threshold`), which the SDKs send with
 //! `extra_body`. Unknown OpenAI or Anthropic fields are ignored, as other compatible servers
 //! do, so a newer SDK keeps working.
 
@@ -21,12 +22,14 @@ use uuid::Uuid;
 use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
 use super::generate::{
-    base_request, check_messages, check_sampling, finish, opening, parse_cost_limit, refusal_error,
-    served_by, sse_response, sse_stream, start,
+    base_request, check_messages, check_sampling, finish, openai_logprobs, opening,
+    parse_cost_limit, parse_logprobs, parse_route, refusal_error, served_by, sse_response,
+    sse_stream, start,
 };
 use super::json::Json;
 use super::openapi::{BodyErrors, CallerErrors};
 use super::AppState;
+use revo_actors::router::TokenLogprob;
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::unprocessable("invalid_parameter", message)
@@ -114,20 +117,35 @@ pub struct ChatCompletionRequest {
     /// Revo: whether another model may serve (default: false for a named model, true for
     /// `auto`).
     pub fallback_allowed: Option<bool>,
+    /// Each token's log-probability (local models).
+    pub logprobs: Option<bool>,
+    /// With `logprobs`: alternatives per token, 0 to 20.
+    pub top_logprobs: Option<u32>,
+    /// Revo: `auto` or `cascade` (see `POST /ai/generate`).
+    pub route: Option<String>,
+    /// Revo: the cascade's confidence bar, 0 to 1.
+    pub confidence_threshold: Option<f64>,
 }
 
-fn options(
-    model: &str,
+/// Revo's routing options, as the compatible endpoints take them.
+struct Wishes<'a> {
+    model: &'a str,
     force_local: Option<bool>,
-    cost_limit: Option<&str>,
+    cost_limit: Option<&'a str>,
     fallback: Option<bool>,
-) -> Result<RouteOptions, ApiError> {
-    let auto = model == "auto";
+    route: Option<&'a str>,
+    confidence_threshold: Option<f64>,
+}
+
+fn options(w: Wishes<'_>) -> Result<RouteOptions, ApiError> {
+    let auto = w.model == "auto";
     Ok(RouteOptions {
-        force_local: force_local.unwrap_or(false),
-        model_preference: (!auto).then(|| model.to_owned()),
-        cost_limit: parse_cost_limit(cost_limit)?,
-        fallback_allowed: fallback.unwrap_or(auto),
+        force_local: w.force_local.unwrap_or(false),
+        model_preference: (!auto).then(|| w.model.to_owned()),
+        cost_limit: parse_cost_limit(w.cost_limit)?,
+        fallback_allowed: w.fallback.unwrap_or(auto),
+        cascade: parse_route(w.route, w.confidence_threshold)?,
+        confidence_threshold: w.confidence_threshold,
     })
 }
 
@@ -175,14 +193,21 @@ struct ChunkCtx {
     created: i64,
     model: String,
     include_usage: bool,
+    /// Log-probabilities of tokens whose text has not gone out yet (it may be held back
+    /// while it could start a stop sequence): they ride with the next piece of text.
+    pending: Option<Vec<TokenLogprob>>,
 }
 
 impl ChunkCtx {
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
+    fn chunk(&mut self, delta: Value, finish: Option<&str>) -> String {
+        let logprobs = match &mut self.pending {
+            Some(p) if !p.is_empty() => openai_logprobs(&std::mem::take(p)),
+            _ => Value::Null,
+        };
         let c = json!({
             "id": self.id, "object": "chat.completion.chunk", "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
         });
         format!("data: {c}\n\n")
     }
@@ -227,6 +252,7 @@ pub async fn chat_completions(
     let stop = stop_of(&r.stop)?;
     let max_tokens = r.max_completion_tokens.or(r.max_tokens);
     check_sampling(max_tokens, r.temperature, r.top_p, &stop)?;
+    let logprobs = parse_logprobs(r.logprobs, r.top_logprobs)?;
     let id = format!("chatcmpl-{}", Uuid::now_v7().simple());
     let stream = r.stream.unwrap_or(false);
     let mut rr = base_request(&caller, &req, id.clone(), Input::Chat(chat));
@@ -238,12 +264,15 @@ pub async fn chat_completions(
     rr.tools = r.tools.filter(|t| !t.is_null());
     rr.tool_choice = r.tool_choice.filter(|t| !t.is_null());
     rr.stream = stream;
-    rr.options = options(
-        &r.model,
-        r.force_local,
-        r.cost_limit.as_deref(),
-        r.fallback_allowed,
-    )?;
+    rr.logprobs = logprobs;
+    rr.options = options(Wishes {
+        model: &r.model,
+        force_local: r.force_local,
+        cost_limit: r.cost_limit.as_deref(),
+        fallback: r.fallback_allowed,
+        route: r.route.as_deref(),
+        confidence_threshold: r.confidence_threshold,
+    })?;
     let rx = start(&state, rr).await?;
     let created = Utc::now().timestamp();
     if !stream {
@@ -259,7 +288,7 @@ pub async fn chat_completions(
         served_by(&mut b, &a.model, a.provider, a.served_locally, Some(a.cost));
         return Ok(b.json(json!({
             "id": id, "object": "chat.completion", "created": created, "model": a.model,
-            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": a.finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs.map(|_| openai_logprobs(&a.logprobs)), "finish_reason": a.finish_reason}],
             "usage": openai_usage(&a),
             "system_fingerprint": null,
             "revo": {"provider": a.provider, "served_locally": a.served_locally, "cost_usd": a.cost.to_string()},
@@ -270,15 +299,22 @@ pub async fn chat_completions(
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
     let (started, rx) = opening(rx).await?;
-    let ctx = ChunkCtx {
+    let mut ctx = ChunkCtx {
         id,
         created,
         model: started.model.clone(),
         include_usage,
+        pending: logprobs.map(|_| Vec::new()),
     };
     let first = ctx.chunk(json!({"role": "assistant", "content": ""}), None);
     let frames = sse_stream(rx, ctx, |ctx: &mut ChunkCtx, u| match u {
         Update::Text(t) => (ctx.chunk(json!({ "content": t }), None), true),
+        Update::Logprobs(l) => {
+            if let Some(p) = &mut ctx.pending {
+                p.push(l);
+            }
+            (String::new(), true)
+        }
         Update::ToolCall(v) => (ctx.chunk(json!({ "tool_calls": v }), None), true),
         Update::Started { .. } => (String::new(), true),
         Update::Done(r) => match *r {
@@ -344,6 +380,8 @@ pub struct MessagesRequest {
     pub force_local: Option<bool>,
     pub cost_limit: Option<String>,
     pub fallback_allowed: Option<bool>,
+    pub route: Option<String>,
+    pub confidence_threshold: Option<f64>,
 }
 
 fn stop_reason(finish: &str) -> &'static str {
@@ -417,12 +455,14 @@ pub async fn messages(
     rr.top_p = r.top_p;
     rr.stop = stop;
     rr.stream = stream;
-    rr.options = options(
-        &r.model,
-        r.force_local,
-        r.cost_limit.as_deref(),
-        r.fallback_allowed,
-    )?;
+    rr.options = options(Wishes {
+        model: &r.model,
+        force_local: r.force_local,
+        cost_limit: r.cost_limit.as_deref(),
+        fallback: r.fallback_allowed,
+        route: r.route.as_deref(),
+        confidence_threshold: r.confidence_threshold,
+    })?;
     let rx = start(&state, rr).await?;
     if !stream {
         let a = finish(rx).await.map_err(|r| refusal_error(&r))?;
@@ -454,7 +494,7 @@ pub async fn messages(
             ),
             true,
         ),
-        Update::ToolCall(_) | Update::Started { .. } => (String::new(), true),
+        Update::ToolCall(_) | Update::Started { .. } | Update::Logprobs(_) => (String::new(), true),
         Update::Done(r) => match *r {
             Ok(a) => {
                 let out = sse(

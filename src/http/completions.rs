@@ -114,6 +114,7 @@ fn sampling(r: &CompletionRequest) -> Result<(Sampling, Vec<String>), ApiError> 
         top_k: r.top_k.unwrap_or(0) as usize,
         repetition_penalty: r.repetition_penalty.unwrap_or(1.0),
         seed: r.seed,
+        logprobs: None,
     };
     s.validate().map_err(|e| invalid(e.to_string()))?;
     let stop = match &r.stop {
@@ -243,7 +244,7 @@ pub async fn create(
     if !r.stream.unwrap_or(false) {
         loop {
             match rx.recv().await {
-                Some(Event::Text(_)) => {}
+                Some(Event::Text(_) | Event::Logprobs(_)) => {}
                 Some(Event::Done(Ok(o))) => {
                     state.metrics.generation.completed(&r.model, &o);
                     record(
@@ -336,6 +337,7 @@ impl Sse {
     async fn next(&mut self) -> (Bytes, bool) {
         match self.rx.recv().await {
             Some(Event::Text(t)) => (Bytes::from(self.chunk(t, None, None)), true),
+            Some(Event::Logprobs(_)) => (Bytes::new(), true),
             Some(Event::Done(Ok(o))) => {
                 let st = &self.state;
                 st.metrics.generation.completed(&self.model, &o);

@@ -7,7 +7,7 @@ use actix_web::{post, web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use bytes::Bytes;
 use revo_actors::router::provider::ChatMessage;
 use revo_actors::router::{
-    Answer, AttemptReport, Input, Refusal, RouteOptions, RouteRequest, Update,
+    Answer, AttemptReport, Input, Refusal, RouteOptions, RouteRequest, TokenLogprob, Update,
 };
 use revo_events::{TokenUsage, Usd};
 use serde::{Deserialize, Serialize};
@@ -60,8 +60,18 @@ pub struct GenerateRequest {
     pub cost_limit: Option<String>,
     /// Whether another model may serve when the first choice cannot (default true).
     pub fallback_allowed: Option<bool>,
-    /// `auto` (default).
+    /// `auto` (default), or `cascade`: a local answer is held back until it ends and served
+    /// only if its confidence reaches `confidence_threshold` and `max_tokens` did not cut it;
+    /// otherwise the next model answers (both attempts are recorded).
     pub route: Option<String>,
+    /// The cascade's bar, 0 to 1: the geometric mean of the answer's token probabilities.
+    /// Default: the model's `confidence_threshold`, then `[router] cascade_threshold` (0.5).
+    pub confidence_threshold: Option<f64>,
+    /// Return each token's log-probability (local models), in OpenAI's chat format.
+    pub logprobs: Option<bool>,
+    /// With `logprobs`: this many likeliest alternatives per token, 0 to 20.
+    #[schema(minimum = 0, maximum = 20)]
+    pub top_logprobs: Option<u32>,
     /// Server-sent events: `started`, `token`…, then `completed` or `error`.
     pub stream: Option<bool>,
 }
@@ -96,11 +106,14 @@ impl From<&TokenUsage> for UsageView {
 pub struct AttemptView {
     pub model: String,
     pub provider: String,
-    /// `completed`, `failed` or `cancelled`.
+    /// `completed`, `failed`, `cancelled` or `escalated` (held back by the cascade).
     pub outcome: String,
+    /// Why it failed, or why the cascade escalated (`low_confidence`, `truncated`).
     pub error: Option<String>,
     #[schema(value_type = String)]
     pub cost_usd: String,
+    /// The answer's confidence, where the tokens' log-probabilities were computed.
+    pub confidence: Option<f64>,
 }
 
 impl From<&AttemptReport> for AttemptView {
@@ -111,6 +124,7 @@ impl From<&AttemptReport> for AttemptView {
             outcome: a.outcome.to_owned(),
             error: a.error.clone(),
             cost_usd: a.cost_usd.to_string(),
+            confidence: a.confidence,
         }
     }
 }
@@ -130,6 +144,13 @@ pub struct GenerateResponse {
     pub cost_usd: String,
     pub served_locally: bool,
     pub attempts: Vec<AttemptView>,
+    /// The geometric mean of the answer's token probabilities, where computed (local
+    /// models under the cascade or with `logprobs`).
+    pub confidence: Option<f64>,
+    /// With `logprobs: true`: `{"content": [{"token", "logprob", "bytes", "top_logprobs"}]}`.
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<serde_json::Value>,
 }
 
 impl GenerateResponse {
@@ -145,8 +166,66 @@ impl GenerateResponse {
             cost_usd: a.cost.to_string(),
             served_locally: a.served_locally,
             attempts: a.attempts.iter().map(AttemptView::from).collect(),
+            confidence: a.confidence,
+            logprobs: None,
         }
     }
+}
+
+/// Tokens' log-probabilities in OpenAI's chat format (`choices[].logprobs`). `bytes` is the
+/// token's UTF-8, or null for a token holding part of a character.
+pub fn openai_logprobs(tokens: &[TokenLogprob]) -> serde_json::Value {
+    let bytes = |t: &str| {
+        if t.contains('\u{FFFD}') {
+            serde_json::Value::Null
+        } else {
+            json!(t.as_bytes())
+        }
+    };
+    let content: Vec<serde_json::Value> = tokens
+        .iter()
+        .map(|t| {
+            let top: Vec<serde_json::Value> = t
+                .top
+                .iter()
+                .map(|a| json!({"token": a.token, "logprob": a.logprob, "bytes": bytes(&a.token)}))
+                .collect();
+            json!({"token": t.token, "logprob": t.logprob, "bytes": bytes(&t.token), "top_logprobs": top})
+        })
+        .collect();
+    json!({ "content": content, "refusal": null })
+}
+
+/// `logprobs` and `top_logprobs` as the router takes them: `None` when not asked.
+pub fn parse_logprobs(logprobs: Option<bool>, top: Option<u32>) -> Result<Option<usize>, ApiError> {
+    match (logprobs.unwrap_or(false), top) {
+        (false, Some(_)) => Err(invalid("top_logprobs needs logprobs: true")),
+        (_, Some(k)) if k as usize > revo_engine::engine::MAX_TOP_LOGPROBS => {
+            Err(invalid("top_logprobs is 0 to 20"))
+        }
+        (true, k) => Ok(Some(k.unwrap_or(0) as usize)),
+        (false, None) => Ok(None),
+    }
+}
+
+/// `route` (`auto` or `cascade`) and the cascade's `confidence_threshold`.
+pub fn parse_route(route: Option<&str>, threshold: Option<f64>) -> Result<bool, ApiError> {
+    let cascade = match route.unwrap_or("auto") {
+        "auto" => false,
+        "cascade" => true,
+        other => {
+            return Err(invalid(format!(
+                "route `{other}` is unknown (`auto` or `cascade`)"
+            )))
+        }
+    };
+    if threshold.is_some_and(|t| !(0.0..=1.0).contains(&t)) {
+        return Err(invalid("confidence_threshold is 0 to 1"));
+    }
+    if threshold.is_some() && !cascade {
+        return Err(invalid("confidence_threshold needs route: \"cascade\""));
+    }
+    Ok(cascade)
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -212,6 +291,7 @@ pub fn base_request(caller: &Caller, req: &HttpRequest, id: String, input: Input
         seed: None,
         tools: None,
         tool_choice: None,
+        logprobs: None,
         stream: false,
         options: RouteOptions {
             fallback_allowed: true,
@@ -406,11 +486,8 @@ pub async fn generate(
         (Some(_), None) => return Err(invalid("prompt is empty")),
         _ => return Err(invalid("give `prompt` or `messages`, not both")),
     };
-    if let Some(route) = r.route.as_deref().filter(|r| *r != "auto") {
-        return Err(invalid(format!(
-            "route `{route}` is not served by this build (only `auto`)"
-        )));
-    }
+    let cascade = parse_route(r.route.as_deref(), r.confidence_threshold)?;
+    let logprobs = parse_logprobs(r.logprobs, r.top_logprobs)?;
     let stop = r.stop.unwrap_or_default();
     check_sampling(r.max_tokens, r.temperature, r.top_p, &stop)?;
     let id = format!("gen-{}", Uuid::now_v7().simple());
@@ -422,30 +499,47 @@ pub async fn generate(
     rr.stop = stop;
     rr.seed = r.seed;
     rr.stream = stream;
+    rr.logprobs = logprobs;
     rr.options = RouteOptions {
         force_local: r.force_local.unwrap_or(false),
         model_preference: r.model_preference.filter(|m| m != "auto"),
         cost_limit: parse_cost_limit(r.cost_limit.as_deref())?,
         fallback_allowed: r.fallback_allowed.unwrap_or(true),
+        cascade,
+        confidence_threshold: r.confidence_threshold,
     };
     let rx = start(&state, rr).await?;
+    let with_logprobs = |a: &Answer| {
+        let mut g = GenerateResponse::of(&id, a);
+        if logprobs.is_some() {
+            g.logprobs = Some(openai_logprobs(&a.logprobs));
+        }
+        g
+    };
     if !stream {
         let a = finish(rx).await.map_err(|r| refusal_error(&r))?;
         let mut b = HttpResponse::Ok();
         served_by(&mut b, &a.model, a.provider, a.served_locally, Some(a.cost));
-        return Ok(b.json(GenerateResponse::of(&id, &a)));
+        return Ok(b.json(with_logprobs(&a)));
     }
     let (started, rx) = opening(rx).await?;
     let first = event(
         "started",
         &json!({"id": id, "model": started.model, "provider": started.provider, "served_locally": started.served_locally}),
     );
-    let frames = sse_stream(rx, id, |id: &mut String, u| match u {
+    let frames = sse_stream(rx, (id, logprobs.is_some()), |(id, lp), u| match u {
         Update::Text(t) => (event("token", &json!({ "text": t })), true),
         Update::ToolCall(v) => (event("tool_call", &json!({ "tool_calls": v })), true),
-        Update::Started { .. } => (String::new(), true),
+        // The tokens' log-probabilities come whole with `completed`.
+        Update::Started { .. } | Update::Logprobs(_) => (String::new(), true),
         Update::Done(r) => match *r {
-            Ok(a) => (event("completed", &GenerateResponse::of(id, &a)), false),
+            Ok(a) => {
+                let mut g = GenerateResponse::of(id, &a);
+                if *lp {
+                    g.logprobs = Some(openai_logprobs(&a.logprobs));
+                }
+                (event("completed", &g), false)
+            }
             Err(r) => {
                 let attempts: Vec<AttemptView> = r.attempts.iter().map(AttemptView::from).collect();
                 let e = json!({"code": r.code, "message": r.message, "attempts": attempts});

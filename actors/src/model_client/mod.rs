@@ -195,6 +195,9 @@ async fn relay(
                 // A closed channel is seen by `closed()` on the next turn.
                 let _ = job.events.send(Event::Text(text));
             }
+            Reply::Logprobs { logprobs } => {
+                let _ = job.events.send(Event::Logprobs(logprobs));
+            }
             done => {
                 if let Some(outcome) = done.outcome() {
                     let _ = job.events.send(Event::Done(outcome));

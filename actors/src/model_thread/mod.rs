@@ -63,6 +63,9 @@ pub struct Job {
 #[derive(Debug)]
 pub enum Event {
     Text(String),
+    /// A generated token's log-probabilities (only when the job's sampling asks for them;
+    /// they come before the text the token completes, which may be held back).
+    Logprobs(revo_engine::local::TokenLogprob),
     Done(Result<Outcome, Failure>),
 }
 

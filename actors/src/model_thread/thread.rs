@@ -310,6 +310,13 @@ fn deliver(
     let Some(r) = running.get_mut(&seq) else {
         return;
     };
+    if let Some(l) = update.logprobs {
+        if r.job.events.send(Event::Logprobs(l)).is_err() {
+            model.cancel(seq);
+            running.remove(&seq);
+            return;
+        }
+    }
     if let Some(text) = update.text {
         r.first.get_or_insert_with(Instant::now);
         if r.job.events.send(Event::Text(text)).is_err() {

@@ -281,6 +281,9 @@ impl Worker {
                 tokio::select! {
                     ev = rx.recv() => match ev {
                         Some(Event::Text(text)) => me.send(&inbox, &Reply::Text { text }).await,
+                        Some(Event::Logprobs(logprobs)) => {
+                            me.send(&inbox, &Reply::Logprobs { logprobs }).await
+                        }
                         Some(Event::Done(outcome)) => {
                             let reply = match outcome {
                                 Ok(o) => Reply::done(o),

@@ -35,6 +35,10 @@ pub enum Reply {
     Text {
         text: String,
     },
+    /// A token's log-probabilities (sent only when the request asks for them).
+    Logprobs {
+        logprobs: revo_engine::local::TokenLogprob,
+    },
     Alive,
     Done {
         text: String,
@@ -144,6 +148,7 @@ mod tests {
             messages: None,
             sampling: Sampling {
                 seed: Some(7),
+                logprobs: Some(2),
                 ..Sampling::greedy(5)
             },
             stop: vec!["\n".into()],

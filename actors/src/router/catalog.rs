@@ -68,7 +68,7 @@ pub struct Prices {
 }
 
 /// One model of the catalogue, checked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Entry {
     pub name: String,
     pub provider: Provider,
@@ -84,6 +84,9 @@ pub struct Entry {
     pub prices: Prices,
     pub capabilities: Vec<String>,
     pub tags: Vec<String>,
+    /// The cascade's bar for this model's answers (`route: "cascade"`); `None`: the router's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence_threshold: Option<f64>,
 }
 
 /// `[[models.catalog]]` as written.
@@ -104,10 +107,11 @@ pub struct EntryFile {
     pub output_usd_per_mtok: Option<String>,
     pub capabilities: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
+    pub confidence_threshold: Option<f64>,
 }
 
 /// The checked catalogue, ordered by priority (then name).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Catalog {
     pub entries: Vec<Entry>,
 }
@@ -194,7 +198,13 @@ impl Catalog {
                      max_output_tokens at most context_window"
                 ));
             }
+            if f.confidence_threshold
+                .is_some_and(|t| !(0.0..=1.0).contains(&t))
+            {
+                return Err(format!("{at}: confidence_threshold is 0 to 1"));
+            }
             entries.push(Entry {
+                confidence_threshold: f.confidence_threshold,
                 model: f.model.unwrap_or_else(|| f.name.clone()),
                 name: f.name,
                 provider,

@@ -9,9 +9,11 @@ pub struct RouterMetrics {
     pub attempts: IntCounterVec,
     pub tokens: IntCounterVec,
     pub cost_usd: CounterVec,
-    /// `first_choice`, `fallback`, `retry`, `no_candidate`, `escalated`.
+    /// `first_choice`, `fallback`, `retry`, `no_candidate`, `budget_refused`.
     pub decisions: IntCounterVec,
     pub breaker_state: IntGaugeVec,
+    /// Answers the cascade held back, by model and reason (`low_confidence`, `truncated`).
+    pub escalations: IntCounterVec,
     /// Time in Revo, excluding the provider, per request.
     pub overhead: HistogramVec,
 }
@@ -44,7 +46,7 @@ impl RouterMetrics {
             decisions: IntCounterVec::new(
                 Opts::new(
                     "revo_router_decisions_total",
-                    "Router decisions: first_choice, fallback, retry, no_candidate",
+                    "Router decisions: first_choice, fallback, retry, no_candidate, budget_refused",
                 ),
                 &["decision"],
             )?,
@@ -54,6 +56,13 @@ impl RouterMetrics {
                     "Circuit breaker per model: 0 closed, 1 half-open, 2 open",
                 ),
                 &["model"],
+            )?,
+            escalations: IntCounterVec::new(
+                Opts::new(
+                    "revo_router_cascade_escalations_total",
+                    "Local answers the cascade held back and escalated, by model and reason (low_confidence, truncated)",
+                ),
+                &["model", "reason"],
             )?,
             overhead: HistogramVec::new(
                 HistogramOpts::new(
@@ -75,6 +84,7 @@ impl RouterMetrics {
             Box::new(self.cost_usd.clone()),
             Box::new(self.decisions.clone()),
             Box::new(self.breaker_state.clone()),
+            Box::new(self.escalations.clone()),
             Box::new(self.overhead.clone()),
         ]
     }

@@ -10,6 +10,11 @@
 //!   same model with jittered back-off on 429/5xx/529 and connection errors (at least the
 //!   provider's `Retry-After`), then the next candidate, transparently until the first piece
 //!   of the answer has gone out; after it, a failure ends the answer with an error.
+//! - **Cascade** (`route: "cascade"`): a local model's answer that is not the last candidate
+//!   is held back until it ends; its confidence (the geometric mean of its tokens'
+//!   probabilities, from the engine's log-probabilities) must reach the threshold and it must
+//!   not be cut by `max_tokens`, or the request escalates to the next candidate. Both attempts
+//!   are recorded, the held-back one as `escalated` with its confidence.
 //! - **Recording**: when the request ends, every attempt is appended as one
 //!   `generation.attempt` event each, in one append, before the caller hears the outcome. The
 //!   task reads a cloud answer to its end even when the caller has gone, so the ledger holds
@@ -31,6 +36,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use revo_engine::local::TokenLogprob;
 use revo_events::family::generation::TokenUsage;
 use revo_events::{EventMeta, EventStore, Usd};
 use tokio::sync::mpsc;
@@ -41,6 +47,10 @@ use breaker::{Breaker, BreakerSettings, State};
 use catalog::{Catalog, Entry, Provider};
 use cost::TOOLS_ALLOWANCE;
 use provider::ChatMessage;
+
+/// The cascade's default bar: a local answer whose tokens average (geometrically) under this
+/// probability escalates.
+pub const DEFAULT_CASCADE_THRESHOLD: f64 = 0.5;
 
 /// How long a local server's probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -68,6 +78,8 @@ pub struct RouterSettings {
     /// `max_tokens` when the request names none.
     pub default_max_tokens: u32,
     pub breaker: BreakerSettings,
+    /// The cascade's confidence bar when neither the request nor the model sets one.
+    pub cascade_threshold: f64,
 }
 
 impl Default for RouterSettings {
@@ -82,6 +94,7 @@ impl Default for RouterSettings {
             max_retry_wait: Duration::from_secs(2),
             default_max_tokens: 1024,
             breaker: BreakerSettings::default(),
+            cascade_threshold: DEFAULT_CASCADE_THRESHOLD,
         }
     }
 }
@@ -125,6 +138,10 @@ pub struct RouteOptions {
     pub cost_limit: Option<Usd>,
     /// Whether models other than the first choice may serve.
     pub fallback_allowed: bool,
+    /// `route: "cascade"`: local answers are held back and judged before they are served.
+    pub cascade: bool,
+    /// The cascade's bar for this request (0 to 1); `None`: the model's, then the router's.
+    pub confidence_threshold: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +159,8 @@ pub struct RouteRequest {
     pub seed: Option<u64>,
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
+    /// Return each token's log-probability and this many alternatives (local models).
+    pub logprobs: Option<usize>,
     /// Ask providers for a stream (the caller streams) or a whole answer.
     pub stream: bool,
     pub options: RouteOptions,
@@ -152,11 +171,15 @@ pub struct RouteRequest {
 pub struct AttemptReport {
     pub model: String,
     pub provider: &'static str,
-    /// `completed`, `failed` or `cancelled`.
+    /// `completed`, `failed`, `cancelled` or `escalated` (held back by the cascade).
     pub outcome: &'static str,
+    /// Why it failed, or why the cascade escalated (`low_confidence`, `truncated`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub cost_usd: Usd,
+    /// The answer's confidence, where log-probabilities were computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
 }
 
 /// A served request.
@@ -173,6 +196,10 @@ pub struct Answer {
     pub usage: TokenUsage,
     pub cost: Usd,
     pub attempts: Vec<AttemptReport>,
+    /// Each token's log-probabilities, when the request asked and the model gave them.
+    pub logprobs: Vec<TokenLogprob>,
+    /// The geometric mean of the tokens' probabilities, where they were computed.
+    pub confidence: Option<f64>,
 }
 
 /// A request no model served.
@@ -210,6 +237,8 @@ pub enum Update {
     },
     Text(String),
     ToolCall(serde_json::Value),
+    /// A token's log-probabilities (when the request asked), before the text it completes.
+    Logprobs(TokenLogprob),
     Done(Box<Result<Answer, Refusal>>),
 }
 

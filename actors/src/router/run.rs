@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use super::catalog::{Entry, Provider};
 use super::provider::{self, ChatRequest, Piece, Reply, UpstreamError};
 use super::{
-    budget, Answer, AttemptReport, Candidate, Inner, Input, Refusal, RouteRequest, Update,
+    budget, Answer, AttemptReport, Candidate, Inner, Input, Refusal, RouteRequest, TokenLogprob,
+    Update,
 };
 use crate::model_thread::{self, Job, SubmitError, FAILURE_CODES};
 
@@ -26,6 +27,11 @@ struct Attempt {
     usage_reported: bool,
     first_ms: Option<u64>,
     duration: Duration,
+    /// Tokens' log-probabilities (local models, when computed) and their confidence.
+    logprobs: Vec<TokenLogprob>,
+    confidence: Option<f64>,
+    /// Why the cascade held this answer back.
+    escalation: Option<&'static str>,
 }
 
 impl Attempt {
@@ -38,8 +44,13 @@ impl Attempt {
             model: self.entry.name.clone(),
             provider: self.entry.provider.as_str(),
             outcome: self.outcome,
-            error: self.error.as_ref().map(|e| e.to_string()),
+            error: self
+                .error
+                .as_ref()
+                .map(|e| e.to_string())
+                .or_else(|| self.escalation.map(str::to_owned)),
             cost_usd: self.cost(),
+            confidence: self.confidence,
         }
     }
 }
@@ -51,6 +62,18 @@ enum Ended {
     Before(UpstreamError),
     /// Failed (or the caller left) after pieces reached the caller.
     After(UpstreamError),
+    /// Held back by the cascade (nothing reached the caller): the next candidate serves.
+    Escalated,
+}
+
+/// The geometric mean of the tokens' probabilities: exp of their mean log-probability, in
+/// [0, 1]. `None` without tokens.
+pub(super) fn confidence(tokens: &[TokenLogprob]) -> Option<f64> {
+    if tokens.is_empty() {
+        return None;
+    }
+    let sum: f64 = tokens.iter().map(|t| f64::from(t.logprob)).sum();
+    Some((sum / tokens.len() as f64).exp())
 }
 
 pub(super) async fn run(
@@ -74,9 +97,12 @@ pub(super) async fn run(
                 .decisions
                 .with_label_values(&[if retry > 0 { "retry" } else { decision }])
                 .inc();
-            let (ended, attempt) = attempt(i, req, cand, tx).await;
+            // The cascade judges a local answer only while a later candidate could do better.
+            let gated =
+                req.options.cascade && cand.entry.provider.is_local() && n + 1 < candidates.len();
+            let (ended, attempt) = attempt(i, req, cand, gated, tx).await;
             let breaker_result = match &ended {
-                Ended::Completed(..) => None,
+                Ended::Completed(..) | Ended::Escalated => None,
                 Ended::Before(e) | Ended::After(e) => Some(e.clone()),
             };
             settle_breaker(i, &cand.entry.name, breaker_result.as_ref());
@@ -89,6 +115,14 @@ pub(super) async fn run(
                 Ended::After(e) => {
                     last_err = Some(e);
                     break 'models;
+                }
+                Ended::Escalated => {
+                    let why = attempts.last().and_then(|a| a.escalation).unwrap_or("");
+                    i.metrics
+                        .escalations
+                        .with_label_values(&[&cand.entry.name, why])
+                        .inc();
+                    continue 'models;
                 }
                 Ended::Before(e) => {
                     let fault = e.is_request_fault();
@@ -136,6 +170,12 @@ pub(super) async fn run(
                 .iter()
                 .fold(Usd::ZERO, |s, a| s.checked_add(a.cost()).unwrap_or(s)),
             attempts: reports,
+            logprobs: if req.logprobs.is_some() {
+                a.logprobs.clone()
+            } else {
+                Vec::new()
+            },
+            confidence: a.confidence,
         });
     }
     let mut refusal = match last_err {
@@ -193,11 +233,13 @@ fn backoff(base: Duration, retry: u32, retry_after: Option<Duration>) -> Duratio
     jittered.max(retry_after.unwrap_or_default())
 }
 
-/// One attempt at one model; pieces go to the caller as they come.
+/// One attempt at one model; pieces go to the caller as they come, or, `gated` by the
+/// cascade, once the whole answer has been judged.
 async fn attempt(
     i: &Inner,
     req: &RouteRequest,
     cand: &Candidate,
+    gated: bool,
     tx: &mpsc::Sender<Update>,
 ) -> (Ended, Attempt) {
     let t0 = Instant::now();
@@ -210,12 +252,15 @@ async fn attempt(
         usage_reported: false,
         first_ms: None,
         duration: Duration::ZERO,
+        logprobs: Vec::new(),
+        confidence: None,
+        escalation: None,
     };
     let s = &i.settings;
     let deadline = tokio::time::Instant::now() + s.total_timeout;
     let opened = match tokio::time::timeout_at(
         deadline.min(tokio::time::Instant::now() + s.first_token_timeout),
-        open(i, req, cand),
+        open(i, req, cand, gated),
     )
     .await
     {
@@ -236,6 +281,13 @@ async fn attempt(
     let mut calls = Vec::new();
     let mut sent = false;
     let mut caller_gone = false;
+    // What a gated answer would have sent, released if it passes.
+    let mut held: Vec<Update> = Vec::new();
+    let started = || Update::Started {
+        model: cand.entry.name.clone(),
+        provider: cand.entry.provider.as_str(),
+        served_locally: cand.entry.provider.is_local(),
+    };
     let local = cand.entry.provider == Provider::Local;
     let ended = loop {
         let limit = if rec.first_ms.is_none() {
@@ -272,10 +324,47 @@ async fn attempt(
                 finish_reason,
                 usage,
             } => {
-                rec.finish_reason = Some(finish_reason);
                 rec.usage_reported = usage.is_some();
                 rec.usage = usage.unwrap_or_default();
+                rec.confidence = confidence(&rec.logprobs);
+                if gated {
+                    let bar = req
+                        .options
+                        .confidence_threshold
+                        .or(cand.entry.confidence_threshold)
+                        .unwrap_or(s.cascade_threshold);
+                    let why = if finish_reason == "length" {
+                        Some("truncated")
+                    } else if rec.confidence.is_none_or(|c| c < bar) {
+                        Some("low_confidence")
+                    } else {
+                        None
+                    };
+                    rec.finish_reason = Some(finish_reason);
+                    if why.is_some() {
+                        rec.escalation = why;
+                        break Ended::Escalated;
+                    }
+                    // It passed: what was held back goes out now.
+                    for u in std::iter::once(started()).chain(held.drain(..)) {
+                        if tx.send(u).await.is_err() {
+                            caller_gone = true;
+                            break;
+                        }
+                    }
+                } else {
+                    rec.finish_reason = Some(finish_reason);
+                }
                 break Ended::Completed(std::mem::take(&mut text), std::mem::take(&mut calls));
+            }
+            Piece::Logprobs(l) => {
+                let wanted = req.logprobs.is_some();
+                let update = wanted.then(|| Update::Logprobs(l.clone()));
+                rec.logprobs.push(l);
+                match update {
+                    Some(u) => u,
+                    None => continue,
+                }
             }
             Piece::Text(t) => {
                 text.push_str(&t);
@@ -289,14 +378,13 @@ async fn attempt(
         if caller_gone {
             continue;
         }
+        if gated {
+            held.push(update);
+            continue;
+        }
         if !sent {
             sent = true;
-            let started = Update::Started {
-                model: cand.entry.name.clone(),
-                provider: cand.entry.provider.as_str(),
-                served_locally: cand.entry.provider.is_local(),
-            };
-            caller_gone = tx.send(started).await.is_err();
+            caller_gone = tx.send(started()).await.is_err();
         }
         if !caller_gone {
             caller_gone = tx.send(update).await.is_err();
@@ -309,6 +397,7 @@ async fn attempt(
     rec.duration = t0.elapsed();
     match &ended {
         Ended::Completed(..) => rec.outcome = "completed",
+        Ended::Escalated => rec.outcome = "escalated",
         Ended::After(_) if caller_gone => rec.outcome = "cancelled",
         _ => {}
     }
@@ -321,10 +410,18 @@ async fn attempt(
 }
 
 /// Opens the model's answer.
-async fn open(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, UpstreamError> {
+async fn open(
+    i: &Inner,
+    req: &RouteRequest,
+    cand: &Candidate,
+    gated: bool,
+) -> Result<Reply, UpstreamError> {
     let e = &cand.entry;
     if e.provider == Provider::Local {
-        return open_local(i, req, cand);
+        // The cascade needs the tokens' log-probabilities even when the caller does not (and
+        // records the last tier's confidence too).
+        let logprobs = req.logprobs.or((gated || req.options.cascade).then_some(0));
+        return open_local(i, req, cand, logprobs);
     }
     let chat = ChatRequest {
         model: e.model.clone(),
@@ -358,7 +455,12 @@ async fn open(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, 
 }
 
 /// A local model's answer, as pieces: its worker's events.
-fn open_local(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, UpstreamError> {
+fn open_local(
+    i: &Inner,
+    req: &RouteRequest,
+    cand: &Candidate,
+    logprobs: Option<usize>,
+) -> Result<Reply, UpstreamError> {
     use revo_engine::engine::Sampling;
     let sampling = Sampling {
         max_tokens: cand.max_tokens as usize,
@@ -367,6 +469,7 @@ fn open_local(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, 
         top_k: 0,
         repetition_penalty: 1.0,
         seed: req.seed,
+        logprobs,
     };
     sampling.validate().map_err(|e| UpstreamError::Status {
         status: 422,
@@ -413,6 +516,7 @@ fn open_local(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, 
         let mut rx = rx?;
         match rx.recv().await? {
             model_thread::Event::Text(t) => Some((Ok(Piece::Text(t)), Some(rx))),
+            model_thread::Event::Logprobs(l) => Some((Ok(Piece::Logprobs(l)), Some(rx))),
             model_thread::Event::Done(Ok(o)) => {
                 let usage = TokenUsage {
                     input: o.prompt_tokens as u64,
@@ -496,6 +600,8 @@ async fn record(i: &Inner, req: &RouteRequest, attempts: &[Attempt], holds: &[re
             time_to_first_token_ms: a.first_ms,
             duration_ms: a.duration.as_millis() as u64,
             holds: holds.to_vec(),
+            confidence: a.confidence,
+            escalation: a.escalation.map(str::to_owned),
         };
         match ev.to_new_event(req.meta.clone()) {
             Ok(new) => events.push(new),

@@ -102,6 +102,14 @@ pub enum GenerationEvent {
         /// The budget leases the request spent against (`family::budget`).
         #[serde(default)]
         holds: Vec<crate::family::budget::Hold>,
+        /// The geometric mean of the answer's token probabilities (local models, when
+        /// computed: the cascade, or `logprobs` asked).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        confidence: Option<f64>,
+        /// Why the cascade held the answer back (`low_confidence`, `truncated`), with
+        /// `outcome: "escalated"`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        escalation: Option<String>,
     },
 }
 
@@ -134,6 +142,9 @@ pub struct LedgerRow {
     /// Requests answered by this model, and attempts on it that failed or were held back.
     pub requests: u64,
     pub failed_attempts: u64,
+    /// Answers the cascade held back (local, then served by a later model).
+    #[serde(default)]
+    pub escalated_attempts: u64,
     pub usage: TokenUsage,
     pub cost_usd: Usd,
     /// Whether some usage was not reported by the provider (a cut stream).
@@ -171,10 +182,10 @@ impl LedgerProjection {
             served_locally: a.served_locally,
             ..LedgerRow::default()
         });
-        if a.answered {
-            row.requests += 1;
-        } else {
-            row.failed_attempts += 1;
+        match a.outcome {
+            Fold::Answered => row.requests += 1,
+            Fold::Escalated => row.escalated_attempts += 1,
+            Fold::Failed => row.failed_attempts += 1,
         }
         row.usage.add(&a.usage);
         row.cost_usd = row.cost_usd.checked_add(a.cost).unwrap_or(row.cost_usd);
@@ -184,13 +195,19 @@ impl LedgerProjection {
     }
 }
 
+enum Fold {
+    Answered,
+    Escalated,
+    Failed,
+}
+
 struct AttemptFold {
     user_id: Uuid,
     key_id: Option<Uuid>,
     model: String,
     provider: String,
     served_locally: bool,
-    answered: bool,
+    outcome: Fold,
     usage: TokenUsage,
     usage_reported: bool,
     cost: Usd,
@@ -239,7 +256,7 @@ impl Projection for LedgerProjection {
                 model,
                 provider: "local".into(),
                 served_locally: true,
-                answered: true,
+                outcome: Fold::Answered,
                 usage: TokenUsage {
                     input: prompt_tokens,
                     output: completion_tokens,
@@ -269,7 +286,11 @@ impl Projection for LedgerProjection {
             model,
             provider,
             served_locally,
-            answered: outcome == "completed",
+            outcome: match outcome.as_str() {
+                "completed" => Fold::Answered,
+                "escalated" => Fold::Escalated,
+                _ => Fold::Failed,
+            },
             usage,
             usage_reported,
             cost: cost_usd,
@@ -338,6 +359,8 @@ mod tests {
             time_to_first_token_ms: None,
             duration_ms: 5,
             holds: Vec::new(),
+            confidence: None,
+            escalation: None,
         }
     }
 

@@ -46,6 +46,8 @@ pub struct ChatRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Piece {
     Text(String),
+    /// A token's log-probabilities (local models, when asked).
+    Logprobs(revo_engine::local::TokenLogprob),
     /// An OpenAI-format `tool_calls` delta (or, unstreamed, the whole call).
     ToolCall(serde_json::Value),
     /// The end: OpenAI's finish reason (`stop`, `length`, `tool_calls`, `content_filter`)
