@@ -138,29 +138,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Embedded mode: every registered local model gets a thread in this process. Cluster
     // mode: requests go to `revo worker` processes over NATS.
-    let inference = Arc::new(match &config.mode {
-        Mode::Embedded { .. } => {
-            let local: Vec<(String, std::path::PathBuf)> = models
-                .read()
-                .all()
-                .map(|m| (m.name.clone(), config.models_dir().join(&m.dir)))
-                .collect();
-            Inference::embedded(
-                &sup,
-                config.ort_dylib.clone(),
-                local,
-                &config.models,
-                &node_id,
-                subjects.clone(),
-            )
-            .await?
+    let inference = Arc::new(
+        match &config.mode {
+            Mode::Embedded { .. } => {
+                let local: Vec<(String, std::path::PathBuf)> = models
+                    .read()
+                    .all()
+                    .map(|m| (m.name.clone(), config.models_dir().join(&m.dir)))
+                    .collect();
+                Inference::embedded(
+                    &sup,
+                    config.ort_dylib.clone(),
+                    local,
+                    &config.models,
+                    &node_id,
+                    subjects.clone(),
+                )
+                .await?
+            }
+            Mode::Cluster { nats_url, .. } => {
+                Inference::cluster(&sup, nats_url, subjects.clone(), &config.models)
+                    .await
+                    .context("connecting to NATS for the model workers")?
+            }
         }
-        Mode::Cluster { nats_url, .. } => {
-            Inference::cluster(&sup, nats_url, subjects.clone(), &config.models)
-                .await
-                .context("connecting to NATS for the model workers")?
-        }
-    });
+        .counted(metrics.generation.clone()),
+    );
     // Embedded: answer only once the local models can take requests.
     inference.wait_local(Duration::from_secs(120)).await;
     let projectors = projections::all()

@@ -114,19 +114,38 @@ async fn completions_over_http(data: &str, name: &str) {
         format!("revo_generation_tokens_total{{kind=\"completion\",model=\"{name}\"}}");
     assert!(metrics.contains(&completion), "{metrics}");
     assert!(served.stop().await.success());
-    // Every generation is an event.
+    // Every generation is an attempt in the log (the refusal that reached the model too),
+    // served locally for free by the model named, which the catalogue does not list.
     let (_, out, _) = output(&mut revo_cmd(
         &["events", "tail", "--stream-type", "generation"],
         &[("REVO_DATA_DIR", data)],
     ));
-    let generations: Vec<serde_json::Value> = out
+    let attempts: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(generations.len(), 5, "{out}");
-    assert_eq!(generations[0]["payload"]["model"], name);
-    assert_eq!(generations[0]["payload"]["completion_tokens"], 48);
-    assert_eq!(generations[0]["payload"]["device"], "cpu");
+    let completed: Vec<&serde_json::Value> = attempts
+        .iter()
+        .filter(|g| g["payload"]["outcome"] == "completed")
+        .collect();
+    assert_eq!(completed.len(), 5, "{out}");
+    let first = &completed[0]["payload"];
+    assert_eq!(
+        (&first["model"], &first["provider"], &first["cost_usd"]),
+        (
+            &serde_json::json!(name),
+            &serde_json::json!("local"),
+            &serde_json::json!("0")
+        ),
+        "{first}"
+    );
+    assert_eq!(first["usage"]["output"], 48);
+    assert_eq!(first["device"], "cpu");
+    let refused = attempts
+        .iter()
+        .find(|g| g["payload"]["outcome"] == "failed")
+        .unwrap();
+    assert_eq!(refused["payload"]["error_code"], "upstream_rejected");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

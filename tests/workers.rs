@@ -174,11 +174,22 @@ async fn edges_generate_through_workers_and_notice_a_dead_one() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(generations.len() > cases.len(), "{out}");
-    for g in &generations {
+    let completed: Vec<&serde_json::Value> = generations
+        .iter()
+        .filter(|g| g["payload"]["outcome"] == "completed")
+        .collect();
+    assert!(completed.len() > cases.len(), "{out}");
+    for g in &completed {
         assert_eq!(g["payload"]["node"], worker_id.as_str());
         assert_eq!(g["payload"]["device"], "cpu");
     }
+    // The generation the kill cut short is recorded too, as failed with what it cost (0).
+    assert!(
+        generations
+            .iter()
+            .any(|g| g["payload"]["error_code"] == "upstream_error"),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

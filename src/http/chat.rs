@@ -146,6 +146,7 @@ fn options(w: Wishes<'_>) -> Result<RouteOptions, ApiError> {
         fallback_allowed: w.fallback.unwrap_or(auto),
         cascade: parse_route(w.route, w.confidence_threshold)?,
         confidence_threshold: w.confidence_threshold,
+        registry_model: false,
     })
 }
 

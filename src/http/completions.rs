@@ -1,28 +1,30 @@
-//! `POST /v1/completions`: OpenAI's completions shape, served by a local model through the
-//! in-process worker (`src/inference.rs`); `stream: true` answers with server-sent events.
+//! `POST /v1/completions`: OpenAI's (legacy) completions shape, through the router like every
+//! generation: `model` is a catalogue name, `auto`, or a model of the local registry the
+//! catalogue does not list (served locally, free). `stream: true` answers with server-sent
+//! events.
 
-use actix_web::http::StatusCode;
 use actix_web::{post, web, HttpRequest, HttpResponse};
-use bytes::Bytes;
 use chrono::Utc;
-use revo_engine::engine::Sampling;
-use revo_events::family::models::GENERATION_STREAM;
-use revo_events::{AppendRequest, EventFamily, EventMeta, ExpectedVersion, ModelEvent};
+use revo_actors::router::{Answer, Input, RouteOptions, TokenLogprob, Update};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
-use tokio::sync::mpsc;
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
+use super::generate::{
+    base_request, check_sampling, finish, opening, parse_cost_limit, parse_route, refusal_error,
+    served_by, sse_response, sse_stream, start,
+};
 use super::json::Json;
 use super::openapi::{BodyErrors, CallerErrors};
 use super::AppState;
-use revo_actors::model_thread::{Event, Failure, Job, Outcome, SubmitError, FAILURE_CODES};
-use revo_actors::model_worker::wire::finish_reason;
 
 pub const MAX_TOKENS_LIMIT: u32 = 4096;
+
+/// Most alternatives per token OpenAI's completions `logprobs` takes.
+pub const MAX_LOGPROBS: u32 = 5;
 
 /// `stop`: one string or up to four.
 #[derive(Deserialize, ToSchema)]
@@ -35,7 +37,7 @@ pub enum Stop {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CompletionRequest {
-    /// A local model's registry name (`revo models list`).
+    /// A catalogue name, `auto`, or a local model's registry name (`revo models list`).
     pub model: String,
     #[schema(min_length = 1)]
     pub prompt: String,
@@ -47,22 +49,39 @@ pub struct CompletionRequest {
     pub temperature: Option<f32>,
     #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
-    /// 0: no limit.
+    /// Local models: 0 is no limit.
     pub top_k: Option<u32>,
+    /// Local models.
     #[schema(exclusive_minimum = 0, maximum = 10)]
     pub repetition_penalty: Option<f32>,
     pub stop: Option<Stop>,
     /// Same seed and parameters, same output.
     pub seed: Option<u64>,
     pub stream: Option<bool>,
+    /// Each token's log-probability and this many likeliest alternatives (0 to 5; local
+    /// models).
+    #[schema(minimum = 0, maximum = 5)]
+    pub logprobs: Option<u32>,
+    /// Revo: only local models.
+    pub force_local: Option<bool>,
+    /// Revo: most this request may cost, dollars as a decimal string.
+    pub cost_limit: Option<String>,
+    /// Revo: whether another model may serve (default: false for a named model, true for
+    /// `auto`).
+    pub fallback_allowed: Option<bool>,
+    /// Revo: `auto` or `cascade` (see `POST /ai/generate`).
+    pub route: Option<String>,
+    /// Revo: the cascade's confidence bar, 0 to 1.
+    pub confidence_threshold: Option<f64>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Choice {
     pub text: String,
     pub index: u32,
-    /// Always null (not computed).
-    pub logprobs: Option<String>,
+    /// With `logprobs`: `tokens`, `token_logprobs`, `top_logprobs` and `text_offset`.
+    #[schema(value_type = Option<Object>)]
+    pub logprobs: Option<Value>,
     /// `stop` or `length`; null in all but the last streamed chunk.
     pub finish_reason: Option<String>,
 }
@@ -75,11 +94,12 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn of(o: &Outcome) -> Usage {
+    fn of(a: &Answer) -> Usage {
+        let u = &a.usage;
         Usage {
-            prompt_tokens: o.prompt_tokens as u64,
-            completion_tokens: o.completion_tokens as u64,
-            total_tokens: (o.prompt_tokens + o.completion_tokens) as u64,
+            prompt_tokens: u.prompt(),
+            completion_tokens: u.output,
+            total_tokens: u.prompt() + u.output,
         }
     }
 }
@@ -93,107 +113,58 @@ pub struct Completion {
     pub model: String,
     pub choices: Vec<Choice>,
     pub usage: Option<Usage>,
+    /// Revo: the provider that served, whether locally, and the exact cost (last chunk).
+    #[schema(value_type = Option<Object>)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revo: Option<Value>,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::unprocessable("invalid_parameter", message)
 }
 
-fn sampling(r: &CompletionRequest) -> Result<(Sampling, Vec<String>), ApiError> {
-    let max_tokens = r.max_tokens.unwrap_or(16);
-    if max_tokens == 0 || max_tokens > MAX_TOKENS_LIMIT {
-        return Err(invalid(format!("max_tokens is 1 to {MAX_TOKENS_LIMIT}")));
-    }
-    if r.prompt.is_empty() {
-        return Err(invalid("prompt is empty"));
-    }
-    let s = Sampling {
-        max_tokens: max_tokens as usize,
-        temperature: r.temperature.unwrap_or(1.0),
-        top_p: r.top_p.unwrap_or(1.0),
-        top_k: r.top_k.unwrap_or(0) as usize,
-        repetition_penalty: r.repetition_penalty.unwrap_or(1.0),
-        seed: r.seed,
-        logprobs: None,
-    };
-    s.validate().map_err(|e| invalid(e.to_string()))?;
-    let stop = match &r.stop {
-        None => Vec::new(),
-        Some(Stop::One(s)) => vec![s.clone()],
-        Some(Stop::Many(v)) => v.clone(),
-    };
-    if stop.len() > 4 || stop.iter().any(String::is_empty) {
-        return Err(invalid("stop is up to 4 non-empty strings"));
-    }
-    Ok((s, stop))
+fn revo(a: &Answer) -> Value {
+    json!({"provider": a.provider, "served_locally": a.served_locally, "cost_usd": a.cost.to_string()})
 }
 
-fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
-}
-
-fn failed(f: Failure) -> ApiError {
-    let status = FAILURE_CODES
+/// Tokens' log-probabilities in the completions format; `offset` is where the first token
+/// starts (after the prompt, in characters).
+fn legacy_logprobs(tokens: &[TokenLogprob], offset: &mut usize) -> Value {
+    let mut text_offset = Vec::with_capacity(tokens.len());
+    for t in tokens {
+        text_offset.push(*offset);
+        *offset += t.token.chars().count();
+    }
+    let top: Vec<Value> = tokens
         .iter()
-        .find(|(c, _)| *c == f.code)
-        .and_then(|(_, s)| StatusCode::from_u16(*s).ok())
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let e = ApiError::new(status, f.code, f.message);
-    if f.code == "model_busy" {
-        e.with_retry_after(1)
-    } else {
-        e
-    }
+        .map(|t| {
+            let m: serde_json::Map<String, Value> = t
+                .top
+                .iter()
+                .map(|a| (a.token.clone(), json!(a.logprob)))
+                .collect();
+            Value::Object(m)
+        })
+        .collect();
+    json!({
+        "tokens": tokens.iter().map(|t| t.token.as_str()).collect::<Vec<_>>(),
+        "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": text_offset,
+    })
 }
 
-/// Appends `generation.completed` (before the caller answers, so a completed generation is
-/// never missing from the log). A failure is logged, not returned: the text was generated.
-async fn record(
-    store: std::sync::Arc<dyn revo_events::EventStore>,
-    id: String,
-    model: String,
-    o: Outcome,
-    meta: EventMeta,
-) {
-    let ev = ModelEvent::GenerationCompleted {
-        id: id.clone(),
-        model,
-        node: o.worker.clone(),
-        device: o.device.clone(),
-        prompt_tokens: o.prompt_tokens as u64,
-        completion_tokens: o.completion_tokens as u64,
-        time_to_first_token_ms: o.time_to_first_token_ms,
-        duration_ms: o.duration_ms,
-        finish_reason: finish_reason(o.finish).into(),
-    };
-    let appended = match ev.to_new_event(meta) {
-        Ok(new) => store
-            .append(AppendRequest::new(
-                GENERATION_STREAM,
-                &id,
-                ExpectedVersion::NoStream,
-                vec![new],
-            ))
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    if let Err(e) = appended {
-        tracing::warn!(error = %e, "could not record a generation");
-    }
-}
-
-/// Generates text with a local model (OpenAI's completions API).
+/// Generates text from a prompt (OpenAI's completions API), through the router.
 #[utoipa::path(
     tag = "models",
     security(("bearer" = ["generate"])),
     request_body = CompletionRequest,
     responses(
-        (status = 200, description = "The completion; with `stream: true`, server-sent events of `Completion` chunks ending with `data: [DONE]`", body = Completion),
-        (status = 404, description = "No such local model", body = ErrorBody),
-        (status = 502, description = "The worker generating the text stopped answering (`worker_lost`)", body = ErrorBody),
-        (status = 503, description = "The model is busy (`model_busy`), not loaded or has no worker (`model_unavailable`)", body = ErrorBody),
+        (status = 200, description = "The completion; with `stream: true`, server-sent events of `Completion` chunks ending with `data: [DONE]`; headers `x-revo-model`, `x-revo-provider`, `x-revo-served-locally` and (unstreamed) `x-revo-cost-usd`", body = Completion),
+        (status = 400, description = "The prompt and `max_tokens` do not fit the model's context (`context_length_exceeded`)", body = ErrorBody),
+        (status = 404, description = "No such model in the catalogue or the local registry", body = ErrorBody),
+        (status = 502, description = "The worker generating the text stopped answering (`worker_lost`), or every model tried failed", body = ErrorBody),
+        (status = 503, description = "The model is busy (`model_busy`), not loaded or has no worker (`model_unavailable`), or no model can serve (`no_model_available`)", body = ErrorBody),
         BodyErrors,
         CallerErrors,
     )
@@ -206,115 +177,128 @@ pub async fn create(
     body: Json<CompletionRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let r = body.0;
-    let (sampling, stop) = sampling(&r)?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let job = Job {
-        prompt: r.prompt,
-        messages: None,
-        sampling,
-        stop,
-        events: tx,
-        received: std::time::Instant::now(),
-    };
-    if let Err(e) = state.inference.submit(&r.model, job) {
-        let not_found = || ApiError::new(StatusCode::NOT_FOUND, "model_not_found", e.to_string());
-        return Err(match &e {
-            SubmitError::Unknown(_) => not_found(),
-            SubmitError::Busy(_) => unavailable("model_busy", e.to_string()).with_retry_after(1),
-            SubmitError::Down(_) => unavailable("model_unavailable", e.to_string()),
-            // No worker serves it: a model the registry does not know is a 404. The registry
-            // is this edge's live view (memory), never a fold of the log per request.
-            SubmitError::NoWorker(m) => {
-                let known = state.models.read().get(m).is_some();
-                if known {
-                    unavailable("model_unavailable", e.to_string())
-                } else {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        "model_not_found",
-                        format!("no local model named `{m}`"),
-                    )
-                }
-            }
-        });
+    let max_tokens = r.max_tokens.unwrap_or(16);
+    if max_tokens == 0 || max_tokens > MAX_TOKENS_LIMIT {
+        return Err(invalid(format!("max_tokens is 1 to {MAX_TOKENS_LIMIT}")));
     }
+    if r.prompt.is_empty() {
+        return Err(invalid("prompt is empty"));
+    }
+    let stop = match r.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(v)) => v,
+    };
+    check_sampling(Some(max_tokens), r.temperature, r.top_p, &stop)?;
+    if r.repetition_penalty
+        .is_some_and(|p| !(p > 0.0 && p <= 10.0))
+    {
+        return Err(invalid("repetition_penalty is above 0 and at most 10"));
+    }
+    if r.logprobs.is_some_and(|k| k > MAX_LOGPROBS) {
+        return Err(invalid(format!("logprobs is 0 to {MAX_LOGPROBS}")));
+    }
+    let auto = r.model == "auto";
+    let options = RouteOptions {
+        force_local: r.force_local.unwrap_or(false),
+        model_preference: (!auto).then(|| r.model.clone()),
+        cost_limit: parse_cost_limit(r.cost_limit.as_deref())?,
+        fallback_allowed: r.fallback_allowed.unwrap_or(auto),
+        cascade: parse_route(r.route.as_deref(), r.confidence_threshold)?,
+        confidence_threshold: r.confidence_threshold,
+        registry_model: false,
+    };
     let id = format!("cmpl-{}", Uuid::now_v7().simple());
     let created = Utc::now().timestamp();
-    let meta = caller.meta(&req);
-    if !r.stream.unwrap_or(false) {
-        loop {
-            match rx.recv().await {
-                Some(Event::Text(_) | Event::Logprobs(_)) => {}
-                Some(Event::Done(Ok(o))) => {
-                    state.metrics.generation.completed(&r.model, &o);
-                    record(
-                        state.store.clone(),
-                        id.clone(),
-                        r.model.clone(),
-                        o.clone(),
-                        meta,
-                    )
-                    .await;
-                    let usage = Some(Usage::of(&o));
-                    return Ok(HttpResponse::Ok().json(Completion {
-                        id,
-                        object: "text_completion".into(),
-                        created,
-                        model: r.model,
-                        choices: vec![Choice {
-                            text: o.text,
-                            index: 0,
-                            logprobs: None,
-                            finish_reason: Some(finish_reason(o.finish).into()),
-                        }],
-                        usage,
-                    }));
-                }
-                Some(Event::Done(Err(f))) => {
-                    state.metrics.generation.failed(&r.model, f.code);
-                    return Err(failed(f));
-                }
-                None => return Err(unavailable("model_unavailable", "the model worker stopped")),
-            }
-        }
-    }
-    // Streaming: one SSE event per piece of text, then the finish, then [DONE]. The response
-    // body turns worker events into SSE bytes as the client reads them; a client that leaves
-    // drops the body and with it `rx`, which stops the worker at its next token.
-    let sse = Sse {
-        rx,
-        state,
+    let stream = r.stream.unwrap_or(false);
+    let offset = r.prompt.chars().count();
+    let mut rr = base_request(&caller, &req, id.clone(), Input::Prompt(r.prompt));
+    rr.max_tokens = Some(max_tokens);
+    rr.temperature = r.temperature;
+    rr.top_p = r.top_p;
+    rr.top_k = r.top_k;
+    rr.repetition_penalty = r.repetition_penalty;
+    rr.stop = stop;
+    rr.seed = r.seed;
+    rr.stream = stream;
+    rr.logprobs = r.logprobs.map(|k| k as usize);
+    rr.options = options;
+    let rx = start(&state, rr).await?;
+    let mut ctx = Chunks {
         id,
         created,
-        model: r.model,
-        meta,
+        model: String::new(),
+        pending: r.logprobs.map(|_| Vec::new()),
+        offset,
     };
-    let stream = futures::stream::unfold(Some(sse), |sse| async move {
-        let mut sse = sse?;
-        let (bytes, more) = sse.next().await;
-        Some((Ok::<_, actix_web::Error>(bytes), more.then_some(sse)))
+    if !stream {
+        let a = finish(rx).await.map_err(|r| refusal_error(&r))?;
+        let mut b = HttpResponse::Ok();
+        served_by(&mut b, &a.model, a.provider, a.served_locally, Some(a.cost));
+        ctx.model = a.model.clone();
+        if let Some(p) = &mut ctx.pending {
+            p.clone_from(&a.logprobs);
+        }
+        let mut c = ctx.completion(a.text.clone(), Some(&a.finish_reason), Some(Usage::of(&a)));
+        c.revo = Some(revo(&a));
+        return Ok(b.json(c));
+    }
+    // Streaming: one chunk per piece of text, then the finish with usage, then [DONE]. A
+    // client that leaves drops the body; a local generation then stops at its next token.
+    let (started, rx) = opening(rx).await?;
+    ctx.model = started.model.clone();
+    let frames = sse_stream(rx, ctx, |ctx: &mut Chunks, u| match u {
+        Update::Text(t) => (ctx.sse(t, None, None, None), true),
+        Update::Logprobs(l) => {
+            if let Some(p) = &mut ctx.pending {
+                p.push(l);
+            }
+            (String::new(), true)
+        }
+        Update::Started { .. } | Update::ToolCall(_) => (String::new(), true),
+        Update::Done(r) => match *r {
+            Ok(a) => {
+                let last = ctx.sse(
+                    String::new(),
+                    Some(&a.finish_reason),
+                    Some(Usage::of(&a)),
+                    Some(revo(&a)),
+                );
+                (last + SSE_DONE, false)
+            }
+            Err(r) => {
+                let e = json!({"error": {"code": r.code, "message": r.message}});
+                (format!("data: {e}\n\n{SSE_DONE}"), false)
+            }
+        },
     });
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .streaming(stream))
-}
-
-/// A streamed completion: worker events in, SSE bytes out.
-struct Sse {
-    rx: mpsc::UnboundedReceiver<Event>,
-    state: web::Data<AppState>,
-    id: String,
-    created: i64,
-    model: String,
-    meta: EventMeta,
+    Ok(sse_response(&started, String::new(), frames))
 }
 
 const SSE_DONE: &str = "data: [DONE]\n\n";
 
-impl Sse {
-    fn chunk(&self, text: String, finish: Option<&str>, usage: Option<Usage>) -> String {
-        let c = Completion {
+/// One completion's chunks: its id, and the log-probabilities not sent yet.
+struct Chunks {
+    id: String,
+    created: i64,
+    model: String,
+    pending: Option<Vec<TokenLogprob>>,
+    /// Where the next token starts, in characters from the prompt's start.
+    offset: usize,
+}
+
+impl Chunks {
+    fn completion(
+        &mut self,
+        text: String,
+        finish: Option<&str>,
+        usage: Option<Usage>,
+    ) -> Completion {
+        let logprobs = self.pending.as_mut().map(|p| {
+            let tokens = std::mem::take(p);
+            legacy_logprobs(&tokens, &mut self.offset)
+        });
+        Completion {
             id: self.id.clone(),
             object: "text_completion".into(),
             created: self.created,
@@ -322,37 +306,26 @@ impl Sse {
             choices: vec![Choice {
                 text,
                 index: 0,
-                logprobs: None,
+                logprobs,
                 finish_reason: finish.map(str::to_owned),
             }],
             usage,
-        };
+            revo: None,
+        }
+    }
+
+    fn sse(
+        &mut self,
+        text: String,
+        finish: Option<&str>,
+        usage: Option<Usage>,
+        revo: Option<Value>,
+    ) -> String {
+        let mut c = self.completion(text, finish, usage);
+        c.revo = revo;
         format!(
             "data: {}\n\n",
             serde_json::to_string(&c).unwrap_or_default()
         )
-    }
-
-    /// The next bytes of the body, and whether more follow.
-    async fn next(&mut self) -> (Bytes, bool) {
-        match self.rx.recv().await {
-            Some(Event::Text(t)) => (Bytes::from(self.chunk(t, None, None)), true),
-            Some(Event::Logprobs(_)) => (Bytes::new(), true),
-            Some(Event::Done(Ok(o))) => {
-                let st = &self.state;
-                st.metrics.generation.completed(&self.model, &o);
-                let (id, model) = (self.id.clone(), self.model.clone());
-                record(st.store.clone(), id, model, o.clone(), self.meta.clone()).await;
-                let usage = Usage::of(&o);
-                let last = self.chunk(String::new(), Some(finish_reason(o.finish)), Some(usage));
-                (Bytes::from(last + SSE_DONE), false)
-            }
-            Some(Event::Done(Err(f))) => {
-                self.state.metrics.generation.failed(&self.model, f.code);
-                let e = json!({"error": {"code": f.code, "message": f.message}});
-                (Bytes::from(format!("data: {e}\n\n{SSE_DONE}")), false)
-            }
-            None => (Bytes::from_static(SSE_DONE.as_bytes()), false),
-        }
     }
 }

@@ -291,6 +291,8 @@ pub fn base_request(caller: &Caller, req: &HttpRequest, id: String, input: Input
         seed: None,
         tools: None,
         tool_choice: None,
+        top_k: None,
+        repetition_penalty: None,
         logprobs: None,
         stream: false,
         options: RouteOptions {
@@ -322,11 +324,17 @@ pub fn refusal_error(r: &Refusal) -> ApiError {
     }
 }
 
-/// Starts routing; a request no model may take is refused at once.
+/// Starts routing; a request no model may take is refused at once. A named model the
+/// catalogue does not list but the local registry does serves as a free local model.
 pub async fn start(
     state: &AppState,
-    req: RouteRequest,
+    mut req: RouteRequest,
 ) -> Result<mpsc::Receiver<Update>, ApiError> {
+    if let Some(m) = &req.options.model_preference {
+        let listed = state.router.catalog().entries.iter().any(|e| &e.name == m);
+        // The registry is this edge's live view (memory), never a fold of the log.
+        req.options.registry_model = !listed && state.models.read().get(m).is_some();
+    }
     state.router.route(req).await.map_err(|r| refusal_error(&r))
 }
 
@@ -507,6 +515,7 @@ pub async fn generate(
         fallback_allowed: r.fallback_allowed.unwrap_or(true),
         cascade,
         confidence_threshold: r.confidence_threshold,
+        registry_model: false,
     };
     let rx = start(&state, rr).await?;
     let with_logprobs = |a: &Answer| {

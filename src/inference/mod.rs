@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use revo_actors::kit::Supervisor;
 use revo_actors::model_client::ModelClient;
-use revo_actors::model_thread::{Job, ModelSettings, ModelThread, SubmitError};
+use revo_actors::model_thread::{Event, Job, ModelSettings, ModelThread, SubmitError};
+use tokio::sync::mpsc;
+
+use crate::metrics::GenerationMetrics;
 use revo_actors::model_worker::{self, WorkerId};
 use revo_nats::{MemoryWork, NatsWork, Subjects, WorkTransport};
 
@@ -25,6 +28,10 @@ pub struct Inference {
     client: ModelClient,
     /// Models this process runs (embedded mode), with their threads, joined at shutdown.
     local: Vec<(String, Arc<ModelThread>)>,
+    /// Generations counted by model (`revo_generations_total` and kin), whichever API asked.
+    metrics: Option<GenerationMetrics>,
+    /// The counting forwarders (each ends with its generation).
+    forwarders: tokio_util::task::TaskTracker,
 }
 
 impl Inference {
@@ -78,7 +85,18 @@ impl Inference {
                 }
             });
         }
-        Ok(Inference { client, local })
+        Ok(Inference {
+            client,
+            local,
+            metrics: None,
+            forwarders: tokio_util::task::TaskTracker::new(),
+        })
+    }
+
+    /// Counts every generation this edge asks for in `metrics`.
+    pub fn counted(mut self, metrics: GenerationMetrics) -> Inference {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Cluster mode: the client over NATS; `revo worker` processes serve.
@@ -93,6 +111,8 @@ impl Inference {
         Ok(Inference {
             client: Self::client(sup, work, subjects, settings).await?,
             local: Vec::new(),
+            metrics: None,
+            forwarders: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -132,6 +152,7 @@ impl Inference {
     /// Joins this process's model threads (after their workers have stopped): each finishes
     /// or fails what it holds and drops its model while the runtime library is still loaded.
     pub async fn shutdown(&self, timeout: Duration) {
+        self.forwarders.close();
         for (_, t) in &self.local {
             if !t.shutdown(timeout).await {
                 tracing::warn!("a model thread did not stop in time");
@@ -141,8 +162,35 @@ impl Inference {
 }
 
 impl revo_actors::router::LocalModels for Inference {
-    fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
-        Inference::submit(self, model, job)
+    /// Submits through a small forwarder that counts the outcome; a requester that leaves
+    /// (its receiver closed) drops the forwarder's receiver too, which stops the generation.
+    fn submit(&self, model: &str, mut job: Job) -> Result<(), SubmitError> {
+        let Some(m) = self.metrics.clone() else {
+            return Inference::submit(self, model, job);
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let out = std::mem::replace(&mut job.events, tx);
+        Inference::submit(self, model, job)?;
+        let model = model.to_owned();
+        self.forwarders.spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = out.closed() => None,
+                };
+                let Some(ev) = ev else { return };
+                if let Event::Done(done) = &ev {
+                    match done {
+                        Ok(o) => m.completed(&model, o),
+                        Err(f) => m.failed(&model, f.code),
+                    }
+                }
+                if out.send(ev).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
     }
 
     fn live_workers(&self, model: &str) -> usize {

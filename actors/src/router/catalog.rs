@@ -89,6 +89,30 @@ pub struct Entry {
     pub confidence_threshold: Option<f64>,
 }
 
+impl Entry {
+    /// A registry model the catalogue does not list, asked for by name: local and free. Its
+    /// window is the model's own (the engine refuses a prompt that does not fit).
+    pub fn registry_model(name: &str) -> Entry {
+        Entry {
+            name: name.to_owned(),
+            provider: Provider::Local,
+            model: name.to_owned(),
+            base_url: None,
+            api_key_env: None,
+            priority: 0,
+            context_window: u32::MAX,
+            max_output_tokens: REGISTRY_MAX_OUTPUT,
+            prices: Prices::default(),
+            capabilities: vec!["chat".into(), "completion".into()],
+            tags: Vec::new(),
+            confidence_threshold: None,
+        }
+    }
+}
+
+/// Most output tokens a registry model outside the catalogue is asked for.
+pub const REGISTRY_MAX_OUTPUT: u32 = 4096;
+
 /// `[[models.catalog]]` as written.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -142,6 +142,9 @@ pub struct RouteOptions {
     pub cascade: bool,
     /// The cascade's bar for this request (0 to 1); `None`: the model's, then the router's.
     pub confidence_threshold: Option<f64>,
+    /// `model_preference` names a model of the local registry that the catalogue does not
+    /// list (the caller checked it exists): it serves as a free local entry.
+    pub registry_model: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +162,10 @@ pub struct RouteRequest {
     pub seed: Option<u64>,
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
+    /// Local models only: keep the `top_k` likeliest tokens (0: all), and the repetition
+    /// penalty (1: off). Cloud providers do not take them.
+    pub top_k: Option<u32>,
+    pub repetition_penalty: Option<f32>,
     /// Return each token's log-probability and this many alternatives (local models).
     pub logprobs: Option<usize>,
     /// Ask providers for a stream (the caller streams) or a whole answer.
@@ -536,14 +543,22 @@ impl Router {
         let o = &req.options;
         let entries = &i.catalog.entries;
         let mut order: Vec<&Entry> = Vec::with_capacity(entries.len());
+        let adhoc;
         if let Some(name) = &o.model_preference {
-            let first = entries.iter().find(|e| &e.name == name).ok_or_else(|| {
-                Refusal::new(
-                    404,
-                    "model_not_found",
-                    format!("no model `{name}` in the catalogue (GET /ai/models lists them)"),
-                )
-            })?;
+            let first = match entries.iter().find(|e| &e.name == name) {
+                Some(e) => e,
+                None if o.registry_model => {
+                    adhoc = Entry::registry_model(name);
+                    &adhoc
+                }
+                None => {
+                    return Err(Refusal::new(
+                        404,
+                        "model_not_found",
+                        format!("no model `{name}` in the catalogue (GET /ai/models lists them)"),
+                    ))
+                }
+            };
             order.push(first);
         }
         if o.model_preference.is_none() || o.fallback_allowed {
@@ -563,10 +578,14 @@ impl Router {
         let breakers = i.breakers.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         let mut why = Vec::new();
+        // Whether every model skipped was unavailable now (no worker, key, server or breaker)
+        // rather than unfit for the request.
+        let mut only_down = true;
         for e in order {
             let skip = |why: &mut Vec<String>, reason: String| {
                 why.push(format!("{}: {reason}", e.name));
             };
+            only_down = false;
             if o.force_local && !e.provider.is_local() {
                 skip(&mut why, "not local (force_local)".into());
                 continue;
@@ -589,10 +608,12 @@ impl Router {
                 .or_else(|| self.unreachable(&e.name))
             {
                 skip(&mut why, reason);
+                only_down = true;
                 continue;
             }
             if breakers.get(&e.name).is_some_and(|b| !b.available(now)) {
                 skip(&mut why, "circuit open".into());
+                only_down = true;
                 continue;
             }
             let asked = req.max_tokens.unwrap_or(i.settings.default_max_tokens);
@@ -621,9 +642,15 @@ impl Router {
             out.truncate(1);
         }
         if out.is_empty() {
+            // One named model that is down says so, as the local completions API always has.
+            let code = if why.len() == 1 && only_down {
+                "model_unavailable"
+            } else {
+                "no_model_available"
+            };
             return Err(Refusal::new(
                 503,
-                "no_model_available",
+                code,
                 format!("no model can serve this request now: {}", why.join("; ")),
             ));
         }

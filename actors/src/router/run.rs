@@ -32,6 +32,8 @@ struct Attempt {
     confidence: Option<f64>,
     /// Why the cascade held this answer back.
     escalation: Option<&'static str>,
+    /// The worker and device that generated a local answer.
+    worker: Option<(String, String)>,
 }
 
 impl Attempt {
@@ -178,7 +180,23 @@ pub(super) async fn run(
             confidence: a.confidence,
         });
     }
+    let last_local = attempts.last().is_some_and(|a| a.entry.provider.is_local());
     let mut refusal = match last_err {
+        // A local model's own failure keeps its code and status (`context_length_exceeded`,
+        // `model_busy`, `worker_lost`, ...), as the local APIs have always answered.
+        Some(UpstreamError::Status {
+            status,
+            code: Some(code),
+            message,
+            ..
+        }) if last_local => {
+            let code = model_thread::known_code(&code);
+            let mut r = Refusal::new(status, code, message);
+            if code == "model_busy" {
+                r.retry_after = Some(Duration::from_secs(1));
+            }
+            r
+        }
         Some(e) if e.is_request_fault() => {
             let status = match &e {
                 UpstreamError::Status { status, .. } => *status,
@@ -255,6 +273,7 @@ async fn attempt(
         logprobs: Vec::new(),
         confidence: None,
         escalation: None,
+        worker: None,
     };
     let s = &i.settings;
     let deadline = tokio::time::Instant::now() + s.total_timeout;
@@ -356,6 +375,10 @@ async fn attempt(
                     rec.finish_reason = Some(finish_reason);
                 }
                 break Ended::Completed(std::mem::take(&mut text), std::mem::take(&mut calls));
+            }
+            Piece::Worker { node, device } => {
+                rec.worker = Some((node, device));
+                continue;
             }
             Piece::Logprobs(l) => {
                 let wanted = req.logprobs.is_some();
@@ -466,8 +489,8 @@ fn open_local(
         max_tokens: cand.max_tokens as usize,
         temperature: req.temperature.unwrap_or(1.0),
         top_p: req.top_p.unwrap_or(1.0),
-        top_k: 0,
-        repetition_penalty: 1.0,
+        top_k: req.top_k.unwrap_or(0) as usize,
+        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
         seed: req.seed,
         logprobs,
     };
@@ -512,22 +535,27 @@ fn open_local(
             retry_after: None,
         }
     })?;
+    // Each worker event is a piece, except the end: the worker that served, then `Done`.
     let stream = futures::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
         match rx.recv().await? {
-            model_thread::Event::Text(t) => Some((Ok(Piece::Text(t)), Some(rx))),
-            model_thread::Event::Logprobs(l) => Some((Ok(Piece::Logprobs(l)), Some(rx))),
+            model_thread::Event::Text(t) => Some((vec![Ok(Piece::Text(t))], Some(rx))),
+            model_thread::Event::Logprobs(l) => Some((vec![Ok(Piece::Logprobs(l))], Some(rx))),
             model_thread::Event::Done(Ok(o)) => {
                 let usage = TokenUsage {
                     input: o.prompt_tokens as u64,
                     output: o.completion_tokens as u64,
                     ..TokenUsage::default()
                 };
+                let worker = Piece::Worker {
+                    node: o.worker,
+                    device: o.device,
+                };
                 let done = Piece::Done {
                     finish_reason: crate::model_worker::wire::finish_reason(o.finish).into(),
                     usage: Some(usage),
                 };
-                Some((Ok(done), None))
+                Some((vec![Ok(worker), Ok(done)], None))
             }
             model_thread::Event::Done(Err(f)) => {
                 let status = FAILURE_CODES
@@ -540,10 +568,11 @@ fn open_local(
                     message: f.message,
                     retry_after: None,
                 };
-                Some((Err(e), None))
+                Some((vec![Err(e)], None))
             }
         }
-    });
+    })
+    .flat_map(futures::stream::iter);
     Ok(Box::pin(stream))
 }
 
@@ -602,6 +631,8 @@ async fn record(i: &Inner, req: &RouteRequest, attempts: &[Attempt], holds: &[re
             holds: holds.to_vec(),
             confidence: a.confidence,
             escalation: a.escalation.map(str::to_owned),
+            node: a.worker.as_ref().map(|w| w.0.clone()),
+            device: a.worker.as_ref().map(|w| w.1.clone()),
         };
         match ev.to_new_event(req.meta.clone()) {
             Ok(new) => events.push(new),

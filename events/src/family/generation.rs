@@ -110,6 +110,11 @@ pub enum GenerationEvent {
         /// `outcome: "escalated"`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         escalation: Option<String>,
+        /// The worker (node) that generated a local answer, and its device.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
     },
 }
 
@@ -361,6 +366,8 @@ mod tests {
             holds: Vec::new(),
             confidence: None,
             escalation: None,
+            node: None,
+            device: None,
         }
     }
 

@@ -48,6 +48,11 @@ pub enum Piece {
     Text(String),
     /// A token's log-probabilities (local models, when asked).
     Logprobs(revo_engine::local::TokenLogprob),
+    /// The worker that generated a local answer and its device (just before `Done`).
+    Worker {
+        node: String,
+        device: String,
+    },
     /// An OpenAI-format `tool_calls` delta (or, unstreamed, the whole call).
     ToolCall(serde_json::Value),
     /// The end: OpenAI's finish reason (`stop`, `length`, `tool_calls`, `content_filter`)
@@ -99,13 +104,15 @@ impl UpstreamError {
     /// Counts against the model's circuit breaker: a request the caller got wrong (400, 413,
     /// 422) says nothing about the model's health.
     pub fn trips_breaker(&self) -> bool {
-        !matches!(
-            self,
+        match self {
             UpstreamError::Status {
                 status: 400 | 404 | 413 | 422,
                 ..
-            }
-        )
+            } => false,
+            // A local model whose queue is full is busy, not broken.
+            UpstreamError::Status { code, .. } => code.as_deref() != Some("model_busy"),
+            _ => true,
+        }
     }
 
     /// The request itself is at fault (another model would refuse it too), except for a
