@@ -55,7 +55,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn keeps(&self, r: &LedgerRow) -> bool {
+    pub fn keeps(&self, r: &LedgerRow) -> bool {
         self.from
             .as_ref()
             .is_none_or(|f| r.day.as_str() >= f.as_str())

@@ -15,6 +15,7 @@ pub mod inference;
 pub mod ledger;
 pub mod metrics;
 pub mod node;
+pub mod optimize;
 pub mod projections;
 pub mod registry;
 pub mod replay;

@@ -261,6 +261,103 @@ async fn local_first_cloud_on_request_exact_costs_and_a_ledger_equal_to_the_bill
         .collect();
     assert_eq!(by_model, ["claude", "gpt", "lcpp"]);
 
+    // Recommendations from the ledger: both cloud requests fit the local server's window;
+    // a month budget is forecast from the window's pace.
+    let me = s.api.me(&s.token).await;
+    let admin_id = me.body["user"]["id"].as_str().unwrap().to_owned();
+    let b = s
+        .api
+        .call(
+            "POST",
+            "/budgets",
+            Some(&s.token),
+            Some(json!({"scope": "user", "id": admin_id, "period": "month", "limit_usd": "10.00"})),
+        )
+        .await;
+    assert_eq!(b.status, 201, "{}", b.body);
+    let o = s
+        .api
+        .call(
+            "POST",
+            "/ai/optimize",
+            Some(&s.token),
+            Some(json!({"window_days": 7})),
+        )
+        .await;
+    assert_eq!(o.status, 200, "{}", o.body);
+    assert_eq!(o.body["cloud_requests"], 2, "{}", o.body);
+    assert_eq!(o.body["spend_usd"], total_cost.to_string().as_str());
+    let recs = o.body["recommendations"].as_array().unwrap();
+    let run_locally: Vec<(&str, &str)> = recs
+        .iter()
+        .filter(|r| r["kind"] == "run_locally")
+        .map(|r| {
+            (
+                r["model"].as_str().unwrap(),
+                r["local_model"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        run_locally,
+        [("claude", "lcpp"), ("gpt", "lcpp")],
+        "{}",
+        o.body
+    );
+    let gpt_rec = recs.iter().find(|r| r["model"] == "gpt").unwrap();
+    assert_eq!(gpt_rec["savings_usd"], gpt_cost.as_str());
+    let f = &o.body["forecasts"][0];
+    assert_eq!(
+        (&f["period"], &f["limit_usd"]),
+        (&json!("month"), &json!("10"))
+    );
+    assert!(f["projected_usd"].is_string(), "{f}");
+    // No body at all is the defaults; bad windows and bodies are refused.
+    let res = s
+        .api
+        .http
+        .post(format!("{}/ai/optimize", s.api.base))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    for bad in [
+        json!({"window_days": 0}),
+        json!({"window_days": 91}),
+        json!({"window": 7}),
+        json!({"window_days": "seven"}),
+    ] {
+        let r = s
+            .api
+            .call("POST", "/ai/optimize", Some(&s.token), Some(bad.clone()))
+            .await;
+        assert_eq!(r.status, 422, "{bad}: {}", r.body);
+    }
+    // A developer sees only their own (empty) ledger and no one else's budgets.
+    let pw = "a-password-for-the-router-test";
+    s.api.create_user(&s.token, "dev", pw, &["developer"]).await;
+    let dev = s.api.login("dev", pw).await;
+    let r = s
+        .api
+        .call("POST", "/ai/optimize", Some(&dev), Some(json!({})))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (&r.body["requests"], &r.body["forecasts"]),
+        (&json!(0), &json!([]))
+    );
+    let r = s
+        .api
+        .call(
+            "POST",
+            "/ai/optimize",
+            Some(&dev),
+            Some(json!({"user_id": admin_id})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+
     // The same figures from the raw events, by `revo replay cost`.
     s.served.stop().await;
     let env = [
@@ -386,7 +483,7 @@ async fn failures_retry_then_fail_over_and_open_the_breaker_while_bad_requests_d
     let r = s.generate(json!({"prompt": "hi", "messages": []})).await;
     assert_eq!((r.status, r.code()), (422, "invalid_parameter"));
     let r = s
-        .generate(json!({"prompt": "hi", "route": "cascade"}))
+        .generate(json!({"prompt": "hi", "route": "fastest"}))
         .await;
     assert_eq!((r.status, r.code()), (422, "invalid_parameter"));
 }

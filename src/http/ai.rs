@@ -1,7 +1,8 @@
 //! `GET /ai/models`: the router's catalogue, in the order it prefers models, with whether each
-//! can serve now and, if not, why.
+//! can serve now and, if not, why. `GET /ai/metrics`: the cost ledger. `POST /ai/optimize`:
+//! recommendations and budget forecasts computed from it (`crate::optimize`).
 
-use actix_web::{get, web, HttpResponse};
+use actix_web::{get, post, web, HttpResponse};
 use serde::Deserialize;
 
 use super::access::Caller;
@@ -113,6 +114,98 @@ pub async fn models(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(CatalogList { models })
 }
 
+/// Whose part of the ledger the caller reads: a token, all of its user's requests; an API
+/// key, its own only (it may be one program's of several); admins (users:read), everyone's or
+/// `user_id`'s.
+fn scope(caller: &Caller, user_id: Option<uuid::Uuid>) -> Result<ledger::Filter, ApiError> {
+    let p = &caller.0;
+    let everyone = p.can(Permission::UsersRead);
+    let user = match user_id {
+        Some(u) if u != p.user_id && !everyone => {
+            return Err(ApiError::forbidden(
+                "forbidden",
+                "only admins read another user's ledger",
+            ))
+        }
+        Some(u) => Some(u),
+        None if everyone => None,
+        None => Some(p.user_id),
+    };
+    let key = match p.via {
+        crate::identity::Via::Key { key_id } if !everyone => Some(key_id),
+        _ => None,
+    };
+    Ok(ledger::Filter {
+        user,
+        key,
+        ..ledger::Filter::default()
+    })
+}
+
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizeRequest {
+    /// Days looked at, ending today (UTC): 1 to 90, default 7.
+    #[schema(minimum = 1, maximum = 90)]
+    pub window_days: Option<u32>,
+    /// Admins: one user's ledger and budgets.
+    pub user_id: Option<uuid::Uuid>,
+}
+
+/// Recommendations from the caller's ledger (as `GET /ai/metrics` scopes it): cloud requests
+/// that fit a local model, local models the cascade escalates too often, and a forecast for
+/// each budget in scope. The body may be empty.
+#[utoipa::path(
+    tag = "ai",
+    security(("bearer" = ["generate"])),
+    request_body(content = Option<OptimizeRequest>, description = "Optional; `{}` or nothing for the defaults"),
+    responses(
+        (status = 200, description = "Recommendations and forecasts", body = crate::optimize::Optimization),
+        (status = 403, description = "`user_id` of another user without the users:read permission", body = super::error::ErrorBody),
+        (status = 422, description = "A bad window or body", body = super::error::ErrorBody),
+        CallerErrors
+    )
+)]
+#[post("/ai/optimize")]
+pub async fn optimize(
+    state: web::Data<AppState>,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let bad = |m: String| ApiError::unprocessable("invalid_parameter", m);
+    let r: OptimizeRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        OptimizeRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::unprocessable("invalid_body", format!("the body: {e}")))?
+    };
+    let days = r.window_days.unwrap_or(7);
+    if !(1..=crate::optimize::MAX_WINDOW_DAYS).contains(&days) {
+        return Err(bad(format!(
+            "window_days is 1 to {}",
+            crate::optimize::MAX_WINDOW_DAYS
+        )));
+    }
+    let filter = scope(&caller, r.user_id)?;
+    let now = chrono::Utc::now();
+    let budgets = state.budgets.view();
+    let budgets = budgets.read();
+    let in_scope: Vec<_> = match (filter.user, filter.key) {
+        (None, _) => budgets.all().collect(),
+        (Some(u), key) => budgets.applying(u, key),
+    };
+    let l = state.ledger.read();
+    let o = crate::optimize::optimize(
+        l.rows_iter(),
+        &filter,
+        state.router.catalog(),
+        &in_scope,
+        now,
+        days,
+    );
+    Ok(HttpResponse::Ok().json(o))
+}
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -160,30 +253,10 @@ pub async fn metrics(
             "by `{by_name}`: one of model, provider, day, user, key"
         ))
     })?;
-    let p = &caller.0;
-    let everyone = p.can(Permission::UsersRead);
-    let user = match q.user_id {
-        Some(u) if u != p.user_id && !everyone => {
-            return Err(ApiError::forbidden(
-                "forbidden",
-                "only admins read another user's ledger",
-            ))
-        }
-        Some(u) => Some(u),
-        None if everyone => None,
-        None => Some(p.user_id),
-    };
-    // A key reads its own requests only (it may be one program's of several); a token
-    // reads all of its user's.
-    let key = match p.via {
-        crate::identity::Via::Key { key_id } if !everyone => Some(key_id),
-        _ => None,
-    };
     let filter = ledger::Filter {
         from: q.from,
         to: q.to,
-        user,
-        key,
+        ..scope(&caller, q.user_id)?
     };
     let reference = state.reference_model.as_deref().and_then(|name| {
         let e = state

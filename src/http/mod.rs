@@ -98,6 +98,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(completions::create)
         .service(ai::models)
         .service(ai::metrics)
+        .service(ai::optimize)
         .service(generate::generate)
         .service(chat::chat_completions)
         .service(chat::list_models)
