@@ -116,6 +116,10 @@ pub struct Line {
     usage: TokenUsage,
     #[serde(skip)]
     local_tokens: u64,
+    /// Tokens of the work an all-cloud setup would have done too (all but the answers the
+    /// cascade held back), what savings are priced on.
+    #[serde(skip)]
+    served_usage: TokenUsage,
 }
 
 impl Line {
@@ -124,11 +128,13 @@ impl Line {
         self.failed_attempts += r.failed_attempts;
         self.escalated_attempts += r.escalated_attempts;
         self.unreported_usage += r.unreported_usage;
+        let served = r.usage.minus(&r.escalated_usage);
         if r.served_locally {
             self.served_locally += r.requests;
-            self.local_tokens += r.usage.prompt() + r.usage.output;
+            self.local_tokens += served.prompt() + served.output;
         }
         self.usage.add(&r.usage);
+        self.served_usage.add(&served);
         self.cost = self.cost.checked_add(r.cost_usd).unwrap_or(self.cost);
     }
 
@@ -198,14 +204,14 @@ pub fn report<'a>(
             .add(r);
     }
     let savings = reference.map(|(name, prices)| {
-        let reference_cost = prices.cost(&total.usage);
+        let reference_cost = prices.cost(&total.served_usage);
         Savings {
             reference_model: name.to_owned(),
             reference_cost_usd: reference_cost.to_string(),
             savings_usd: signed_difference(reference_cost, total.cost),
         }
     });
-    let all_tokens = total.usage.prompt() + total.usage.output;
+    let all_tokens = total.served_usage.prompt() + total.served_usage.output;
     Report {
         local_request_share: share(total.served_locally, total.requests),
         local_token_share: share(total.local_tokens, all_tokens),
@@ -274,5 +280,26 @@ mod tests {
         assert_eq!(s.reference_cost_usd, "0.007");
         assert_eq!(s.savings_usd, "0.0035");
         assert_eq!(r.groups.len(), 2);
+
+        // An answer the cascade held back: its tokens were spent locally but an all-cloud
+        // setup would not have produced them, so savings are not priced on them.
+        let mut held = row("2026-12-02", "small", true, "0");
+        held.requests = 0;
+        held.escalated_attempts = 1;
+        held.escalated_usage = held.usage;
+        let rows = [held, row("2026-12-02", "gpt", false, "0.0035")];
+        let r = report(
+            rows.iter(),
+            &Filter::default(),
+            By::Model,
+            Some(("gpt", prices)),
+        );
+        let s = r.savings.unwrap();
+        assert_eq!(
+            (s.reference_cost_usd.as_str(), s.savings_usd.as_str()),
+            ("0.0035", "0")
+        );
+        assert_eq!(r.total.escalated_attempts, 1);
+        assert_eq!(r.local_token_share, 0.0);
     }
 }

@@ -27,7 +27,7 @@ provider = "local"
 model = "smollm2"
 priority = 1
 context_window = 8192
-max_output_tokens = 256
+max_output_tokens = 12
 
 [[models.catalog]]
 name = "gpt"
@@ -232,16 +232,24 @@ async fn local_logprobs_and_a_cascade_that_escalates_only_unsure_or_cut_answers(
         .collect();
     assert_eq!(streamed_text, TEXT);
 
-    // An answer cut by max_tokens is not a whole one: escalated as `truncated`.
+    // An answer cut short by the local model's own cap (12 tokens, below the 64 asked) is not a
+    // whole one: escalated as `truncated`, to a model that may finish it.
+    let long = json!({"messages": [{"role": "user", "content": "Describe Paris in three sentences."}],
+                      "max_tokens": 64, "temperature": 0, "route": "cascade",
+                      "confidence_threshold": 0.0});
+    let r = post("/ai/generate", long).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["model"], "gpt", "{}", r.body);
+    assert_eq!(r.body["attempts"][0]["error"], "truncated");
+    // Cut by the request's own max_tokens, any model would be cut alike: served locally.
     let r = post(
         "/ai/generate",
-        json!({"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 1, "temperature": 0, "route": "cascade",
-               "confidence_threshold": 0.0}),
+        json!({"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 1, "temperature": 0,
+               "route": "cascade", "confidence_threshold": 0.0}),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["model"], "gpt");
-    assert_eq!(r.body["attempts"][0]["error"], "truncated");
+    assert_eq!((&r.body["model"], &r.body["finish_reason"]), (&json!("small"), &json!("length")));
 
     // Forced local, the local model is the last tier: nothing to escalate to, so it serves,
     // with its confidence recorded.

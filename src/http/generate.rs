@@ -61,8 +61,8 @@ pub struct GenerateRequest {
     /// Whether another model may serve when the first choice cannot (default true).
     pub fallback_allowed: Option<bool>,
     /// `auto` (default), or `cascade`: a local answer is held back until it ends and served
-    /// only if its confidence reaches `confidence_threshold` and `max_tokens` did not cut it;
-    /// otherwise the next model answers (both attempts are recorded).
+    /// only if its confidence reaches `confidence_threshold` and no cap below `max_tokens`
+    /// cut it; otherwise the next model answers (both attempts are recorded).
     pub route: Option<String>,
     /// The cascade's bar, 0 to 1: the geometric mean of the answer's token probabilities.
     /// Default: the model's `confidence_threshold`, then `[router] cascade_threshold` (0.5).

@@ -13,7 +13,8 @@
 //! - **Cascade** (`route: "cascade"`): a local model's answer that is not the last candidate
 //!   is held back until it ends; its confidence (the geometric mean of its tokens'
 //!   probabilities, from the engine's log-probabilities) must reach the threshold and it must
-//!   not be cut by `max_tokens`, or the request escalates to the next candidate. Both attempts
+//!   not be cut short by a cap below the request's (the model's maximum, or `cost_limit`'s),
+//!   or the request escalates to the next candidate. Both attempts
 //!   are recorded, the held-back one as `escalated` with its confidence.
 //! - **Recording**: when the request ends, every attempt is appended as one
 //!   `generation.attempt` event each, in one append, before the caller hears the outcome. The

@@ -352,7 +352,11 @@ async fn attempt(
                         .confidence_threshold
                         .or(cand.entry.confidence_threshold)
                         .unwrap_or(s.cascade_threshold);
-                    let why = if finish_reason == "length" {
+                    // Cut short by a cap below what the request asked (the model's own
+                    // maximum, or cost_limit's): a later model may finish it. Cut by the
+                    // request's own max_tokens, any model would be cut alike.
+                    let asked = req.max_tokens.unwrap_or(s.default_max_tokens);
+                    let why = if finish_reason == "length" && cand.max_tokens < asked {
                         Some("truncated")
                     } else if rec.confidence.is_none_or(|c| c < bar) {
                         Some("low_confidence")

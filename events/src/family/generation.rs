@@ -43,6 +43,17 @@ impl TokenUsage {
         self.output += o.output;
         self.reasoning += o.reasoning;
     }
+
+    /// `self - o`, kind by kind (never below zero).
+    pub fn minus(&self, o: &TokenUsage) -> TokenUsage {
+        TokenUsage {
+            input: self.input.saturating_sub(o.input),
+            cache_read: self.cache_read.saturating_sub(o.cache_read),
+            cache_write: self.cache_write.saturating_sub(o.cache_write),
+            output: self.output.saturating_sub(o.output),
+            reasoning: self.reasoning.saturating_sub(o.reasoning),
+        }
+    }
 }
 
 /// Prices per million tokens, as charged (the "price version" of an attempt is these four).
@@ -147,9 +158,12 @@ pub struct LedgerRow {
     /// Requests answered by this model, and attempts on it that failed or were held back.
     pub requests: u64,
     pub failed_attempts: u64,
-    /// Answers the cascade held back (local, then served by a later model).
+    /// Answers the cascade held back (local, then served by a later model), and their
+    /// tokens (in `usage` too): work an all-cloud setup would not have done.
     #[serde(default)]
     pub escalated_attempts: u64,
+    #[serde(default)]
+    pub escalated_usage: TokenUsage,
     pub usage: TokenUsage,
     pub cost_usd: Usd,
     /// Whether some usage was not reported by the provider (a cut stream).
@@ -189,7 +203,10 @@ impl LedgerProjection {
         });
         match a.outcome {
             Fold::Answered => row.requests += 1,
-            Fold::Escalated => row.escalated_attempts += 1,
+            Fold::Escalated => {
+                row.escalated_attempts += 1;
+                row.escalated_usage.add(&a.usage);
+            }
             Fold::Failed => row.failed_attempts += 1,
         }
         row.usage.add(&a.usage);
