@@ -249,7 +249,10 @@ async fn local_logprobs_and_a_cascade_that_escalates_only_unsure_or_cut_answers(
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!((&r.body["model"], &r.body["finish_reason"]), (&json!("small"), &json!("length")));
+    assert_eq!(
+        (&r.body["model"], &r.body["finish_reason"]),
+        (&json!("small"), &json!("length"))
+    );
 
     // Forced local, the local model is the last tier: nothing to escalate to, so it serves,
     // with its confidence recorded.

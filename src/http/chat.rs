@@ -110,6 +110,17 @@ pub struct ChatCompletionRequest {
     pub tools: Option<Value>,
     #[schema(value_type = Object)]
     pub tool_choice: Option<Value>,
+    /// Each token's log-probability (local models).
+    pub logprobs: Option<bool>,
+    /// With `logprobs`: alternatives per token, 0 to 20.
+    pub top_logprobs: Option<u32>,
+    #[serde(flatten)]
+    pub routing: Routing,
+}
+
+/// Revo's routing options, as extra body fields of the compatible endpoints.
+#[derive(Deserialize, ToSchema, Default)]
+pub struct Routing {
     /// Revo: only local models.
     pub force_local: Option<bool>,
     /// Revo: most this request may cost, dollars as a decimal string.
@@ -117,37 +128,26 @@ pub struct ChatCompletionRequest {
     /// Revo: whether another model may serve (default: false for a named model, true for
     /// `auto`).
     pub fallback_allowed: Option<bool>,
-    /// Each token's log-probability (local models).
-    pub logprobs: Option<bool>,
-    /// With `logprobs`: alternatives per token, 0 to 20.
-    pub top_logprobs: Option<u32>,
     /// Revo: `auto` or `cascade` (see `POST /ai/generate`).
     pub route: Option<String>,
     /// Revo: the cascade's confidence bar, 0 to 1.
     pub confidence_threshold: Option<f64>,
 }
 
-/// Revo's routing options, as the compatible endpoints take them.
-struct Wishes<'a> {
-    model: &'a str,
-    force_local: Option<bool>,
-    cost_limit: Option<&'a str>,
-    fallback: Option<bool>,
-    route: Option<&'a str>,
-    confidence_threshold: Option<f64>,
-}
-
-fn options(w: Wishes<'_>) -> Result<RouteOptions, ApiError> {
-    let auto = w.model == "auto";
-    Ok(RouteOptions {
-        force_local: w.force_local.unwrap_or(false),
-        model_preference: (!auto).then(|| w.model.to_owned()),
-        cost_limit: parse_cost_limit(w.cost_limit)?,
-        fallback_allowed: w.fallback.unwrap_or(auto),
-        cascade: parse_route(w.route, w.confidence_threshold)?,
-        confidence_threshold: w.confidence_threshold,
-        registry_model: false,
-    })
+impl Routing {
+    /// The router's options for a request naming `model` (`auto`: the router picks).
+    pub fn options(&self, model: &str) -> Result<RouteOptions, ApiError> {
+        let auto = model == "auto";
+        Ok(RouteOptions {
+            force_local: self.force_local.unwrap_or(false),
+            model_preference: (!auto).then(|| model.to_owned()),
+            cost_limit: parse_cost_limit(self.cost_limit.as_deref())?,
+            fallback_allowed: self.fallback_allowed.unwrap_or(auto),
+            cascade: parse_route(self.route.as_deref(), self.confidence_threshold)?,
+            confidence_threshold: self.confidence_threshold,
+            registry_model: false,
+        })
+    }
 }
 
 fn openai_usage(a: &Answer) -> Value {
@@ -266,14 +266,7 @@ pub async fn chat_completions(
     rr.tool_choice = r.tool_choice.filter(|t| !t.is_null());
     rr.stream = stream;
     rr.logprobs = logprobs;
-    rr.options = options(Wishes {
-        model: &r.model,
-        force_local: r.force_local,
-        cost_limit: r.cost_limit.as_deref(),
-        fallback: r.fallback_allowed,
-        route: r.route.as_deref(),
-        confidence_threshold: r.confidence_threshold,
-    })?;
+    rr.options = r.routing.options(&r.model)?;
     let rx = start(&state, rr).await?;
     let created = Utc::now().timestamp();
     if !stream {
@@ -378,11 +371,8 @@ pub struct MessagesRequest {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub stream: Option<bool>,
-    pub force_local: Option<bool>,
-    pub cost_limit: Option<String>,
-    pub fallback_allowed: Option<bool>,
-    pub route: Option<String>,
-    pub confidence_threshold: Option<f64>,
+    #[serde(flatten)]
+    pub routing: Routing,
 }
 
 fn stop_reason(finish: &str) -> &'static str {
@@ -456,14 +446,7 @@ pub async fn messages(
     rr.top_p = r.top_p;
     rr.stop = stop;
     rr.stream = stream;
-    rr.options = options(Wishes {
-        model: &r.model,
-        force_local: r.force_local,
-        cost_limit: r.cost_limit.as_deref(),
-        fallback: r.fallback_allowed,
-        route: r.route.as_deref(),
-        confidence_threshold: r.confidence_threshold,
-    })?;
+    rr.options = r.routing.options(&r.model)?;
     let rx = start(&state, rr).await?;
     if !stream {
         let a = finish(rx).await.map_err(|r| refusal_error(&r))?;

@@ -5,17 +5,18 @@
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use chrono::Utc;
-use revo_actors::router::{Answer, Input, RouteOptions, TokenLogprob, Update};
+use revo_actors::router::{Answer, Input, TokenLogprob, Update};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::access::Caller;
+use super::chat::Routing;
 use super::error::{ApiError, ErrorBody};
 use super::generate::{
-    base_request, check_sampling, finish, opening, parse_cost_limit, parse_route, refusal_error,
-    served_by, sse_response, sse_stream, start,
+    base_request, check_sampling, finish, opening, refusal_error, served_by, sse_response,
+    sse_stream, start,
 };
 use super::json::Json;
 use super::openapi::{BodyErrors, CallerErrors};
@@ -198,16 +199,15 @@ pub async fn create(
     if r.logprobs.is_some_and(|k| k > MAX_LOGPROBS) {
         return Err(invalid(format!("logprobs is 0 to {MAX_LOGPROBS}")));
     }
-    let auto = r.model == "auto";
-    let options = RouteOptions {
-        force_local: r.force_local.unwrap_or(false),
-        model_preference: (!auto).then(|| r.model.clone()),
-        cost_limit: parse_cost_limit(r.cost_limit.as_deref())?,
-        fallback_allowed: r.fallback_allowed.unwrap_or(auto),
-        cascade: parse_route(r.route.as_deref(), r.confidence_threshold)?,
+    // Spelled out, not flattened: serde cannot deny unknown fields beside a flattened struct.
+    let options = Routing {
+        force_local: r.force_local,
+        cost_limit: r.cost_limit,
+        fallback_allowed: r.fallback_allowed,
+        route: r.route,
         confidence_threshold: r.confidence_threshold,
-        registry_model: false,
-    };
+    }
+    .options(&r.model)?;
     let id = format!("cmpl-{}", Uuid::now_v7().simple());
     let created = Utc::now().timestamp();
     let stream = r.stream.unwrap_or(false);

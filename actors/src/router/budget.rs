@@ -96,6 +96,10 @@ struct Inner {
     settings: BudgetSettings,
     /// Per budget: its leases here, behind an async lock that serialises taking a new slice.
     local: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Vec<Lease>>>>>,
+    /// Per budget: the stream version of this edge's latest append (grant, renewal, release).
+    /// A refusal first waits for the view to show it, so a lease given back a moment ago is
+    /// not still counted as held.
+    appended: Mutex<HashMap<Uuid, i64>>,
 }
 
 #[derive(Clone)]
@@ -121,6 +125,7 @@ impl Budgets {
                 node,
                 settings,
                 local: Mutex::new(HashMap::new()),
+                appended: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -207,7 +212,35 @@ impl Budgets {
                     worst,
                 }));
             }
+            // A lease with room that is only close to its expiry (the tending actor is late
+            // renewing it, e.g. on a starved machine) is renewed here rather than left
+            // unused while the view still counts it in full.
+            if let Some(l) = leases
+                .iter_mut()
+                .find(|l| l.period == period && l.expires_at > now && l.room() >= worst)
+            {
+                let expires_at = now
+                    + chrono::Duration::from_std(self.inner.settings.lease_ttl).unwrap_or_default();
+                let ev = BudgetEvent::LeaseRenewed {
+                    budget_id: budget,
+                    lease_id: l.id,
+                    expires_at,
+                };
+                match self.append(budget, ev, ExpectedVersion::Any).await {
+                    Ok(_) => {
+                        l.expires_at = expires_at;
+                        continue;
+                    }
+                    Err(e) => return Err(BudgetError::Store(e.to_string())),
+                }
+            }
             let headroom = limit.checked_sub(committed).unwrap_or(Usd::ZERO);
+            let ours = self.appended_version(budget);
+            if headroom < worst && version < ours {
+                // The view has not yet seen this edge's own latest change (a release).
+                self.catch_up(budget, ours).await;
+                continue;
+            }
             if headroom < worst {
                 return Err(BudgetError::Exceeded(Exceeded {
                     budget_id: budget,
@@ -285,7 +318,24 @@ impl Budgets {
             .to_new_event(meta)
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
         let req = AppendRequest::new(BUDGET_STREAM, budget.to_string(), expected, vec![new]);
-        Ok(self.inner.store.append(req).await?.stream_version)
+        let v = self.inner.store.append(req).await?.stream_version;
+        let mut a = self
+            .inner
+            .appended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let e = a.entry(budget).or_default();
+        *e = (*e).max(v);
+        Ok(v)
+    }
+
+    fn appended_version(&self, budget: Uuid) -> i64 {
+        let a = self
+            .inner
+            .appended
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        a.get(&budget).copied().unwrap_or(0)
     }
 
     /// Ends a hold: its worst case is released and `cost` counted (after the request's

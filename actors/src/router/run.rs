@@ -69,13 +69,14 @@ enum Ended {
 }
 
 /// The geometric mean of the tokens' probabilities: exp of their mean log-probability, in
-/// [0, 1]. `None` without tokens.
+/// [0, 1]. `None` without tokens, or from a model whose logits are not numbers (which must
+/// never pass the cascade's bar).
 pub(super) fn confidence(tokens: &[TokenLogprob]) -> Option<f64> {
     if tokens.is_empty() {
         return None;
     }
     let sum: f64 = tokens.iter().map(|t| f64::from(t.logprob)).sum();
-    Some((sum / tokens.len() as f64).exp())
+    Some((sum / tokens.len() as f64).exp()).filter(|c| c.is_finite())
 }
 
 pub(super) async fn run(
@@ -279,7 +280,7 @@ async fn attempt(
     let deadline = tokio::time::Instant::now() + s.total_timeout;
     let opened = match tokio::time::timeout_at(
         deadline.min(tokio::time::Instant::now() + s.first_token_timeout),
-        open(i, req, cand, gated),
+        open(i, req, cand),
     )
     .await
     {
@@ -437,17 +438,12 @@ async fn attempt(
 }
 
 /// Opens the model's answer.
-async fn open(
-    i: &Inner,
-    req: &RouteRequest,
-    cand: &Candidate,
-    gated: bool,
-) -> Result<Reply, UpstreamError> {
+async fn open(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, UpstreamError> {
     let e = &cand.entry;
     if e.provider == Provider::Local {
         // The cascade needs the tokens' log-probabilities even when the caller does not (and
         // records the last tier's confidence too).
-        let logprobs = req.logprobs.or((gated || req.options.cascade).then_some(0));
+        let logprobs = req.logprobs.or(req.options.cascade.then_some(0));
         return open_local(i, req, cand, logprobs);
     }
     let chat = ChatRequest {
@@ -657,6 +653,20 @@ async fn record(i: &Inner, req: &RouteRequest, attempts: &[Attempt], holds: &[re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn confidence_is_the_geometric_mean_and_never_a_nan() {
+        let t = |logprob: f32| TokenLogprob {
+            token: "x".into(),
+            logprob,
+            top: Vec::new(),
+        };
+        let c = confidence(&[t(0.5f32.ln()), t(0.125f32.ln())]).unwrap();
+        assert!((c - 0.25).abs() < 1e-6, "{c}");
+        assert_eq!(confidence(&[]), None);
+        assert_eq!(confidence(&[t(f32::NAN), t(0.0)]), None);
+        assert_eq!(confidence(&[t(f32::NEG_INFINITY)]), Some(0.0));
+    }
 
     #[test]
     fn back_off_is_jittered_under_its_cap_and_honours_retry_after() {
