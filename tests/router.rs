@@ -486,6 +486,23 @@ async fn failures_retry_then_fail_over_and_open_the_breaker_while_bad_requests_d
         .generate(json!({"prompt": "hi", "route": "fastest"}))
         .await;
     assert_eq!((r.status, r.code()), (422, "invalid_parameter"));
+
+    // A provider refusing Revo's key: its message (which quotes part of the operator's key
+    // at OpenAI) never reaches the caller.
+    s.gpt.set_scripts(
+        std::iter::repeat_n(Script::Answer, s.gpt.hits())
+            .chain([Script::Status(401, "invalid_api_key", vec![])])
+            .collect(),
+    );
+    let r = s
+        .generate(json!({"prompt": "hi", "model_preference": "gpt", "fallback_allowed": false}))
+        .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("refused Revo's credentials") && !message.contains("stub 401"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

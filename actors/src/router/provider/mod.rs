@@ -178,10 +178,26 @@ pub(crate) async fn status_error(resp: reqwest::Response) -> UpstreamError {
         .as_str()
         .or_else(|| err["type"].as_str())
         .map(str::to_owned);
-    let message = err["message"]
+    let mut message = err["message"]
         .as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned());
+    if matches!(status, 401 | 403) {
+        // Providers quote part of the key they refused ("Incorrect API key provided:
+        // sk-...abcd"): the operator's key, which callers must not see.
+        message = "the provider refused Revo's credentials for this model (an operator should \
+                   check the key its api_key_env names)"
+            .into();
+    }
+    // Errors reach clients and logs: a hostile server's 64 KiB message does not.
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
     UpstreamError::Status {
         status,
         code,
@@ -221,6 +237,14 @@ pub(crate) fn replay(pieces: Vec<Piece>) -> Reply {
 /// Largest non-streamed answer read (16 MiB): far above any max_tokens, and bounded.
 pub(crate) const MAX_BODY: usize = 16 << 20;
 
+/// Largest streamed answer read (64 MiB of server-sent events: a 128k-token answer in
+/// verbose chunks fits); past it the stream is cut, so a server that never ends an event
+/// cannot grow us.
+pub(crate) const MAX_STREAM: usize = 64 << 20;
+
+/// Longest provider error message kept.
+const MAX_MESSAGE: usize = 512;
+
 /// A transport error with its causes, without the URL (base URLs of local servers are
 /// internal addresses, and errors reach clients).
 pub fn describe(e: reqwest::Error) -> String {
@@ -255,10 +279,19 @@ pub(crate) fn sse_events(
     resp: reqwest::Response,
 ) -> impl Stream<Item = Result<(String, String), UpstreamError>> + Send {
     use eventsource_stream::Eventsource;
-    resp.bytes_stream().eventsource().map(|e| {
+    let mut read = 0usize;
+    let capped = resp.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(describe)?;
+        read += chunk.len();
+        if read > MAX_STREAM {
+            return Err(format!("the streamed answer is over {MAX_STREAM} bytes"));
+        }
+        Ok(chunk)
+    });
+    capped.eventsource().map(|e| {
         e.map(|e| (e.event, e.data)).map_err(|e| {
             UpstreamError::Broken(match e {
-                eventsource_stream::EventStreamError::Transport(t) => describe(t),
+                eventsource_stream::EventStreamError::Transport(t) => t,
                 other => other.to_string(),
             })
         })
