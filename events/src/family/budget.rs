@@ -13,7 +13,7 @@
 //!
 //! and a lease is granted only while committed + the new lease ≤ limit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
@@ -179,6 +179,9 @@ impl BudgetRow {
 #[derive(Debug, Default, Clone)]
 pub struct BudgetsProjection {
     budgets: BTreeMap<Uuid, BudgetRow>,
+    /// Subject (user or key) → its budgets: admission looks a request's budgets up here on
+    /// every request, so it must not scan them all.
+    by_subject: HashMap<Uuid, Vec<Uuid>>,
 }
 
 impl BudgetsProjection {
@@ -190,22 +193,42 @@ impl BudgetsProjection {
         self.budgets.values()
     }
 
+    /// The budgets of `subject` in `scope`.
+    fn of(&self, scope: &'static str, subject: Uuid) -> impl Iterator<Item = &BudgetRow> {
+        self.by_subject
+            .get(&subject)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.budgets.get(id))
+            .filter(move |b| b.scope == scope)
+    }
+
     /// The budgets that apply to a request by `user` (through `key`, if any).
     pub fn applying(&self, user: Uuid, key: Option<Uuid>) -> Vec<&BudgetRow> {
-        self.budgets
-            .values()
-            .filter(|b| {
-                (b.scope == "user" && b.subject_id == user)
-                    || (b.scope == "key" && Some(b.subject_id) == key)
-            })
-            .collect()
+        let mut out: Vec<&BudgetRow> = self.of("user", user).collect();
+        if let Some(k) = key {
+            out.extend(self.of("key", k));
+        }
+        out
     }
 
     /// The budget for (scope, subject, period), if one is set.
     pub fn find(&self, scope: &str, subject: Uuid, period: &str) -> Option<&BudgetRow> {
-        self.budgets
-            .values()
-            .find(|b| b.scope == scope && b.subject_id == subject && b.period == period)
+        self.by_subject
+            .get(&subject)?
+            .iter()
+            .filter_map(|id| self.budgets.get(id))
+            .find(|b| b.scope == scope && b.period == period)
+    }
+
+    fn index(&mut self) {
+        self.by_subject.clear();
+        for b in self.budgets.values() {
+            self.by_subject
+                .entry(b.subject_id)
+                .or_default()
+                .push(b.budget_id);
+        }
     }
 
     fn charge(&mut self, hold: &Hold, cost: Usd) {
@@ -258,6 +281,12 @@ impl Projection for BudgetsProjection {
                 limit_usd,
             } => {
                 dirty.insert(budget_id.to_string());
+                if !self.budgets.contains_key(&budget_id) {
+                    self.by_subject
+                        .entry(subject_id)
+                        .or_default()
+                        .push(budget_id);
+                }
                 let row = self.budgets.entry(budget_id).or_insert_with(|| BudgetRow {
                     budget_id,
                     scope: scope.clone(),
@@ -274,7 +303,14 @@ impl Projection for BudgetsProjection {
             }
             BudgetEvent::Deleted { budget_id } => {
                 dirty.insert(budget_id.to_string());
-                self.budgets.remove(&budget_id);
+                if let Some(b) = self.budgets.remove(&budget_id) {
+                    if let Some(ids) = self.by_subject.get_mut(&b.subject_id) {
+                        ids.retain(|id| *id != budget_id);
+                        if ids.is_empty() {
+                            self.by_subject.remove(&b.subject_id);
+                        }
+                    }
+                }
             }
             BudgetEvent::LeaseGranted {
                 budget_id,
@@ -349,6 +385,7 @@ impl Projection for BudgetsProjection {
     fn load(&mut self, rows: Rows) -> Result<(), ProjectionError> {
         let by_key: BTreeMap<String, BudgetRow> = from_rows(rows)?;
         self.budgets = by_key.into_values().map(|r| (r.budget_id, r)).collect();
+        self.index();
         Ok(())
     }
 }
@@ -396,5 +433,73 @@ mod tests {
         assert_eq!(b.committed("total", now).to_string(), "4.25");
         assert_eq!(period_key("month", now), "2026-12");
         assert_eq!(period_key("day", now), "2026-12-02");
+    }
+
+    #[test]
+    fn a_request_finds_its_user_and_key_budgets_through_the_index() {
+        use crate::envelope::{Envelope, EventMeta};
+        let at = Utc.with_ymd_and_hms(2026, 12, 2, 12, 0, 0).unwrap();
+        let recorded = |version: i64, id: Uuid, ev: &BudgetEvent| {
+            let new = ev.to_new_event(EventMeta::default()).unwrap();
+            RecordedEvent {
+                position: version,
+                envelope: Envelope {
+                    event_id: new.event_id,
+                    stream_type: BUDGET_STREAM.into(),
+                    stream_id: id.to_string(),
+                    version,
+                    event_type: new.event_type,
+                    schema: new.schema,
+                    occurred_at: at,
+                    meta: new.meta,
+                    payload: new.payload,
+                },
+            }
+        };
+        let (user, other, key) = (Uuid::from_u128(1), Uuid::from_u128(2), Uuid::from_u128(3));
+        let set = |id: u128, scope: &str, subject: Uuid, period: &str| BudgetEvent::Set {
+            budget_id: Uuid::from_u128(id),
+            scope: scope.into(),
+            subject_id: subject,
+            period: period.into(),
+            limit_usd: Usd::parse("1").unwrap(),
+        };
+        let mut p = BudgetsProjection::default();
+        let mut dirty = BTreeSet::new();
+        for (id, ev) in [
+            (10, set(10, "user", user, "day")),
+            (11, set(11, "user", user, "month")),
+            (12, set(12, "user", other, "day")),
+            (13, set(13, "key", key, "total")),
+            // Set again: a new limit, not a second entry.
+            (10, set(10, "user", user, "day")),
+        ] {
+            p.apply(&recorded(1, Uuid::from_u128(id), &ev), &mut dirty)
+                .unwrap();
+        }
+        let ids = |v: Vec<&BudgetRow>| {
+            let mut ids: Vec<u128> = v.iter().map(|b| b.budget_id.as_u128()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(p.applying(user, None)), [10, 11]);
+        assert_eq!(ids(p.applying(user, Some(key))), [10, 11, 13]);
+        assert_eq!(ids(p.applying(other, Some(key))), [12, 13]);
+        // A key's id used as a user finds no user budget.
+        assert!(p.applying(key, None).is_empty());
+        assert_eq!(
+            p.find("user", user, "month").map(|b| b.budget_id.as_u128()),
+            Some(11)
+        );
+        let gone = BudgetEvent::Deleted {
+            budget_id: Uuid::from_u128(11),
+        };
+        p.apply(&recorded(2, Uuid::from_u128(11), &gone), &mut dirty)
+            .unwrap();
+        assert_eq!(ids(p.applying(user, None)), [10]);
+        // Rebuilt from saved rows, the index is the same.
+        let mut q = BudgetsProjection::default();
+        q.load(p.rows()).unwrap();
+        assert_eq!(ids(q.applying(user, Some(key))), [10, 13]);
     }
 }
