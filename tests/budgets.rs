@@ -200,6 +200,25 @@ async fn a_budget_admits_exactly_what_it_covers_and_never_blocks_local_models() 
         "0.0006"
     );
 
+    // The developer sees the budget that limits their key, with a token or the key itself;
+    // the admin (who has none) sees none of theirs; GET /budgets stays an admin's.
+    for cred in [&dev, &key] {
+        let r = api.call("GET", "/users/me/budgets", Some(cred), None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let mine = r.body["budgets"].as_array().unwrap();
+        assert_eq!(mine.len(), 1, "{}", r.body);
+        assert_eq!(mine[0]["id"], budget_id.as_str());
+        assert_eq!(mine[0]["spent_usd"], "0.0006");
+    }
+    let r = api
+        .call("GET", "/users/me/budgets", Some(&admin), None)
+        .await;
+    assert_eq!(r.body["budgets"], json!([]), "{}", r.body);
+    assert_eq!(
+        api.call("GET", "/budgets", Some(&dev), None).await.status,
+        403
+    );
+
     // Spent: the cloud is refused, but free local models still serve.
     let r = api
         .call(

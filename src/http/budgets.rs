@@ -189,6 +189,36 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(BudgetList { budgets })
 }
 
+/// The budgets that limit the caller: with a token, the user's own and those of the user's
+/// keys; with an API key, those that apply to the key's requests (its user's and its own).
+#[utoipa::path(
+    tag = "budgets",
+    security(("bearer" = ["self:read"])),
+    responses((status = 200, description = "The caller's budgets", body = BudgetList), CallerErrors)
+)]
+#[get("/users/me/budgets")]
+pub async fn mine(state: web::Data<AppState>, caller: Caller) -> HttpResponse {
+    let p = &caller.0;
+    let keys: Vec<Uuid> = match p.via {
+        crate::identity::Via::Key { key_id } => vec![key_id],
+        crate::identity::Via::Token { .. } => state
+            .identity
+            .list_keys(p)
+            .into_iter()
+            .filter(|k| k.user_id == p.user_id && k.revoked_at.is_none())
+            .map(|k| k.key_id)
+            .collect(),
+    };
+    let now = Utc::now();
+    let view = state.budgets.view().read();
+    let mut rows: Vec<&BudgetRow> = view.of("user", p.user_id).collect();
+    for k in keys {
+        rows.extend(view.of("key", k));
+    }
+    let budgets = rows.into_iter().map(|b| BudgetView::of(b, now)).collect();
+    HttpResponse::Ok().json(BudgetList { budgets })
+}
+
 /// Removes a budget: requests are no longer limited by it.
 #[utoipa::path(
     tag = "budgets",

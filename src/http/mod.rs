@@ -105,6 +105,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(chat::messages)
         .service(budgets::set)
         .service(budgets::list)
+        .service(budgets::mine)
         .service(budgets::remove);
 }
 

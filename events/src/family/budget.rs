@@ -193,8 +193,8 @@ impl BudgetsProjection {
         self.budgets.values()
     }
 
-    /// The budgets of `subject` in `scope`.
-    fn of(&self, scope: &'static str, subject: Uuid) -> impl Iterator<Item = &BudgetRow> {
+    /// The budgets of `subject` (a user's or a key's id) in `scope` (`user` or `key`).
+    pub fn of(&self, scope: &'static str, subject: Uuid) -> impl Iterator<Item = &BudgetRow> {
         self.by_subject
             .get(&subject)
             .into_iter()
