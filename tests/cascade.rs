@@ -156,6 +156,30 @@ async fn local_logprobs_and_a_cascade_that_escalates_only_unsure_or_cut_answers(
         .collect();
     assert_eq!(streamed, content);
 
+    // A cloud model's log-probabilities pass through, whole and streamed, in the same format.
+    let words: Vec<&str> = TEXT.split_inclusive(' ').collect();
+    let cloud = chat(json!({"model": "gpt", "logprobs": true, "top_logprobs": 1}));
+    let r = post("/v1/chat/completions", cloud.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let content = r.body["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
+    let tokens: Vec<&str> = content.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    assert_eq!(tokens, words);
+    assert!((content[2]["logprob"].as_f64().unwrap() + 0.3).abs() < 1e-6);
+    assert_eq!(content[0]["top_logprobs"][0]["token"], words[0]);
+    let sent = gpt.requests.lock().unwrap().last().unwrap().clone();
+    assert_eq!((&sent["logprobs"], &sent["top_logprobs"]), (&json!(true), &json!(1)));
+    let mut streaming = cloud.clone();
+    streaming["stream"] = json!(true);
+    let chunks = stream_chunks(&api, &admin, &streaming).await;
+    let streamed: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array())
+        .flatten()
+        .cloned()
+        .collect();
+    assert_eq!(streamed, content);
+    let requests_before_cascade = gpt.requests.lock().unwrap().len();
+
     // The cascade with a bar every answer reaches: the local answer is served, with its
     // confidence (the geometric mean of its tokens' probabilities).
     let r = post(
@@ -176,7 +200,7 @@ async fn local_logprobs_and_a_cascade_that_escalates_only_unsure_or_cut_answers(
     assert!((c - mean.exp()).abs() < 1e-6, "{c} vs {}", mean.exp());
     assert!(c > 0.0 && c < 1.0, "{c}");
     assert_eq!(r.body["attempts"].as_array().unwrap().len(), 1);
-    assert_eq!(gpt.requests.lock().unwrap().len(), 0);
+    assert_eq!(gpt.requests.lock().unwrap().len(), requests_before_cascade);
 
     // A bar above it: held back and escalated; the caller never sees the local text.
     let unsure = json!({"messages": [{"role": "user", "content": QUESTION}], "max_tokens": 12, "temperature": 0,

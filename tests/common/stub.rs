@@ -309,6 +309,18 @@ fn anthropic_usage(b: Billed) -> Value {
     })
 }
 
+/// OpenAI's `logprobs` entry for the `i`th word of the answer (made up, but each word its own
+/// value, so a client can tell them apart): `-0.1 × (i + 1)`, one alternative.
+fn stub_logprob(i: usize, w: &str) -> Value {
+    let lp = -0.1 * (i as f64 + 1.0);
+    json!({"token": w, "logprob": lp, "bytes": w.as_bytes(),
+           "top_logprobs": [{"token": w, "logprob": lp, "bytes": w.as_bytes()}]})
+}
+
+fn wants_logprobs(req: &Value) -> bool {
+    req["logprobs"] == json!(true)
+}
+
 fn whole(wire: Wire, b: Billed, req: &Value) -> Value {
     let model = req["model"].clone();
     match wire {
@@ -324,6 +336,14 @@ fn whole(wire: Wire, b: Billed, req: &Value) -> Value {
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": TEXT},
                              "finish_reason": "stop", "logprobs": null}],
             });
+            if wants_logprobs(req) {
+                let content: Vec<Value> = TEXT
+                    .split_inclusive(' ')
+                    .enumerate()
+                    .map(|(i, w)| stub_logprob(i, w))
+                    .collect();
+                v["choices"][0]["logprobs"] = json!({"content": content});
+            }
             if wire == Wire::OpenAi {
                 v["usage"] = openai_usage(b);
             } else {
@@ -358,10 +378,15 @@ async fn stream_answer(
         out.push(ev("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
         out.push(ev("ping", json!({"type": "ping"})));
     }
-    for w in &words {
+    for (i, w) in words.iter().enumerate() {
+        let logprobs = if wants_logprobs(req) {
+            json!({"content": [stub_logprob(i, w)]})
+        } else {
+            Value::Null
+        };
         out.push(match wire {
             Wire::Anthropic => ev("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": w}})),
-            _ => ev("", json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1, "model": req["model"], "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": null}]})),
+            _ => ev("", json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": 1, "model": req["model"], "choices": [{"index": 0, "delta": {"content": w}, "logprobs": logprobs, "finish_reason": null}]})),
         });
     }
     let preamble = if wire == Wire::Anthropic { 3 } else { 0 };

@@ -456,6 +456,7 @@ async fn open(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, 
         seed: req.seed,
         tools: req.tools.clone(),
         tool_choice: req.tool_choice.clone(),
+        logprobs: req.logprobs,
         stream: req.stream,
     };
     let key = e

@@ -339,6 +339,7 @@ mod tests {
                 json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),
             ),
             tool_choice: Some(json!("required")),
+            logprobs: None,
             stream: false,
         };
         let b = body(&req);

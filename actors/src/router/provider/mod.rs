@@ -39,6 +39,8 @@ pub struct ChatRequest {
     /// OpenAI-format tool definitions and choice, passed to providers that take tools.
     pub tools: Option<serde_json::Value>,
     pub tool_choice: Option<serde_json::Value>,
+    /// Ask for each token's log-probability and this many alternatives (OpenAI's dialect).
+    pub logprobs: Option<usize>,
     pub stream: bool,
 }
 

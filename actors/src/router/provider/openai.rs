@@ -8,7 +8,10 @@
 //! `timings.prompt_n` / `predicted_n` (and `cache_n` reused from its cache), read when it
 //! sends no `usage`.
 
+use std::collections::VecDeque;
+
 use futures::StreamExt;
+use revo_engine::local::{TokenLogprob, TopLogprob};
 use revo_events::TokenUsage;
 use serde_json::{json, Value};
 
@@ -54,7 +57,41 @@ pub fn body(req: &ChatRequest, dialect: Dialect) -> Value {
     if let Some(t) = &req.tool_choice {
         b["tool_choice"] = t.clone();
     }
+    if let Some(k) = req.logprobs {
+        b["logprobs"] = json!(true);
+        if k > 0 {
+            b["top_logprobs"] = json!(k);
+        }
+    }
     b
+}
+
+/// A choice's `logprobs.content` entries, as pieces (none when absent or malformed: they are
+/// an extra, never a reason to fail an answer).
+fn logprob_pieces(choice: &Value) -> Vec<Piece> {
+    let entry = |v: &Value| {
+        Some(TokenLogprob {
+            token: v["token"].as_str()?.to_owned(),
+            logprob: v["logprob"].as_f64()? as f32,
+            top: v["top_logprobs"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|t| {
+                            Some(TopLogprob {
+                                token: t["token"].as_str()?.to_owned(),
+                                logprob: t["logprob"].as_f64()? as f32,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+    };
+    choice["logprobs"]["content"]
+        .as_array()
+        .map(|c| c.iter().filter_map(entry).map(Piece::Logprobs).collect())
+        .unwrap_or_default()
 }
 
 /// The usage of a response or chunk, if it carries one.
@@ -109,7 +146,7 @@ fn whole(v: &Value) -> Result<Vec<Piece>, UpstreamError> {
     let choice = v["choices"]
         .get(0)
         .ok_or_else(|| UpstreamError::Broken("the answer has no choices".into()))?;
-    let mut out = Vec::new();
+    let mut out = logprob_pieces(choice);
     if let Some(t) = choice["message"]["content"].as_str() {
         if !t.is_empty() {
             out.push(Piece::Text(t.to_owned()));
@@ -133,6 +170,8 @@ struct StreamState<S> {
     finish: Option<String>,
     usage: Option<TokenUsage>,
     ended: bool,
+    /// Pieces of a chunk not yet handed out (its tokens' log-probabilities, then its text).
+    pending: VecDeque<Piece>,
 }
 
 /// A streamed answer: chunks until `data: [DONE]`; the finish waits for the usage chunk.
@@ -142,8 +181,12 @@ fn stream(resp: reqwest::Response) -> Reply {
         finish: None,
         usage: None,
         ended: false,
+        pending: VecDeque::new(),
     };
     Box::pin(futures::stream::unfold(st, |mut st| async move {
+        if let Some(p) = st.pending.pop_front() {
+            return Some((Ok(p), st));
+        }
         if st.ended {
             return None;
         }
@@ -186,12 +229,16 @@ fn stream(resp: reqwest::Response) -> Reply {
                 st.finish = Some(f.to_owned());
             }
             let delta = &choice["delta"];
+            st.pending.extend(logprob_pieces(choice));
             if let Some(calls) = delta.get("tool_calls").filter(|c| c.is_array()) {
-                return Some((Ok(Piece::ToolCall(calls.clone())), st));
+                st.pending.push_back(Piece::ToolCall(calls.clone()));
             }
             match delta["content"].as_str() {
-                Some(t) if !t.is_empty() => return Some((Ok(Piece::Text(t.to_owned())), st)),
-                _ => continue,
+                Some(t) if !t.is_empty() => st.pending.push_back(Piece::Text(t.to_owned())),
+                _ => {}
+            }
+            if let Some(p) = st.pending.pop_front() {
+                return Some((Ok(p), st));
             }
         }
     }))
@@ -248,6 +295,7 @@ mod tests {
             seed: None,
             tools: None,
             tool_choice: None,
+            logprobs: None,
             stream: true,
         };
         let b = body(&req, Dialect::Openai);
