@@ -161,13 +161,22 @@ async fn local_logprobs_and_a_cascade_that_escalates_only_unsure_or_cut_answers(
     let cloud = chat(json!({"model": "gpt", "logprobs": true, "top_logprobs": 1}));
     let r = post("/v1/chat/completions", cloud.clone()).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let content = r.body["choices"][0]["logprobs"]["content"].as_array().unwrap().clone();
-    let tokens: Vec<&str> = content.iter().map(|t| t["token"].as_str().unwrap()).collect();
+    let content = r.body["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let tokens: Vec<&str> = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
     assert_eq!(tokens, words);
     assert!((content[2]["logprob"].as_f64().unwrap() + 0.3).abs() < 1e-6);
     assert_eq!(content[0]["top_logprobs"][0]["token"], words[0]);
     let sent = gpt.requests.lock().unwrap().last().unwrap().clone();
-    assert_eq!((&sent["logprobs"], &sent["top_logprobs"]), (&json!(true), &json!(1)));
+    assert_eq!(
+        (&sent["logprobs"], &sent["top_logprobs"]),
+        (&json!(true), &json!(1))
+    );
     let mut streaming = cloud.clone();
     streaming["stream"] = json!(true);
     let chunks = stream_chunks(&api, &admin, &streaming).await;

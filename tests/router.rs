@@ -686,3 +686,34 @@ async fn the_official_openai_and_anthropic_sdks_work_unchanged() {
         .await;
     assert_eq!((r.status, r.code()), (422, "invalid_parameter"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cascade_judges_a_local_server_by_the_log_probabilities_it_returns() {
+    let s = setup("").await;
+    // The llama.cpp-like stub gives each of its 8 words -0.1 × (i + 1): a confidence of
+    // exp(-0.45) ≈ 0.64.
+    let cascade =
+        |bar: f64| json!({"prompt": "hi", "route": "cascade", "confidence_threshold": bar});
+    let r = s.generate(cascade(0.6)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["model"], "lcpp", "{}", r.body);
+    let c = r.body["confidence"].as_f64().unwrap();
+    assert!((c - (-0.45f64).exp()).abs() < 1e-4, "{c}");
+    let sent = s.local.requests.lock().unwrap().last().unwrap().clone();
+    assert_eq!(sent["logprobs"], true, "the cascade asked for them: {sent}");
+    let r = s.generate(cascade(0.7)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["model"], "gpt", "{}", r.body);
+    assert_eq!(
+        (
+            &r.body["attempts"][0]["outcome"],
+            &r.body["attempts"][0]["error"]
+        ),
+        (&json!("escalated"), &json!("low_confidence"))
+    );
+    // Without the cascade nothing is asked for.
+    let r = s.generate(json!({"prompt": "hi"})).await;
+    assert_eq!(r.body["model"], "lcpp");
+    let sent = s.local.requests.lock().unwrap().last().unwrap().clone();
+    assert_eq!(sent.get("logprobs"), None, "{sent}");
+}

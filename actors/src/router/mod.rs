@@ -10,9 +10,9 @@
 //!   same model with jittered back-off on 429/5xx/529 and connection errors (at least the
 //!   provider's `Retry-After`), then the next candidate, transparently until the first piece
 //!   of the answer has gone out; after it, a failure ends the answer with an error.
-//! - **Cascade** (`route: "cascade"`): a local model's answer that is not the last candidate
-//!   is held back until it ends; its confidence (the geometric mean of its tokens'
-//!   probabilities, from the engine's log-probabilities) must reach the threshold and it must
+//! - **Cascade** (`route: "cascade"`): a local model's (or local server's) answer that is not
+//!   the last candidate is held back until it ends; its confidence (the geometric mean of its
+//!   tokens' probabilities, from the log-probabilities) must reach the threshold and it must
 //!   not be cut short by a cap below the request's (the model's maximum, or `cost_limit`'s),
 //!   or the request escalates to the next candidate. Both attempts
 //!   are recorded, the held-back one as `escalated` with its confidence.

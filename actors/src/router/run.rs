@@ -357,9 +357,12 @@ async fn attempt(
                     // maximum, or cost_limit's): a later model may finish it. Cut by the
                     // request's own max_tokens, any model would be cut alike.
                     let asked = req.max_tokens.unwrap_or(s.default_max_tokens);
+                    // Revo's engine always gives log-probabilities (none: an empty answer); a
+                    // local server that gives none cannot be judged on confidence.
+                    let judged = cand.entry.provider == Provider::Local || !rec.logprobs.is_empty();
                     let why = if finish_reason == "length" && cand.max_tokens < asked {
                         Some("truncated")
-                    } else if rec.confidence.is_none_or(|c| c < bar) {
+                    } else if judged && rec.confidence.is_none_or(|c| c < bar) {
                         Some("low_confidence")
                     } else {
                         None
@@ -456,7 +459,10 @@ async fn open(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, 
         seed: req.seed,
         tools: req.tools.clone(),
         tool_choice: req.tool_choice.clone(),
-        logprobs: req.logprobs,
+        // The cascade asks local servers for log-probabilities too, to judge their answers.
+        logprobs: req
+            .logprobs
+            .or((req.options.cascade && e.provider.is_local()).then_some(0)),
         stream: req.stream,
     };
     let key = e
