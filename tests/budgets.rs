@@ -21,9 +21,10 @@ use futures::future::join_all;
 use revo_events::Usd;
 use serde_json::{json, Value};
 
-/// $1 per million tokens in and out: a request of 2 prompt bytes and 10 output tokens costs
-/// at most 12 µUSD, and the stub bills exactly that.
-const WORST: &str = "0.000012";
+/// $1 per million tokens in and out: a request of one 2-byte message (2 tokens, and 8 for its
+/// role markers at most) and 10 output tokens costs at most 20 µUSD, and the stub bills
+/// exactly that.
+const WORST: &str = "0.00002";
 
 fn catalog(gpt: &Stub, local: &Stub) -> String {
     format!(
@@ -54,7 +55,7 @@ priority = 2
 async fn stubs() -> (Stub, Stub) {
     let gpt = Stub::start(Wire::OpenAi, vec![Script::Answer]).await;
     gpt.set_usage(Billed {
-        input: 2,
+        input: 10,
         cache_read: 0,
         cache_write: 0,
         output: 10,
@@ -128,7 +129,7 @@ async fn a_budget_admits_exactly_what_it_covers_and_never_blocks_local_models() 
     let (key_id, key) = api.create_key(&dev, json!({"name": "prog"})).await;
 
     // Only admins set budgets; bad input is refused with what is wrong.
-    let body = json!({"scope": "key", "id": key_id, "period": "total", "limit_usd": "0.0006"});
+    let body = json!({"scope": "key", "id": key_id, "period": "total", "limit_usd": "0.001"});
     let r = api
         .call("POST", "/budgets", Some(&dev), Some(body.clone()))
         .await;
@@ -165,7 +166,7 @@ async fn a_budget_admits_exactly_what_it_covers_and_never_blocks_local_models() 
         .call("POST", "/budgets", Some(&admin), Some(body.clone()))
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
-    assert_eq!(r.body["limit_usd"], "0.0006");
+    assert_eq!(r.body["limit_usd"], "0.001");
     let budget_id = r.body["id"].as_str().unwrap().to_owned();
     // Setting it again changes the same budget.
     let r = api.call("POST", "/budgets", Some(&admin), Some(body)).await;
@@ -192,12 +193,12 @@ async fn a_budget_admits_exactly_what_it_covers_and_never_blocks_local_models() 
         (b["held_usd"] == "0").then_some(b)
     })
     .await;
-    assert_eq!(b["spent_usd"], "0.0006", "{b}");
+    assert_eq!(b["spent_usd"], "0.001", "{b}");
     assert_eq!(b["remaining_usd"], "0");
     let worst_total = usd(WORST);
     assert_eq!(
         Usd::from_picos(worst_total.picos() * 50).to_string(),
-        "0.0006"
+        "0.001"
     );
 
     // The developer sees the budget that limits their key, with a token or the key itself;
@@ -208,7 +209,7 @@ async fn a_budget_admits_exactly_what_it_covers_and_never_blocks_local_models() 
         let mine = r.body["budgets"].as_array().unwrap();
         assert_eq!(mine.len(), 1, "{}", r.body);
         assert_eq!(mine[0]["id"], budget_id.as_str());
-        assert_eq!(mine[0]["spent_usd"], "0.0006");
+        assert_eq!(mine[0]["spent_usd"], "0.001");
     }
     let r = api
         .call("GET", "/users/me/budgets", Some(&admin), None)
@@ -379,7 +380,7 @@ async fn two_edges_never_overspend_even_when_one_is_killed() {
     let set =
         |limit: &str| json!({"scope": "key", "id": key_id, "period": "total", "limit_usd": limit});
     let r = api_a
-        .call("POST", "/budgets", Some(&admin), Some(set("0.0006")))
+        .call("POST", "/budgets", Some(&admin), Some(set("0.001")))
         .await;
     assert_eq!(r.status, 201, "{}", r.body);
     eventually(10, || async {
@@ -397,19 +398,19 @@ async fn two_edges_never_overspend_even_when_one_is_killed() {
     };
     let total = eventually(10, || async {
         let s = spent(api_a.clone(), admin.clone()).await;
-        (s == usd("0.0006")).then_some(s)
+        (s == usd("0.001")).then_some(s)
     })
     .await;
-    assert_eq!(total, usd("0.0006"));
+    assert_eq!(total, usd("0.001"));
 
     // Raise the limit by 50 more worst cases, and kill edge B while the race runs.
     let r = api_a
-        .call("POST", "/budgets", Some(&admin), Some(set("0.0012")))
+        .call("POST", "/budgets", Some(&admin), Some(set("0.002")))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     eventually(10, || async {
         let r = api_b.call("GET", "/budgets", Some(&admin), None).await;
-        (r.body["budgets"][0]["limit_usd"] == "0.0012").then_some(())
+        (r.body["budgets"][0]["limit_usd"] == "0.002").then_some(())
     })
     .await;
     // Slow answers, so B dies with requests in flight on leases it has not spent.
@@ -458,9 +459,9 @@ async fn two_edges_never_overspend_even_when_one_is_killed() {
         let revo_events::GenerationEvent::Attempt { cost_usd, .. } = ev;
         s.checked_add(cost_usd).unwrap()
     });
-    assert!(recorded <= usd("0.0012"), "spent {recorded} of 0.0012");
+    assert!(recorded <= usd("0.002"), "spent {recorded} of 0.002");
     assert!(
-        recorded > usd("0.0006"),
+        recorded > usd("0.001"),
         "nothing spent after the raise: {recorded}"
     );
     // The ledger equals the sum of the events.

@@ -189,6 +189,20 @@ async fn local_logprobs_and_a_cascade_that_escalates_only_unsure_or_cut_answers(
     assert_eq!(streamed, content);
     let requests_before_cascade = gpt.requests.lock().unwrap().len();
 
+    // `/ai/generate`'s `prompt` is one user turn: the local chat model answers it through its
+    // template (as the README's first example does).
+    let r = post(
+        "/ai/generate",
+        json!({"prompt": QUESTION, "max_tokens": 12, "temperature": 0, "force_local": true}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        r.body["text"].as_str().unwrap().contains("Paris"),
+        "{}",
+        r.body
+    );
+
     // The cascade with a bar every answer reaches: the local answer is served, with its
     // confidence (the geometric mean of its tokens' probabilities).
     let r = post(

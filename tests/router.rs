@@ -509,14 +509,15 @@ async fn failures_retry_then_fail_over_and_open_the_breaker_while_bad_requests_d
 async fn cost_limits_cap_output_and_timeouts_cuts_and_departures_are_recorded() {
     let s = setup("first_token_timeout_ms = 800\nidle_timeout_ms = 800").await;
 
-    // cost_limit: the prompt "hi" costs at most 2 tokens × $2.50/M = $0.000005; $0.0001
-    // leaves $0.000095, 9 output tokens at $10/M. The cap is what gpt is asked for.
+    // cost_limit: the prompt "hi", one user message, costs at most 2 tokens and 8 for the
+    // message's role markers: 10 × $2.50/M = $0.000025; $0.0001 leaves $0.000075, 7 output
+    // tokens at $10/M. The cap is what gpt is asked for.
     let r = s
         .generate(json!({"prompt": "hi", "model_preference": "gpt", "cost_limit": "0.0001"}))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
     let sent = s.gpt.requests.lock().unwrap().last().unwrap().clone();
-    assert_eq!(sent["max_completion_tokens"], 9);
+    assert_eq!(sent["max_completion_tokens"], 7);
     // A limit below the prompt's own worst case skips the model; free models still serve.
     let r = s
         .generate(json!({"prompt": "hi", "cost_limit": "0.000000000001"}))

@@ -38,7 +38,8 @@ pub struct Message {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateRequest {
-    /// The text to continue (a single user turn for chat models); or `messages`.
+    /// A single user turn (as `messages` with one user message); or `messages`. Raw text
+    /// continuation is `POST /v1/completions`.
     pub prompt: Option<String>,
     pub messages: Option<Vec<Message>>,
     /// Default: `[router] default_max_tokens` (1024), capped by each model's maximum and by
@@ -479,7 +480,12 @@ pub async fn generate(
 ) -> Result<HttpResponse, ApiError> {
     let r = body.0;
     let input = match (r.prompt, r.messages) {
-        (Some(p), None) if !p.is_empty() => Input::Prompt(p),
+        // A single user turn: chat models (local ones through their template) answer it;
+        // raw text continuation is `/v1/completions`.
+        (Some(p), None) if !p.is_empty() => Input::Chat(vec![ChatMessage {
+            role: "user".into(),
+            content: p,
+        }]),
         (None, Some(m)) => {
             let m: Vec<ChatMessage> = m
                 .into_iter()

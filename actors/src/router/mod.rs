@@ -120,11 +120,12 @@ impl Input {
     }
 
     /// Bytes of text sent: an upper bound on its tokens (every token covers a byte or more),
-    /// plus a few tokens per message for the template's role markers.
+    /// plus a few tokens per message for the template's role markers (a prompt goes to chat
+    /// providers as one message).
     fn worst_case_tokens(&self) -> u64 {
         match self {
             Input::Chat(m) => m.iter().map(|m| m.content.len() as u64 + 8).sum(),
-            Input::Prompt(p) => p.len() as u64,
+            Input::Prompt(p) => p.len() as u64 + 8,
         }
     }
 }
