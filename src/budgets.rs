@@ -9,7 +9,7 @@ use revo_actors::{fold_from_zero, FoldUntil};
 use revo_events::family::budget::{period_key, BudgetEvent, BUDGET_STREAM};
 use revo_events::{
     AppendRequest, BudgetsProjection, Directory, EventFamily, EventMeta, EventStore,
-    ExpectedVersion, Usd,
+    ExpectedVersion, StoreError, Usd,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -39,6 +39,26 @@ fn cli_meta() -> EventMeta {
         actor: Some("cli".into()),
         ..Default::default()
     }
+}
+
+/// Appends a budget event to its budget's stream (at any version: a budget's definition is
+/// last-writer-wins); the stream's new version. Shared by the CLI and the HTTP API.
+pub async fn append(
+    store: &dyn EventStore,
+    id: Uuid,
+    ev: &BudgetEvent,
+    meta: EventMeta,
+) -> Result<i64, StoreError> {
+    let new = ev
+        .to_new_event(meta)
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let req = AppendRequest::new(
+        BUDGET_STREAM,
+        id.to_string(),
+        ExpectedVersion::Any,
+        vec![new],
+    );
+    Ok(store.append(req).await?.stream_version)
 }
 
 const BATCH: usize = 4096;
@@ -73,14 +93,7 @@ pub async fn set(
         period: period.into(),
         limit_usd: limit,
     };
-    store
-        .append(AppendRequest::new(
-            BUDGET_STREAM,
-            id.to_string(),
-            ExpectedVersion::Any,
-            vec![ev.to_new_event(cli_meta())?],
-        ))
-        .await?;
+    append(store, id, &ev, cli_meta()).await?;
     Ok(id)
 }
 
@@ -90,15 +103,13 @@ pub async fn delete(store: &dyn EventStore, id: Uuid) -> anyhow::Result<()> {
     if p.get(&id).is_none() {
         bail!("no budget {id}");
     }
-    let ev = BudgetEvent::Deleted { budget_id: id };
-    store
-        .append(AppendRequest::new(
-            BUDGET_STREAM,
-            id.to_string(),
-            ExpectedVersion::Any,
-            vec![ev.to_new_event(cli_meta())?],
-        ))
-        .await?;
+    append(
+        store,
+        id,
+        &BudgetEvent::Deleted { budget_id: id },
+        cli_meta(),
+    )
+    .await?;
     Ok(())
 }
 

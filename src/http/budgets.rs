@@ -4,8 +4,8 @@
 use actix_web::http::StatusCode;
 use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use chrono::{DateTime, Utc};
-use revo_events::family::budget::{period_key, BudgetEvent, BudgetRow, BUDGET_STREAM};
-use revo_events::{AppendRequest, EventFamily, ExpectedVersion, StoreError, Usd};
+use revo_events::family::budget::{period_key, BudgetEvent, BudgetRow};
+use revo_events::{BudgetsProjection, Usd};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -127,47 +127,40 @@ pub async fn set(
         period: b.period,
         limit_usd: limit,
     };
-    let new = ev
-        .to_new_event(caller.meta(&req))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    let appended = state
-        .store
-        .append(AppendRequest::new(
-            BUDGET_STREAM,
-            id.to_string(),
-            ExpectedVersion::Any,
-            vec![new],
-        ))
+    let version = crate::budgets::append(state.store.as_ref(), id, &ev, caller.meta(&req))
         .await
-        .map_err(store_error)?;
-    // Read-your-writes: answer once this edge's view shows it.
-    let view = state.budgets.view();
+        .map_err(ApiError::from)?;
+    let shown = visible(&state, |v| {
+        v.get(&id)
+            .filter(|r| r.version >= version)
+            .map(|r| BudgetView::of(r, Utc::now()))
+    })
+    .await
+    .ok_or_else(|| ApiError::unavailable("the budget was saved but is not visible yet"))?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(HttpResponse::build(status).json(shown))
+}
+
+/// Read-your-writes: waits (up to 5 s) until this edge's view of the budgets shows what
+/// `shown` looks for.
+async fn visible<T>(
+    state: &AppState,
+    shown: impl Fn(&BudgetsProjection) -> Option<T>,
+) -> Option<T> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let shown = view
-            .read()
-            .get(&id)
-            .filter(|r| r.version >= appended.stream_version)
-            .map(|r| BudgetView::of(r, Utc::now()));
-        if let Some(v) = shown {
-            let status = if existed {
-                StatusCode::OK
-            } else {
-                StatusCode::CREATED
-            };
-            return Ok(HttpResponse::build(status).json(v));
+        if let Some(t) = shown(&state.budgets.view().read()) {
+            return Some(t);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::unavailable(
-                "the budget was saved but is not visible yet",
-            ));
+            return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
-}
-
-fn store_error(e: StoreError) -> ApiError {
-    ApiError::from(e)
 }
 
 /// Every budget, with what it has spent and holds in its current period.
@@ -241,28 +234,12 @@ pub async fn remove(
     if state.budgets.view().read().get(&id).is_none() {
         return Err(ApiError::not_found(format!("no budget {id}")));
     }
-    let new = BudgetEvent::Deleted { budget_id: id }
-        .to_new_event(caller.meta(&req))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    state
-        .store
-        .append(AppendRequest::new(
-            BUDGET_STREAM,
-            id.to_string(),
-            ExpectedVersion::Any,
-            vec![new],
-        ))
+    let gone = BudgetEvent::Deleted { budget_id: id };
+    crate::budgets::append(state.store.as_ref(), id, &gone, caller.meta(&req))
         .await
-        .map_err(store_error)?;
-    // Read-your-writes, as for setting.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while state.budgets.view().read().get(&id).is_some() {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(ApiError::unavailable(
-                "the budget was removed but is still visible",
-            ));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+        .map_err(ApiError::from)?;
+    visible(&state, |v| v.get(&id).is_none().then_some(()))
+        .await
+        .ok_or_else(|| ApiError::unavailable("the budget was removed but is still visible"))?;
     Ok(HttpResponse::NoContent().finish())
 }

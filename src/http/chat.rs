@@ -13,7 +13,7 @@
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use revo_actors::router::provider::ChatMessage;
-use revo_actors::router::{Answer, Input, RouteOptions, Update};
+use revo_actors::router::{Answer, Input, Update};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use utoipa::ToSchema;
@@ -21,19 +21,15 @@ use uuid::Uuid;
 
 use super::access::Caller;
 use super::error::{ApiError, ErrorBody};
-use super::generate::{
-    base_request, check_messages, check_sampling, finish, openai_logprobs, opening,
-    parse_cost_limit, parse_logprobs, parse_route, refusal_error, served_by, sse_response,
-    sse_stream, start,
-};
 use super::json::Json;
 use super::openapi::{BodyErrors, CallerErrors};
+use super::routed::Routing;
+use super::routed::{
+    base_request, check_messages, check_sampling, finish, invalid, openai_logprobs, opening,
+    parse_logprobs, refusal_error, served_by, sse_response, sse_stream, start,
+};
 use super::AppState;
 use revo_actors::router::TokenLogprob;
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::unprocessable("invalid_parameter", message)
-}
 
 /// Message content: a string, or parts of which only text is taken.
 fn text_of(content: &Value) -> Result<String, ApiError> {
@@ -116,38 +112,6 @@ pub struct ChatCompletionRequest {
     pub top_logprobs: Option<u32>,
     #[serde(flatten)]
     pub routing: Routing,
-}
-
-/// Revo's routing options, as extra body fields of the compatible endpoints.
-#[derive(Deserialize, ToSchema, Default)]
-pub struct Routing {
-    /// Revo: only local models.
-    pub force_local: Option<bool>,
-    /// Revo: most this request may cost, dollars as a decimal string.
-    pub cost_limit: Option<String>,
-    /// Revo: whether another model may serve (default: false for a named model, true for
-    /// `auto`).
-    pub fallback_allowed: Option<bool>,
-    /// Revo: `auto` or `cascade` (see `POST /ai/generate`).
-    pub route: Option<String>,
-    /// Revo: the cascade's confidence bar, 0 to 1.
-    pub confidence_threshold: Option<f64>,
-}
-
-impl Routing {
-    /// The router's options for a request naming `model` (`auto`: the router picks).
-    pub fn options(&self, model: &str) -> Result<RouteOptions, ApiError> {
-        let auto = model == "auto";
-        Ok(RouteOptions {
-            force_local: self.force_local.unwrap_or(false),
-            model_preference: (!auto).then(|| model.to_owned()),
-            cost_limit: parse_cost_limit(self.cost_limit.as_deref())?,
-            fallback_allowed: self.fallback_allowed.unwrap_or(auto),
-            cascade: parse_route(self.route.as_deref(), self.confidence_threshold)?,
-            confidence_threshold: self.confidence_threshold,
-            registry_model: false,
-        })
-    }
 }
 
 fn openai_usage(a: &Answer) -> Value {

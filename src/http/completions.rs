@@ -12,14 +12,14 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::access::Caller;
-use super::chat::Routing;
 use super::error::{ApiError, ErrorBody};
-use super::generate::{
-    base_request, check_sampling, finish, opening, refusal_error, served_by, sse_response,
-    sse_stream, start,
-};
 use super::json::Json;
 use super::openapi::{BodyErrors, CallerErrors};
+use super::routed::Routing;
+use super::routed::{
+    base_request, check_sampling, finish, invalid, opening, refusal_error, served_by, sse_response,
+    sse_stream, start,
+};
 use super::AppState;
 
 pub const MAX_TOKENS_LIMIT: u32 = 4096;
@@ -118,10 +118,6 @@ pub struct Completion {
     #[schema(value_type = Option<Object>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revo: Option<Value>,
-}
-
-fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::unprocessable("invalid_parameter", message)
 }
 
 fn revo(a: &Answer) -> Value {

@@ -14,6 +14,7 @@ pub mod health;
 pub mod json;
 pub mod keys;
 pub mod openapi;
+pub mod routed;
 pub mod users;
 pub mod views;
 

@@ -12,10 +12,9 @@ use tokio::sync::mpsc;
 use super::catalog::{Entry, Provider};
 use super::provider::{self, ChatRequest, Piece, Reply, UpstreamError};
 use super::{
-    budget, Answer, AttemptReport, Candidate, Inner, Input, Refusal, RouteRequest, TokenLogprob,
-    Update,
+    budget, Answer, AttemptReport, Candidate, Inner, Refusal, RouteRequest, TokenLogprob, Update,
 };
-use crate::model_thread::{self, Job, SubmitError, FAILURE_CODES};
+use crate::model_thread;
 
 /// One attempt's record.
 struct Attempt {
@@ -443,11 +442,14 @@ async fn attempt(
 /// Opens the model's answer.
 async fn open(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, UpstreamError> {
     let e = &cand.entry;
+    // The cascade needs the log-probabilities of local answers (a local model's or a local
+    // server's) even when the caller does not, and records the last tier's confidence too.
+    let logprobs = req
+        .logprobs
+        .or((req.options.cascade && e.provider.is_local()).then_some(0));
     if e.provider == Provider::Local {
-        // The cascade needs the tokens' log-probabilities even when the caller does not (and
-        // records the last tier's confidence too).
-        let logprobs = req.logprobs.or(req.options.cascade.then_some(0));
-        return open_local(i, req, cand, logprobs);
+        let local = i.local.as_ref();
+        return provider::local::call(local, &e.model, req, cand.max_tokens, logprobs);
     }
     let chat = ChatRequest {
         model: e.model.clone(),
@@ -459,10 +461,7 @@ async fn open(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, 
         seed: req.seed,
         tools: req.tools.clone(),
         tool_choice: req.tool_choice.clone(),
-        // The cascade asks local servers for log-probabilities too, to judge their answers.
-        logprobs: req
-            .logprobs
-            .or((req.options.cascade && e.provider.is_local()).then_some(0)),
+        logprobs,
         stream: req.stream,
     };
     let key = e
@@ -482,105 +481,6 @@ async fn open(i: &Inner, req: &RouteRequest, cand: &Candidate) -> Result<Reply, 
             provider::openai::call(&i.http, base, key, &chat, d).await
         }
     }
-}
-
-/// A local model's answer, as pieces: its worker's events.
-fn open_local(
-    i: &Inner,
-    req: &RouteRequest,
-    cand: &Candidate,
-    logprobs: Option<usize>,
-) -> Result<Reply, UpstreamError> {
-    use revo_engine::engine::Sampling;
-    let sampling = Sampling {
-        max_tokens: cand.max_tokens as usize,
-        temperature: req.temperature.unwrap_or(1.0),
-        top_p: req.top_p.unwrap_or(1.0),
-        top_k: req.top_k.unwrap_or(0) as usize,
-        repetition_penalty: req.repetition_penalty.unwrap_or(1.0),
-        seed: req.seed,
-        logprobs,
-    };
-    sampling.validate().map_err(|e| UpstreamError::Status {
-        status: 422,
-        code: Some("invalid_parameter".into()),
-        message: e.to_string(),
-        retry_after: None,
-    })?;
-    let (prompt, messages) = match &req.input {
-        Input::Prompt(p) => (p.clone(), None),
-        Input::Chat(m) => (
-            String::new(),
-            Some(
-                m.iter()
-                    .map(|m| revo_engine::local::Message {
-                        role: m.role.clone(),
-                        content: m.content.clone(),
-                    })
-                    .collect(),
-            ),
-        ),
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    let job = Job {
-        prompt,
-        messages,
-        sampling,
-        stop: req.stop.clone(),
-        events: tx,
-        received: Instant::now(),
-    };
-    i.local.submit(&cand.entry.model, job).map_err(|e| {
-        let (status, code) = match e {
-            SubmitError::Busy(_) => (503, "model_busy"),
-            _ => (503, "model_unavailable"),
-        };
-        UpstreamError::Status {
-            status,
-            code: Some(code.into()),
-            message: e.to_string(),
-            retry_after: None,
-        }
-    })?;
-    // Each worker event is a piece, except the end: the worker that served, then `Done`.
-    let stream = futures::stream::unfold(Some(rx), |rx| async move {
-        let mut rx = rx?;
-        match rx.recv().await? {
-            model_thread::Event::Text(t) => Some((vec![Ok(Piece::Text(t))], Some(rx))),
-            model_thread::Event::Logprobs(l) => Some((vec![Ok(Piece::Logprobs(l))], Some(rx))),
-            model_thread::Event::Done(Ok(o)) => {
-                let usage = TokenUsage {
-                    input: o.prompt_tokens as u64,
-                    output: o.completion_tokens as u64,
-                    ..TokenUsage::default()
-                };
-                let worker = Piece::Worker {
-                    node: o.worker,
-                    device: o.device,
-                };
-                let done = Piece::Done {
-                    finish_reason: crate::model_worker::wire::finish_reason(o.finish).into(),
-                    usage: Some(usage),
-                };
-                Some((vec![Ok(worker), Ok(done)], None))
-            }
-            model_thread::Event::Done(Err(f)) => {
-                let status = FAILURE_CODES
-                    .iter()
-                    .find(|(c, _)| *c == f.code)
-                    .map_or(500, |(_, s)| *s);
-                let e = UpstreamError::Status {
-                    status,
-                    code: Some(f.code.into()),
-                    message: f.message,
-                    retry_after: None,
-                };
-                Some((vec![Err(e)], None))
-            }
-        }
-    })
-    .flat_map(futures::stream::iter);
-    Ok(Box::pin(stream))
 }
 
 /// Appends every attempt of the request in one append (logged, not returned, on failure:

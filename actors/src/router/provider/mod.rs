@@ -1,6 +1,6 @@
-//! Talking to model servers over HTTP: OpenAI's chat completions (OpenAI itself, and Ollama,
-//! vLLM, llama.cpp or any server speaking it) and Anthropic's messages, each streamed (SSE) or
-//! not. A provider turns one request into a [`Reply`]: pieces of text (and tool-call deltas)
+//! Talking to models: over HTTP, OpenAI's chat completions (OpenAI itself, and Ollama, vLLM,
+//! llama.cpp or any server speaking it) and Anthropic's messages, each streamed (SSE) or not;
+//! and Revo's own local models through their workers (`local.rs`). A provider turns one request into a [`Reply`]: pieces of text (and tool-call deltas)
 //! as they come, then how it finished and the usage the provider billed, read the way that
 //! provider defines it.
 //!
@@ -8,6 +8,7 @@
 //! [`UpstreamError`] that says whether a retry or another model could help.
 
 pub mod anthropic;
+pub mod local;
 pub mod openai;
 
 use std::pin::Pin;
