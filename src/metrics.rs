@@ -17,6 +17,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub generation: GenerationMetrics,
     pub router: revo_actors::router::RouterMetrics,
+    pub realtime: revo_actors::rooms::RealtimeMetrics,
     /// Restarts of supervised actors, by actor name (static names and registry model names).
     pub actor_restarts: IntCounterVec,
 }
@@ -212,6 +213,7 @@ impl Metrics {
         let http = HttpMetrics::new()?;
         let generation = GenerationMetrics::new()?;
         let router = revo_actors::router::RouterMetrics::new()?;
+        let realtime = revo_actors::rooms::RealtimeMetrics::new()?;
         let registry = Registry::new();
         let actor_restarts = IntCounterVec::new(
             Opts::new(
@@ -240,7 +242,11 @@ impl Metrics {
             Box::new(generation.tokens.clone()),
             Box::new(generation.time_to_first_token.clone()),
         ];
-        for c in collectors.into_iter().chain(router.collectors()) {
+        for c in collectors
+            .into_iter()
+            .chain(router.collectors())
+            .chain(realtime.collectors())
+        {
             registry.register(c)?;
         }
         Ok(Metrics {
@@ -252,6 +258,7 @@ impl Metrics {
             http,
             generation,
             router,
+            realtime,
         })
     }
 

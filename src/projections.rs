@@ -1,7 +1,10 @@
 //! The projections this build runs and can rebuild (`revo replay list`).
 
 use revo_events::projection::NodesProjection;
-use revo_events::{BudgetsProjection, Directory, LedgerProjection, ModelsProjection, Projection};
+use revo_events::{
+    BudgetsProjection, Directory, LedgerProjection, ModelsProjection, PresenceProjection,
+    Projection, RoomsProjection,
+};
 
 /// A fresh instance of every projection.
 pub fn all() -> Vec<Box<dyn Projection>> {
@@ -11,6 +14,8 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(ModelsProjection::default()),
         Box::new(LedgerProjection::default()),
         Box::new(BudgetsProjection::default()),
+        Box::new(RoomsProjection::default()),
+        Box::new(PresenceProjection::default()),
     ]
 }
 

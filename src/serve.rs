@@ -229,6 +229,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("loading the cost ledger")?;
     router.start_probe(&sup, Duration::from_secs(10));
+    let realtime = start_realtime(
+        &config,
+        store.clone(),
+        bus.clone(),
+        &subjects,
+        &node_id,
+        &metrics,
+        &sup,
+    )
+    .await?;
 
     store_probe.first(Duration::from_secs(5)).await;
     let state = web::Data::new(AppState {
@@ -254,6 +264,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         budgets,
         reference_model: config.reference_model.clone(),
         ledger,
+        realtime: realtime.clone(),
+        realtime_session: revo_actors::rooms::SessionSettings::default(),
     });
     let limits = config.http;
     let server = HttpServer::new(move || http::app(state.clone(), limits))
@@ -286,6 +298,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = shutdown_signal() => None,
     };
     tracing::info!("shutting down");
+    // WebSocket sessions say `bye` and close, so the server's graceful stop does not wait
+    // on them.
+    realtime.close_all();
     if outcome.is_none() {
         // Stop accepting, finish in-flight requests (bounded by the shutdown timeout).
         let stopping = handle.stop(true);
@@ -319,6 +334,49 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(Err(e)) => Err(e).context("HTTP server failed"),
         _ => Ok(()),
     }
+}
+
+/// The real-time hub (rooms, sessions, presence) and the views it reads.
+async fn start_realtime(
+    config: &Config,
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn revo_nats::Bus>,
+    subjects: &Subjects,
+    node_id: &str,
+    metrics: &Metrics,
+    sup: &Supervisor,
+) -> anyhow::Result<revo_actors::rooms::Hub> {
+    let rooms = LiveView::<revo_events::RoomsProjection>::start(
+        store.clone(),
+        store.as_ref(),
+        Duration::from_millis(200),
+        sup,
+    )
+    .await
+    .context("loading the rooms")?;
+    let presence = LiveView::<revo_events::PresenceProjection>::start(
+        store.clone(),
+        store.as_ref(),
+        Duration::from_millis(200),
+        sup,
+    )
+    .await
+    .context("loading presence")?;
+    let mut settings = revo_actors::rooms::HubSettings::default();
+    settings.room.max_payload = config.max_payload_bytes;
+    let hub = revo_actors::rooms::Hub::new(
+        store,
+        bus,
+        subjects.clone(),
+        node_id.to_owned(),
+        settings,
+        metrics.realtime.clone(),
+        rooms,
+        presence,
+        sup,
+    );
+    hub.start(sup);
+    Ok(hub)
 }
 
 /// The JWT keys: configured ones, or (embedded mode only) a key kept in the data directory.

@@ -6,7 +6,7 @@
 //! | folder | actor |
 //! |---|---|
 //! | `group_commit/` | batches concurrent appends into few transactions, each caller its own outcome |
-//! | `router/` | the catalogue the router picks from (the router itself is issue 10's next step) |
+//! | `router/` | the cost-optimising router: catalogue, attempts, breakers, providers, budgets |
 //! | `relay/` | transactional outbox: committed events to the bus, in order, once |
 //! | `projector/` | folds committed events into persisted read models |
 //! | `view/` | a projection kept folded in memory (the user directory, the model registry) |
@@ -15,9 +15,9 @@
 //! | `model_thread/` | a local model on its own OS thread, batching its sequences |
 //! | `model_worker/` | a model thread serving its model's queue group (the worker protocol) |
 //! | `model_client/` | the edge's side of the worker protocol |
+//! | `rooms/` | real-time collaboration: the hub, room and session actors, the WebSocket frames |
 //!
-//! Later: sessions, rooms, presence, workflows, the router and budgets, each a new folder of
-//! the same shape.
+//! Later: workflows, a new folder of the same shape.
 //!
 //! Actors own their state and talk to the outside only through seams handed to them: the
 //! `EventStore`, the `Bus` and the `WorkTransport`, each with an in-memory implementation. They
@@ -32,6 +32,7 @@ pub mod model_worker;
 pub mod projector;
 pub mod rate_limit;
 pub mod relay;
+pub mod rooms;
 pub mod router;
 pub mod store_probe;
 pub mod view;

@@ -24,6 +24,8 @@ pub use family::budget::{BudgetEvent, BudgetsProjection, Hold};
 pub use family::generation::{GenerationEvent, LedgerProjection, PriceSheet, TokenUsage};
 pub use family::identity::{IdentityEvent, Role};
 pub use family::models::{ModelEvent, ModelsProjection};
+pub use family::presence::{PresenceEvent, PresenceProjection};
+pub use family::room::{RoomEvent, RoomRole, RoomsProjection};
 pub use family::system::SystemEvent;
 pub use family::EventFamily;
 pub use money::{MoneyError, Usd, UsdPerMtok};

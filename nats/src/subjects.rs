@@ -92,6 +92,11 @@ impl Subjects {
         ))
     }
 
+    /// `<prefix>.sig.<kind>.*`: every signal of one kind.
+    pub fn signals_of_kind(&self, kind: &str) -> Result<String, BadToken> {
+        Ok(format!("{}.sig.{}.*", self.prefix, token(kind)?))
+    }
+
     /// `<prefix>.cmd.model.<model>`: generation requests, taken by the model's workers as one
     /// queue group.
     pub fn model_requests(&self, model: &str) -> Result<String, BadToken> {

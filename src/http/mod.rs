@@ -14,9 +14,11 @@ pub mod health;
 pub mod json;
 pub mod keys;
 pub mod openapi;
+pub mod rooms;
 pub mod routed;
 pub mod users;
 pub mod views;
+pub mod ws;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,6 +67,9 @@ pub struct AppState {
     pub budgets: revo_actors::router::budget::Budgets,
     /// The cost ledger, folded in memory and following the log (`GET /ai/metrics`).
     pub ledger: revo_actors::LiveView<revo_events::LedgerProjection>,
+    /// Real-time rooms, sessions and presence on this edge (`/rooms`, `/ws/{user_id}`).
+    pub realtime: revo_actors::rooms::Hub,
+    pub realtime_session: revo_actors::rooms::SessionSettings,
 }
 
 impl AppState {
@@ -107,7 +112,18 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(budgets::set)
         .service(budgets::list)
         .service(budgets::mine)
-        .service(budgets::remove);
+        .service(budgets::remove)
+        .service(rooms::create)
+        .service(rooms::list)
+        .service(rooms::get)
+        .service(rooms::add_member)
+        .service(rooms::set_role)
+        .service(rooms::remove_member)
+        .service(rooms::archive)
+        .service(rooms::history)
+        .service(rooms::doc)
+        .service(rooms::presence)
+        .service(ws::connect);
 }
 
 /// The generated OpenAPI document.

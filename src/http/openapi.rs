@@ -26,6 +26,8 @@ use super::AppState;
         (name = "keys", description = "API keys for programs"),
         (name = "models", description = "Text generation with local models (OpenAI-compatible)"),
         (name = "ai", description = "The router's catalogue of local and cloud models"),
+        (name = "rooms", description = "Real-time rooms: members, history by offset, documents, presence"),
+        (name = "realtime", description = "The WebSocket (frames in docs/websocket.md)"),
         (name = "health", description = "Probes and metrics"),
         (name = "docs", description = "This documentation"),
     )

@@ -23,10 +23,13 @@ pub enum Permission {
     Generate,
     /// Operational detail: `/health/details` (internal errors, hosts, paths).
     SystemRead,
+    /// Real-time rooms: `/rooms` and the WebSocket (what one may do inside a room is the
+    /// room's own owner / member / viewer role).
+    Rooms,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 8] = [
+    pub const ALL: [Permission; 9] = [
         Permission::SelfRead,
         Permission::UsersRead,
         Permission::UsersWrite,
@@ -35,6 +38,7 @@ impl Permission {
         Permission::KeysAll,
         Permission::Generate,
         Permission::SystemRead,
+        Permission::Rooms,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Permission {
             Permission::KeysAll => "keys:all",
             Permission::Generate => "generate",
             Permission::SystemRead => "system:read",
+            Permission::Rooms => "rooms",
         }
     }
 
@@ -60,8 +65,8 @@ pub fn role_allows(role: Role, perm: Permission) -> bool {
     use Permission::*;
     match role {
         Role::Admin => true,
-        Role::Developer => matches!(perm, SelfRead | KeysRead | KeysWrite | Generate),
-        Role::Viewer => matches!(perm, SelfRead | KeysRead),
+        Role::Developer => matches!(perm, SelfRead | KeysRead | KeysWrite | Generate | Rooms),
+        Role::Viewer => matches!(perm, SelfRead | KeysRead | Rooms),
     }
 }
 

@@ -8,6 +8,8 @@ pub mod budget;
 pub mod generation;
 pub mod identity;
 pub mod models;
+pub mod presence;
+pub mod room;
 pub mod system;
 
 use chrono::Utc;

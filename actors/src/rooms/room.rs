@@ -1,0 +1,874 @@
+//! One room on this edge: an actor that owns the room's state (the fold of its stream), its
+//! local subscribers and its Yjs documents, and is reached only through its mailbox.
+//!
+//! Every edge with a subscriber in a room runs one such actor for it. Each is a follower of
+//! the room's stream and a writer to it: it appends with the exact version it has folded, so
+//! two edges never interleave a decision (a conflict means another edge wrote first: it
+//! catches up and decides again). Events reach it from its own appends at once, and from
+//! other edges through the bus; a gap in the versions is filled from the store, so each
+//! subscriber gets every event once, in offset order.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use revo_events::family::room::{RoomEvent, RoomRole, RoomState, ROOM_STREAM};
+use revo_events::{
+    AppendRequest, EventFamily, EventLog, EventMeta, ExpectedVersion, RecordedEvent, StoreError,
+};
+use serde_json::json;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+use yrs::updates::decoder::Decode;
+use yrs::updates::encoder::Encode;
+use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
+
+use super::frames;
+use super::outbox::{Out, Outbox};
+use super::RealtimeMetrics;
+use crate::kit::Inbox;
+
+/// What a room needs from its edge.
+#[derive(Clone)]
+pub struct RoomSettings {
+    /// Recent frames kept for joins that missed little (older gaps are read from the store by
+    /// the session itself).
+    pub ring: usize,
+    /// A room without subscribers stops after this long.
+    pub idle: Duration,
+    /// A document gets a snapshot event after this many updates.
+    pub snapshot_every: u64,
+    /// Largest event payload the store takes (a bigger snapshot is skipped).
+    pub max_payload: usize,
+}
+
+impl Default for RoomSettings {
+    fn default() -> Self {
+        RoomSettings {
+            ring: 512,
+            idle: Duration::from_secs(60),
+            snapshot_every: 100,
+            max_payload: 1024 * 1024,
+        }
+    }
+}
+
+/// A session subscribed to the room.
+pub struct Subscriber {
+    pub session: Uuid,
+    pub user: Uuid,
+    pub outbox: Outbox,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RoomError {
+    #[error("no such room")]
+    NotFound,
+    #[error("{1}")]
+    Forbidden(&'static str, String),
+    #[error("{1}")]
+    Invalid(&'static str, String),
+    #[error("the room is archived")]
+    Archived,
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl RoomError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            RoomError::NotFound => "room_not_found",
+            RoomError::Forbidden(c, _) | RoomError::Invalid(c, _) => c,
+            RoomError::Archived => "room_archived",
+            RoomError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl From<StoreError> for RoomError {
+    fn from(e: StoreError) -> Self {
+        RoomError::Unavailable(e.to_string())
+    }
+}
+
+/// A change to the room, decided by the actor.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Post { client_id: String, text: String },
+    Edit { message_id: Uuid, text: String },
+    Delete { message_id: Uuid },
+    DocUpdate { doc: String, update: Vec<u8> },
+    AddMember { user: Uuid, role: RoomRole },
+    ChangeRole { user: Uuid, role: RoomRole },
+    RemoveMember { user: Uuid },
+    Archive,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub offset: i64,
+    pub message_id: Option<Uuid>,
+    /// The write repeated an earlier one (same client id): nothing new was stored.
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Joined {
+    /// Subscribed: what was missed is queued, then `room.joined`, then live events.
+    Live { role: RoomRole, offset: i64 },
+    /// Too far behind for the room's memory: read the store up to `offset`, then join again.
+    Behind { offset: i64 },
+}
+
+/// A document's state for `doc.open`.
+pub struct DocSync {
+    /// What the client lacks (a v1 update against its state vector).
+    pub update: Vec<u8>,
+    /// The server's state vector, so the client can send what the server lacks.
+    pub state_vector: Vec<u8>,
+    pub offset: i64,
+}
+
+pub enum Command {
+    Join {
+        sub: Subscriber,
+        after: Option<i64>,
+        reply: oneshot::Sender<Result<Joined, RoomError>>,
+    },
+    Leave {
+        session: Uuid,
+    },
+    Write {
+        user: Uuid,
+        /// An administrator acting as the room's owner.
+        as_owner: bool,
+        meta: EventMeta,
+        op: Write,
+        reply: oneshot::Sender<Result<Written, RoomError>>,
+    },
+    DocOpen {
+        user: Uuid,
+        doc: String,
+        state_vector: Option<Vec<u8>>,
+        reply: oneshot::Sender<Result<DocSync, RoomError>>,
+    },
+    /// An event of this room from the bus.
+    Event(RecordedEvent),
+    /// An ephemeral frame for everyone here but the session that sent it.
+    Signal {
+        from: Uuid,
+        frame: Arc<str>,
+    },
+    /// A member's presence changed.
+    Presence {
+        user: Uuid,
+        status: String,
+    },
+    /// The bus may have dropped events: read the store.
+    CatchUp,
+}
+
+pub struct Room {
+    id: Uuid,
+    log: Arc<dyn EventLog>,
+    settings: RoomSettings,
+    metrics: RealtimeMetrics,
+    state: RoomState,
+    subs: HashMap<Uuid, (Subscriber, i64)>,
+    ring: VecDeque<(i64, Option<Arc<str>>)>,
+    docs: HashMap<String, Doc>,
+}
+
+const PAGE: usize = 1000;
+/// Appends retried after losing a race to another edge.
+const RETRIES: usize = 5;
+
+fn new_doc() -> Doc {
+    Doc::with_options(Options {
+        // Offsets as JavaScript's Yjs counts them (UTF-16 code units).
+        offset_kind: OffsetKind::Utf16,
+        ..Options::default()
+    })
+}
+
+impl Room {
+    /// Folds the room's stream (the caller spawns [`Room::run`]).
+    pub async fn load(
+        id: Uuid,
+        log: Arc<dyn EventLog>,
+        settings: RoomSettings,
+        metrics: RealtimeMetrics,
+    ) -> Result<Room, RoomError> {
+        let mut room = Room {
+            id,
+            log,
+            settings,
+            metrics,
+            state: RoomState::default(),
+            subs: HashMap::new(),
+            ring: VecDeque::new(),
+            docs: HashMap::new(),
+        };
+        room.catch_up().await?;
+        Ok(room)
+    }
+
+    pub async fn run(
+        mut self,
+        mut inbox: Inbox<Command>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) {
+        let mut idle_since = tokio::time::Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                cmd = inbox.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.handle(cmd).await;
+                }
+                _ = tick.tick() => {
+                    self.subs.retain(|_, (s, _)| !s.outbox.is_closed());
+                    if !self.subs.is_empty() {
+                        idle_since = tokio::time::Instant::now();
+                    } else if idle_since.elapsed() >= self.settings.idle {
+                        break;
+                    }
+                }
+                _ = cancel.cancelled() => break,
+            }
+        }
+        // Closing the inbox first makes the hub spawn a fresh room for later commands.
+        inbox.close();
+        while let Ok(cmd) = inbox.try_recv() {
+            self.handle(cmd).await;
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Join { sub, after, reply } => {
+                let r = self.join(sub, after).await;
+                let _ = reply.send(r);
+            }
+            Command::Leave { session } => {
+                self.subs.remove(&session);
+            }
+            Command::Write {
+                user,
+                as_owner,
+                meta,
+                op,
+                reply,
+            } => {
+                let r = self.write(user, as_owner, meta, op).await;
+                let _ = reply.send(r);
+            }
+            Command::DocOpen {
+                user,
+                doc,
+                state_vector,
+                reply,
+            } => {
+                let r = self.doc_open(user, &doc, state_vector).await;
+                let _ = reply.send(r);
+            }
+            Command::Event(ev) => {
+                let v = ev.envelope.version;
+                let head = self.state.offset();
+                if v == head + 1 {
+                    self.fold(&ev);
+                } else if v > head + 1 {
+                    if let Err(e) = self.catch_up().await {
+                        tracing::warn!(room = %self.id, error = %e, "room: cannot fill a gap from the store");
+                    }
+                }
+            }
+            Command::Signal { from, frame } => {
+                for (s, _) in self.subs.values() {
+                    if s.session != from {
+                        self.push(s, frame.clone());
+                    }
+                }
+            }
+            Command::Presence { user, status } => {
+                if self.state.role_of(&user).is_some() {
+                    let frame: Arc<str> = json!({"type": "presence.update", "room": self.id,
+                        "user_id": user, "status": status})
+                    .to_string()
+                    .into();
+                    for (s, _) in self.subs.values() {
+                        self.push(s, frame.clone());
+                    }
+                }
+            }
+            Command::CatchUp => {
+                if let Err(e) = self.catch_up().await {
+                    tracing::warn!(room = %self.id, error = %e, "room: cannot catch up");
+                }
+            }
+        }
+    }
+
+    fn push(&self, s: &Subscriber, frame: Arc<str>) {
+        if s.outbox.text(frame) {
+            self.metrics.frames_out.inc();
+        }
+    }
+
+    /// Reads and folds everything after the room's offset.
+    async fn catch_up(&mut self) -> Result<(), RoomError> {
+        loop {
+            let from = self.state.offset() + 1;
+            let page = self
+                .log
+                .read_stream(ROOM_STREAM, &self.id.to_string(), from, PAGE)
+                .await?;
+            for ev in &page {
+                if ev.envelope.version == self.state.offset() + 1 {
+                    self.fold(ev);
+                }
+            }
+            if page.len() < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Folds one event (the next version) and fans it out.
+    fn fold(&mut self, ev: &RecordedEvent) {
+        let env = &ev.envelope;
+        let Ok(decoded) = RoomEvent::decode(env) else {
+            // A newer build's event: keep the offset moving; nobody here can render it.
+            tracing::warn!(room = %self.id, event_type = %env.event_type, "room: undecodable event skipped by the live fan-out");
+            if let Some(row) = self.state.row.as_mut() {
+                row.offset = env.version;
+            }
+            return;
+        };
+        self.state.apply(&decoded, env.version, env.occurred_at);
+        if let RoomEvent::DocUpdated { doc, update, .. }
+        | RoomEvent::DocSnapshot {
+            doc, state: update, ..
+        } = &decoded
+        {
+            if let Some(d) = self.docs.get(doc) {
+                apply_update(d, update);
+            }
+        }
+        let frame: Option<Arc<str>> = frames::render(self.id, ev).map(Into::into);
+        let v = env.version;
+        if self.ring.len() >= self.settings.ring {
+            self.ring.pop_front();
+        }
+        self.ring.push_back((v, frame.clone()));
+        let lag = (Utc::now() - env.occurred_at)
+            .num_microseconds()
+            .unwrap_or(0)
+            .max(0);
+        let mut gone = Vec::new();
+        for (session, (s, cursor)) in self.subs.iter_mut() {
+            if *cursor >= v {
+                continue;
+            }
+            *cursor = v;
+            if let Some(f) = &frame {
+                if s.outbox.text(f.clone()) {
+                    self.metrics.frames_out.inc();
+                } else {
+                    gone.push(*session);
+                }
+            }
+        }
+        if frame.is_some() && !self.subs.is_empty() {
+            self.metrics.fanout.observe(lag as f64 / 1e6);
+        }
+        for g in gone {
+            self.subs.remove(&g);
+        }
+        // Membership changes end subscriptions at once, on every edge that folds them.
+        match decoded {
+            RoomEvent::MemberRemoved { user_id, .. } => {
+                self.unsubscribe(|u| *u == user_id, "removed")
+            }
+            RoomEvent::Archived { .. } => self.unsubscribe(|_| true, "archived"),
+            _ => {}
+        }
+    }
+
+    fn unsubscribe(&mut self, who: impl Fn(&Uuid) -> bool, reason: &str) {
+        let frame: Arc<str> = json!({"type": "room.left", "room": self.id, "reason": reason})
+            .to_string()
+            .into();
+        self.subs.retain(|_, (s, _)| {
+            if who(&s.user) {
+                let _ = s.outbox.push(Out::Left(self.id, frame.clone()));
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    async fn join(&mut self, sub: Subscriber, after: Option<i64>) -> Result<Joined, RoomError> {
+        let Some(row) = self.state.row.as_ref() else {
+            return Err(RoomError::NotFound);
+        };
+        if row.archived {
+            return Err(RoomError::Archived);
+        }
+        let public = row.is_public();
+        let role = match self.state.role_of(&sub.user) {
+            Some(r) => r,
+            None if public => {
+                // Joining a public room makes one a member.
+                let meta = EventMeta {
+                    actor: Some(format!("user:{}", sub.user)),
+                    ..Default::default()
+                };
+                self.decide(meta, |st| {
+                    if st.role_of(&sub.user).is_some() {
+                        return Ok(None);
+                    }
+                    Ok(Some(RoomEvent::MemberAdded {
+                        user_id: sub.user,
+                        role: RoomRole::Member,
+                        by: sub.user,
+                    }))
+                })
+                .await?;
+                self.state.role_of(&sub.user).unwrap_or(RoomRole::Member)
+            }
+            None => {
+                return Err(RoomError::Forbidden(
+                    "not_a_member",
+                    "this room is private: ask its owner for an invitation".into(),
+                ))
+            }
+        };
+        let head = self.state.offset();
+        let from = after.unwrap_or(head).max(0);
+        // What the client missed must all be in the ring, or it reads the store first.
+        if from < head {
+            let oldest = self.ring.front().map_or(head + 1, |(v, _)| *v);
+            if from + 1 < oldest {
+                return Ok(Joined::Behind { offset: head });
+            }
+            for (v, frame) in &self.ring {
+                if *v > from {
+                    if let Some(f) = frame {
+                        self.push(&sub, f.clone());
+                    }
+                }
+            }
+        }
+        let joined: Arc<str> = json!({"type": "room.joined", "room": self.id, "role": role,
+            "offset": head.max(from), "name": self.state.row.as_ref().map(|r| r.name.clone())})
+        .to_string()
+        .into();
+        self.push(&sub, joined);
+        self.subs.insert(sub.session, (sub, head.max(from)));
+        Ok(Joined::Live {
+            role,
+            offset: head.max(from),
+        })
+    }
+
+    /// Decides an event from the current state and appends it at the exact next version;
+    /// on a conflict, catches up and decides again. `Ok(None)` from `decide` appends nothing.
+    async fn decide(
+        &mut self,
+        meta: EventMeta,
+        mut decide: impl FnMut(&RoomState) -> Result<Option<RoomEvent>, RoomError>,
+    ) -> Result<Option<i64>, RoomError> {
+        for _ in 0..RETRIES {
+            let Some(ev) = decide(&self.state)? else {
+                return Ok(None);
+            };
+            let new = ev
+                .to_new_event(meta.clone())
+                .map_err(|e| RoomError::Invalid("invalid_frame", e.to_string()))?;
+            let head = self.state.offset();
+            let req = AppendRequest::new(
+                ROOM_STREAM,
+                self.id.to_string(),
+                ExpectedVersion::Exact(head),
+                vec![new.clone()],
+            );
+            match self.log.append(req).await {
+                Ok(a) => {
+                    let rec = RecordedEvent {
+                        position: a.last_position,
+                        envelope: revo_events::Envelope {
+                            event_id: new.event_id,
+                            stream_type: ROOM_STREAM.into(),
+                            stream_id: self.id.to_string(),
+                            version: a.stream_version,
+                            event_type: new.event_type,
+                            schema: new.schema,
+                            occurred_at: new.occurred_at,
+                            meta: new.meta,
+                            payload: new.payload,
+                        },
+                    };
+                    self.fold(&rec);
+                    return Ok(Some(a.stream_version));
+                }
+                Err(StoreError::Conflict { .. }) => self.catch_up().await?,
+                Err(StoreError::PayloadTooLarge { size, limit, .. }) => {
+                    return Err(RoomError::Invalid(
+                        "too_large",
+                        format!("{size} bytes is over the limit of {limit}"),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(RoomError::Unavailable(
+            "the room is too busy right now; try again".into(),
+        ))
+    }
+
+    async fn write(
+        &mut self,
+        user: Uuid,
+        as_owner: bool,
+        meta: EventMeta,
+        op: Write,
+    ) -> Result<Written, RoomError> {
+        if self.state.row.is_none() {
+            return Err(RoomError::NotFound);
+        }
+        if let Write::DocUpdate { doc, update } = &op {
+            // Checked before anything is stored: it must be a Yjs update.
+            if Update::decode_v1(update).is_err() {
+                return Err(RoomError::Invalid(
+                    "invalid_update",
+                    "not a Yjs update (v1 encoding)".into(),
+                ));
+            }
+            self.load_doc(doc).await?;
+        }
+        let mut message_id = None;
+        let mut duplicate = None;
+        let offset = self
+            .decide(meta.clone(), |st| {
+                let row = st.row.as_ref().ok_or(RoomError::NotFound)?;
+                if row.archived {
+                    return Err(RoomError::Archived);
+                }
+                let role = if as_owner {
+                    Some(RoomRole::Owner)
+                } else {
+                    row.role_of(&user)
+                };
+                let owner = role == Some(RoomRole::Owner);
+                let writer = role.is_some_and(RoomRole::can_write);
+                let need_owner = || {
+                    RoomError::Forbidden("forbidden", "only the room's owners may do this".into())
+                };
+                Ok(Some(match &op {
+                    Write::Post { client_id, text } => {
+                        if !writer {
+                            return Err(RoomError::Forbidden(
+                                "forbidden",
+                                "viewers cannot post in this room".into(),
+                            ));
+                        }
+                        if let Some((id, off)) = st.client_ids.get(&(user, client_id.clone())) {
+                            duplicate = Some((*id, *off));
+                            return Ok(None);
+                        }
+                        let id = Uuid::now_v7();
+                        message_id = Some(id);
+                        RoomEvent::MessagePosted {
+                            message_id: id,
+                            user_id: user,
+                            client_id: Some(client_id.clone()),
+                            text: text.clone(),
+                        }
+                    }
+                    Write::Edit { .. } | Write::Delete { .. } if !writer => {
+                        return Err(RoomError::Forbidden(
+                            "forbidden",
+                            "viewers cannot change messages".into(),
+                        ));
+                    }
+                    Write::Edit {
+                        message_id: m,
+                        text,
+                    } => {
+                        let msg = st.messages.get(m).filter(|x| !x.deleted).ok_or_else(|| {
+                            RoomError::Invalid(
+                                "message_not_found",
+                                format!("no message {m} in this room"),
+                            )
+                        })?;
+                        if msg.author != user {
+                            return Err(RoomError::Forbidden(
+                                "forbidden",
+                                "only its author may edit a message".into(),
+                            ));
+                        }
+                        message_id = Some(*m);
+                        RoomEvent::MessageEdited {
+                            message_id: *m,
+                            user_id: user,
+                            text: text.clone(),
+                        }
+                    }
+                    Write::Delete { message_id: m } => {
+                        let msg = st.messages.get(m).filter(|x| !x.deleted).ok_or_else(|| {
+                            RoomError::Invalid(
+                                "message_not_found",
+                                format!("no message {m} in this room"),
+                            )
+                        })?;
+                        if msg.author != user && !owner {
+                            return Err(RoomError::Forbidden(
+                                "forbidden",
+                                "only its author or an owner may delete a message".into(),
+                            ));
+                        }
+                        message_id = Some(*m);
+                        RoomEvent::MessageDeleted {
+                            message_id: *m,
+                            user_id: user,
+                        }
+                    }
+                    Write::DocUpdate { doc, update } => {
+                        if !writer {
+                            return Err(RoomError::Forbidden(
+                                "forbidden",
+                                "viewers cannot edit documents".into(),
+                            ));
+                        }
+                        RoomEvent::DocUpdated {
+                            doc: doc.clone(),
+                            user_id: user,
+                            update: update.clone(),
+                        }
+                    }
+                    Write::AddMember { user: u, role: r } => {
+                        if !owner {
+                            return Err(need_owner());
+                        }
+                        if row.members.contains_key(u) {
+                            return Err(RoomError::Invalid(
+                                "already_member",
+                                "already a member; change the role instead".into(),
+                            ));
+                        }
+                        RoomEvent::MemberAdded {
+                            user_id: *u,
+                            role: *r,
+                            by: user,
+                        }
+                    }
+                    Write::ChangeRole { user: u, role: r } => {
+                        if !owner {
+                            return Err(need_owner());
+                        }
+                        let current = row.role_of(u).ok_or_else(|| {
+                            RoomError::Invalid("not_a_member", format!("{u} is not a member"))
+                        })?;
+                        if current == RoomRole::Owner && *r != RoomRole::Owner && owners(st) == 1 {
+                            return Err(RoomError::Invalid(
+                                "last_owner",
+                                "a room keeps at least one owner".into(),
+                            ));
+                        }
+                        RoomEvent::MemberRoleChanged {
+                            user_id: *u,
+                            role: *r,
+                            by: user,
+                        }
+                    }
+                    Write::RemoveMember { user: u } => {
+                        if !owner && *u != user {
+                            return Err(need_owner());
+                        }
+                        let current = row.role_of(u).ok_or_else(|| {
+                            RoomError::Invalid("not_a_member", format!("{u} is not a member"))
+                        })?;
+                        if current == RoomRole::Owner && owners(st) == 1 {
+                            return Err(RoomError::Invalid(
+                                "last_owner",
+                                "a room keeps at least one owner".into(),
+                            ));
+                        }
+                        RoomEvent::MemberRemoved {
+                            user_id: *u,
+                            by: user,
+                        }
+                    }
+                    Write::Archive => {
+                        if !owner {
+                            return Err(need_owner());
+                        }
+                        RoomEvent::Archived { by: user }
+                    }
+                }))
+            })
+            .await?;
+        if let Some((id, off)) = duplicate {
+            return Ok(Written {
+                offset: off,
+                message_id: Some(id),
+                duplicate: true,
+            });
+        }
+        let offset = offset.unwrap_or_else(|| self.state.offset());
+        if let Write::DocUpdate { doc, .. } = &op {
+            self.maybe_snapshot(doc, offset).await;
+        }
+        Ok(Written {
+            offset,
+            message_id,
+            duplicate: false,
+        })
+    }
+
+    /// Appends a snapshot of `doc` once enough updates have piled up since the last one.
+    async fn maybe_snapshot(&mut self, doc: &str, offset: i64) {
+        let due = self
+            .state
+            .docs
+            .get(doc)
+            .is_some_and(|(_, n)| *n >= self.settings.snapshot_every);
+        let Some(d) = self.docs.get(doc).filter(|_| due) else {
+            return;
+        };
+        let state = d
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        if state.len() + 1024 > self.settings.max_payload {
+            tracing::warn!(room = %self.id, doc, bytes = state.len(), "room: document too large to snapshot");
+            return;
+        }
+        let ev = RoomEvent::DocSnapshot {
+            doc: doc.to_owned(),
+            upto: offset,
+            state,
+        };
+        let meta = EventMeta {
+            actor: Some("system".into()),
+            ..Default::default()
+        };
+        // Losing the race to another write is fine: the next update tries again.
+        let mut once = Some(ev);
+        if let Err(e) = self.decide(meta, |_| Ok(once.take())).await {
+            tracing::warn!(room = %self.id, doc, error = %e, "room: snapshot not written");
+        }
+    }
+
+    /// Loads a document from its latest snapshot and the updates after it.
+    async fn load_doc(&mut self, doc: &str) -> Result<(), RoomError> {
+        if self.docs.contains_key(doc) {
+            return Ok(());
+        }
+        let d = new_doc();
+        let head = self.state.offset();
+        let mut from = self
+            .state
+            .docs
+            .get(doc)
+            .map_or(1, |(upto, _)| upto + 1)
+            .max(1);
+        while from <= head {
+            let page = self
+                .log
+                .read_stream(ROOM_STREAM, &self.id.to_string(), from, PAGE)
+                .await?;
+            let Some(last) = page.last() else { break };
+            from = last.envelope.version + 1;
+            for ev in page.iter().filter(|e| e.envelope.version <= head) {
+                if !matches!(
+                    ev.envelope.event_type.as_str(),
+                    "room.doc_updated" | "room.doc_snapshot"
+                ) {
+                    continue;
+                }
+                match RoomEvent::decode(&ev.envelope) {
+                    Ok(RoomEvent::DocUpdated {
+                        doc: name, update, ..
+                    })
+                    | Ok(RoomEvent::DocSnapshot {
+                        doc: name,
+                        state: update,
+                        ..
+                    }) if name == doc => apply_update(&d, &update),
+                    _ => {}
+                }
+            }
+        }
+        self.docs.insert(doc.to_owned(), d);
+        Ok(())
+    }
+
+    async fn doc_open(
+        &mut self,
+        user: Uuid,
+        doc: &str,
+        state_vector: Option<Vec<u8>>,
+    ) -> Result<DocSync, RoomError> {
+        if self.state.row.is_none() {
+            return Err(RoomError::NotFound);
+        }
+        if self.state.role_of(&user).is_none() {
+            return Err(RoomError::Forbidden(
+                "not_a_member",
+                "join the room first".into(),
+            ));
+        }
+        let sv = match state_vector {
+            Some(b) => StateVector::decode_v1(&b).map_err(|_| {
+                RoomError::Invalid("invalid_frame", "not a Yjs state vector".into())
+            })?,
+            None => StateVector::default(),
+        };
+        self.load_doc(doc).await?;
+        let d = self
+            .docs
+            .get(doc)
+            .ok_or_else(|| RoomError::Unavailable("document not loaded".into()))?;
+        let txn = d.transact();
+        Ok(DocSync {
+            update: txn.encode_state_as_update_v1(&sv),
+            state_vector: txn.state_vector().encode_v1(),
+            offset: self.state.offset(),
+        })
+    }
+}
+
+fn owners(st: &RoomState) -> usize {
+    st.row.as_ref().map_or(0, |r| {
+        r.members
+            .values()
+            .filter(|r| **r == RoomRole::Owner)
+            .count()
+    })
+}
+
+fn apply_update(doc: &Doc, update: &[u8]) {
+    match Update::decode_v1(update) {
+        Ok(u) => {
+            if let Err(e) = doc.transact_mut().apply_update(u) {
+                tracing::warn!(error = %e, "room: a stored document update does not apply");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "room: a stored document update does not decode"),
+    }
+}
+
+/// The text of a document's root type `name` (tests and the replay check compare it).
+pub fn doc_text(state: &[u8], name: &str) -> Option<String> {
+    use yrs::GetString;
+    let d = new_doc();
+    let text = d.get_or_insert_text(name);
+    let u = Update::decode_v1(state).ok()?;
+    d.transact_mut().apply_update(u).ok()?;
+    let txn = d.transact();
+    Some(text.get_string(&txn))
+}

@@ -1,0 +1,816 @@
+//! One WebSocket connection: an actor that owns the socket, reads the client's frames in order,
+//! asks the rooms, and writes everything queued for it (its outbox) to the socket. The edge
+//! (`src/http/ws.rs`) authenticates and hands over the socket; nothing here knows actix.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use revo_events::family::presence::STATUSES;
+use revo_events::family::room::{RoomRole, ROOM_STREAM};
+use revo_events::EventMeta;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::frames::{self, BadFrame, ClientFrame, MAX_NAME, MAX_SIGNAL, MAX_TEXT};
+use super::hub::{Hub, SessionEntry};
+use super::outbox::{outbox, Out, Outbox, OutboxRx};
+use super::room::{Command, Joined, RoomError, Subscriber, Write};
+
+/// Close codes (documented in docs/websocket.md).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    /// The edge is stopping (after a `bye` frame): reconnect, to any edge.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame over the transport limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// No credential, a bad one, or one revoked or disabled since.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// No pong (or anything else) from the client within the heartbeat timeout.
+    pub const HEARTBEAT: u16 = 4002;
+    /// The path's user is not the caller.
+    pub const FORBIDDEN: u16 = 4003;
+    /// The client did not read fast enough: its outbound queue overflowed. Resume by offset.
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// Frames kept coming far over the rate limit.
+    pub const FLOOD: u16 = 4029;
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    pub outbox_frames: usize,
+    pub outbox_bytes: usize,
+    /// Largest text frame taken (larger ones get an `error` frame).
+    pub max_frame: usize,
+    /// Pings every `heartbeat`; a client silent for `dead_after` is closed.
+    pub heartbeat: Duration,
+    pub dead_after: Duration,
+    /// How often the credential is checked again (revoked or disabled closes the socket).
+    pub recheck: Duration,
+    /// Frames per second per connection, and the burst above it.
+    pub rate: f64,
+    pub burst: f64,
+    /// Ephemeral signals (typing, cursors, selections, awareness) per second, and burst.
+    pub signal_rate: f64,
+    pub signal_burst: f64,
+    /// Refused frames tolerated before the connection is closed as a flood.
+    pub strikes: u32,
+}
+
+impl Default for SessionSettings {
+    fn default() -> Self {
+        SessionSettings {
+            outbox_frames: 4096,
+            outbox_bytes: 2 * 1024 * 1024,
+            max_frame: 256 * 1024,
+            heartbeat: Duration::from_secs(15),
+            dead_after: Duration::from_secs(45),
+            recheck: Duration::from_secs(5),
+            rate: 100.0,
+            burst: 200.0,
+            signal_rate: 30.0,
+            signal_burst: 60.0,
+            strikes: 200,
+        }
+    }
+}
+
+/// Who is connected.
+pub struct Who {
+    pub user: Uuid,
+    pub username: String,
+    /// The `actor` of the events the session causes.
+    pub actor: String,
+    /// An administrator (`users:write`): may notify anyone and manage any room.
+    pub admin: bool,
+    /// Whether the credential still admits the user.
+    pub still_valid: Box<dyn Fn() -> bool>,
+}
+
+/// What the client sent, as the edge read it off the socket.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(String),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong,
+    Close,
+    /// A frame over the transport's limit (the transport cannot go on).
+    TooBig,
+    /// The connection broke.
+    Broken,
+}
+
+/// The socket's writing half.
+#[async_trait(?Send)]
+pub trait Socket {
+    async fn text(&mut self, text: &str) -> bool;
+    async fn binary(&mut self, bytes: Bytes) -> bool;
+    async fn ping(&mut self, bytes: &[u8]) -> bool;
+    async fn pong(&mut self, bytes: &[u8]) -> bool;
+    async fn close(&mut self, code: u16, reason: &str);
+}
+
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, burst: f64) -> Bucket {
+        Bucket {
+            tokens: burst,
+            rate,
+            burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Session {
+    hub: Hub,
+    who: Who,
+    id: Uuid,
+    settings: SessionSettings,
+    outbox: Outbox,
+    joined: HashMap<Uuid, RoomRole>,
+    topics: Arc<Mutex<HashSet<String>>>,
+    frames: Bucket,
+    signals: Bucket,
+    strikes: u32,
+}
+
+/// Why the loop ended.
+struct Close(u16, &'static str);
+
+/// Runs a connection to its end.
+pub async fn run(
+    hub: Hub,
+    who: Who,
+    settings: SessionSettings,
+    mut inbound: impl Stream<Item = Inbound> + Unpin,
+    mut socket: impl Socket,
+) {
+    let id = Uuid::now_v7();
+    let (tx, mut rx) = outbox(settings.outbox_frames, settings.outbox_bytes);
+    let topics = Arc::new(Mutex::new(HashSet::new()));
+    hub.register(
+        who.user,
+        id,
+        SessionEntry {
+            outbox: tx.clone(),
+            topics: topics.clone(),
+        },
+    );
+    if let Err(e) = hub.session_opened(who.user, id).await {
+        tracing::warn!(error = %e, "presence: session start not recorded");
+    }
+    let mut s = Session {
+        frames: Bucket::new(settings.rate, settings.burst),
+        signals: Bucket::new(settings.signal_rate, settings.signal_burst),
+        hub: hub.clone(),
+        id,
+        settings,
+        outbox: tx,
+        joined: HashMap::new(),
+        topics,
+        strikes: 0,
+        who,
+    };
+    let welcome = json!({
+        "type": "welcome", "session_id": id, "user_id": s.who.user, "username": s.who.username,
+        "node": hub.node(), "heartbeat_ms": s.settings.heartbeat.as_millis() as u64,
+        "limits": {"max_frame_bytes": s.settings.max_frame, "frames_per_second": s.settings.rate,
+            "signals_per_second": s.settings.signal_rate, "max_text_bytes": MAX_TEXT},
+    });
+    let ended = if socket.text(&welcome.to_string()).await {
+        s.serve(&mut inbound, &mut socket, &mut rx).await
+    } else {
+        Close(close::NORMAL, "")
+    };
+    if ended.0 != close::NORMAL || !ended.1.is_empty() {
+        socket.close(ended.0, ended.1).await;
+    }
+    hub.metrics()
+        .closes
+        .with_label_values(&[&ended.0.to_string()])
+        .inc();
+    for room in s.joined.keys() {
+        hub.leave(*room, id);
+    }
+    hub.unregister(s.who.user, id);
+    let reason = match ended.0 {
+        close::UNAUTHORIZED => "revoked",
+        close::GOING_AWAY => "shutdown",
+        _ => "closed",
+    };
+    hub.session_closed(s.who.user, id, reason);
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        inbound: &mut (impl Stream<Item = Inbound> + Unpin),
+        socket: &mut impl Socket,
+        rx: &mut OutboxRx,
+    ) -> Close {
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        heartbeat.tick().await;
+        let mut recheck = tokio::time::interval(self.settings.recheck);
+        recheck.tick().await;
+        let mut heard = Instant::now();
+        let overflow = rx.overflow.clone();
+        let closing = self.hub.closing().clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = closing.cancelled() => {
+                    let _ = socket.text(&json!({"type": "bye", "reason": "shutdown"}).to_string()).await;
+                    return Close(close::GOING_AWAY, "the server is restarting; reconnect");
+                }
+                _ = overflow.cancelled() => {
+                    self.hub.metrics().overflows.inc();
+                    return Close(close::SLOW_CONSUMER, "too slow to read; reconnect with your last offset");
+                }
+                out = rx.recv() => {
+                    let ok = match out {
+                        Some(Out::Text(t)) => socket.text(&t).await,
+                        Some(Out::Binary(b)) => socket.binary(b).await,
+                        Some(Out::Left(room, t)) => {
+                            self.joined.remove(&room);
+                            socket.text(&t).await
+                        }
+                        None => true,
+                    };
+                    if !ok {
+                        return Close(close::NORMAL, "");
+                    }
+                }
+                msg = inbound.next() => {
+                    heard = Instant::now();
+                    match msg {
+                        Some(Inbound::Text(t)) => {
+                            if let Some(c) = self.on_text(&t, socket).await {
+                                return c;
+                            }
+                        }
+                        Some(Inbound::Binary(_)) => {
+                            self.refuse(None, "invalid_frame", "frames are JSON text");
+                        }
+                        Some(Inbound::Ping(b)) => {
+                            if !socket.pong(&b).await {
+                                return Close(close::NORMAL, "");
+                            }
+                        }
+                        Some(Inbound::Pong) => {}
+                        Some(Inbound::TooBig) => return Close(close::TOO_BIG, "frame too large"),
+                        Some(Inbound::Close) | Some(Inbound::Broken) | None => return Close(close::NORMAL, ""),
+                    }
+                    if self.strikes > self.settings.strikes {
+                        return Close(close::FLOOD, "too many frames refused; slow down");
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    if heard.elapsed() >= self.settings.dead_after {
+                        return Close(close::HEARTBEAT, "no heartbeat");
+                    }
+                    if !socket.ping(b"revo").await {
+                        return Close(close::NORMAL, "");
+                    }
+                }
+                _ = recheck.tick() => {
+                    if !(self.who.still_valid)() {
+                        let _ = socket.text(&frames::error("unauthorized", "the credential was revoked, expired or its user disabled", None)).await;
+                        return Close(close::UNAUTHORIZED, "credential no longer valid");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a frame for the client (after what is already queued).
+    fn send(&self, frame: String) {
+        let _ = self.outbox.text(frame);
+    }
+
+    fn refuse(&mut self, id: Option<&Value>, code: &str, message: &str) {
+        self.strikes += 1;
+        self.send(frames::error(code, message, id));
+    }
+
+    fn room_error(&mut self, id: Option<&Value>, e: RoomError) {
+        let (code, message) = (e.code(), e.to_string());
+        self.refuse(id, code, &message);
+    }
+
+    async fn on_text(&mut self, text: &str, socket: &mut impl Socket) -> Option<Close> {
+        let metrics = self.hub.metrics().clone();
+        if text.len() > self.settings.max_frame {
+            metrics.frames_in.with_label_values(&["invalid"]).inc();
+            let m = format!("frames are at most {} bytes", self.settings.max_frame);
+            self.refuse(None, "frame_too_large", &m);
+            return None;
+        }
+        if !self.frames.take() {
+            metrics.frames_in.with_label_values(&["throttled"]).inc();
+            self.refuse(None, "rate_limited", "too many frames; slow down");
+            return None;
+        }
+        let (id, frame) = frames::parse(text);
+        let frame = match frame {
+            Ok(f) => f,
+            Err(BadFrame { code, message }) => {
+                metrics.frames_in.with_label_values(&["invalid"]).inc();
+                self.refuse(id.as_ref(), code, &message);
+                return None;
+            }
+        };
+        metrics
+            .frames_in
+            .with_label_values(&[frame_type(&frame)])
+            .inc();
+        let id = id.as_ref();
+        match frame {
+            ClientFrame::Auth { .. } => self.refuse(
+                id,
+                "already_authenticated",
+                "this connection is authenticated",
+            ),
+            ClientFrame::Ping {} => self.send(frames::with_id(json!({"type": "pong"}), id)),
+            ClientFrame::Pong {} => {}
+            ClientFrame::Join { room, after } => {
+                if after.is_some_and(|a| a < 0) {
+                    self.refuse(id, "invalid_frame", "`after` is an offset (0 or more)");
+                } else {
+                    self.join(room, after, id, socket).await;
+                }
+            }
+            ClientFrame::Leave { room } => {
+                if self.joined.remove(&room).is_some() {
+                    self.hub.leave(room, self.id);
+                    self.send(frames::with_id(
+                        json!({"type": "room.left", "room": room, "reason": "left"}),
+                        id,
+                    ));
+                } else {
+                    self.refuse(id, "not_joined", "join the room first");
+                }
+            }
+            ClientFrame::Send {
+                room,
+                client_id,
+                text,
+            } => {
+                if client_id.is_empty() || client_id.len() > MAX_NAME {
+                    self.refuse(id, "invalid_frame", "`client_id` is 1-128 bytes");
+                } else if text.is_empty() || text.len() > MAX_TEXT {
+                    self.refuse(id, "invalid_frame", "`text` is 1-16384 bytes");
+                } else {
+                    let op = Write::Post {
+                        client_id: client_id.clone(),
+                        text,
+                    };
+                    if let Some(w) = self.write(room, op, id).await {
+                        self.send(frames::with_id(
+                            json!({"type": "message.ack", "room": room, "client_id": client_id,
+                                "message_id": w.message_id, "offset": w.offset, "duplicate": w.duplicate}),
+                            id,
+                        ));
+                    }
+                }
+            }
+            ClientFrame::Edit {
+                room,
+                message_id,
+                text,
+            } => {
+                if text.is_empty() || text.len() > MAX_TEXT {
+                    self.refuse(id, "invalid_frame", "`text` is 1-16384 bytes");
+                } else if let Some(w) = self.write(room, Write::Edit { message_id, text }, id).await
+                {
+                    self.send(frames::with_id(
+                        json!({"type": "message.ack", "room": room, "op": "edit",
+                            "message_id": message_id, "offset": w.offset}),
+                        id,
+                    ));
+                }
+            }
+            ClientFrame::Delete { room, message_id } => {
+                if let Some(w) = self.write(room, Write::Delete { message_id }, id).await {
+                    self.send(frames::with_id(
+                        json!({"type": "message.ack", "room": room, "op": "delete",
+                            "message_id": message_id, "offset": w.offset}),
+                        id,
+                    ));
+                }
+            }
+            ClientFrame::PresenceSet { status } => {
+                if !STATUSES.contains(&status.as_str()) {
+                    self.refuse(id, "invalid_frame", "`status` is online, away or busy");
+                } else if let Err(e) = self.hub.set_status(self.who.user, &status).await {
+                    self.refuse(id, "unavailable", &e.to_string());
+                } else {
+                    self.send(frames::with_id(
+                        json!({"type": "presence.ack", "status": status}),
+                        id,
+                    ));
+                }
+            }
+            ClientFrame::TypingStart { room } => {
+                self.signal(room, json!({"type": "typing.start"}), id).await
+            }
+            ClientFrame::TypingStop { room } => {
+                self.signal(room, json!({"type": "typing.stop"}), id).await
+            }
+            ClientFrame::Cursor {
+                room,
+                doc,
+                position,
+            } => {
+                self.signal(
+                    room,
+                    json!({"type": "cursor.move", "doc": doc, "position": position}),
+                    id,
+                )
+                .await
+            }
+            ClientFrame::Selection { room, doc, ranges } => {
+                self.signal(
+                    room,
+                    json!({"type": "selection.set", "doc": doc, "ranges": ranges}),
+                    id,
+                )
+                .await
+            }
+            ClientFrame::DocAwareness { room, doc, update } => {
+                if doc.is_empty() || doc.len() > MAX_NAME {
+                    self.refuse(id, "invalid_frame", "`doc` is 1-128 bytes");
+                } else {
+                    self.signal(
+                        room,
+                        json!({"type": "doc.awareness", "doc": doc, "update": update}),
+                        id,
+                    )
+                    .await
+                }
+            }
+            ClientFrame::DocOpen {
+                room,
+                doc,
+                state_vector,
+            } => self.doc_open(room, doc, state_vector, id).await,
+            ClientFrame::DocUpdate { room, doc, update } => {
+                if doc.is_empty() || doc.len() > MAX_NAME {
+                    self.refuse(id, "invalid_frame", "`doc` is 1-128 bytes");
+                    return None;
+                }
+                let update = match frames::unb64(&update) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        self.refuse(id, e.code, &e.message);
+                        return None;
+                    }
+                };
+                let op = Write::DocUpdate {
+                    doc: doc.clone(),
+                    update,
+                };
+                if let Some(w) = self.write(room, op, id).await {
+                    self.send(frames::with_id(
+                        json!({"type": "doc.ack", "room": room, "doc": doc, "offset": w.offset}),
+                        id,
+                    ));
+                }
+            }
+            ClientFrame::Notify {
+                room,
+                user_id,
+                kind,
+                title,
+                body,
+                data,
+            } => {
+                self.notify(room, user_id, kind, title, body, data, id)
+                    .await
+            }
+            ClientFrame::Subscribe { topics } | ClientFrame::Unsubscribe { topics }
+                if topics
+                    .iter()
+                    .any(|t| !matches!(t.as_str(), "generation" | "workflow")) =>
+            {
+                self.refuse(
+                    id,
+                    "invalid_frame",
+                    "topics are `generation` and `workflow`",
+                )
+            }
+            ClientFrame::Subscribe { topics } => {
+                let mut t = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+                t.extend(topics);
+                let list: Vec<String> = t.iter().cloned().collect();
+                drop(t);
+                self.send(frames::with_id(
+                    json!({"type": "subscribed", "topics": list}),
+                    id,
+                ));
+            }
+            ClientFrame::Unsubscribe { topics } => {
+                let mut t = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+                for x in &topics {
+                    t.remove(x);
+                }
+                let list: Vec<String> = t.iter().cloned().collect();
+                drop(t);
+                self.send(frames::with_id(
+                    json!({"type": "subscribed", "topics": list}),
+                    id,
+                ));
+            }
+        }
+        None
+    }
+
+    async fn join(
+        &mut self,
+        room: Uuid,
+        after: Option<i64>,
+        id: Option<&Value>,
+        socket: &mut impl Socket,
+    ) {
+        if self.joined.contains_key(&room) {
+            self.hub.leave(room, self.id);
+            self.joined.remove(&room);
+        }
+        let mut after = after;
+        // Far behind: read the store page by page straight to the socket (its pace is the
+        // client's), then join from where that got to.
+        for _ in 0..64 {
+            let (user, session, outbox) = (self.who.user, self.id, self.outbox.clone());
+            let r = self
+                .hub
+                .ask(room, |reply| Command::Join {
+                    sub: Subscriber {
+                        session,
+                        user,
+                        outbox: outbox.clone(),
+                    },
+                    after,
+                    reply,
+                })
+                .await;
+            match r {
+                Ok(Joined::Live { role, .. }) => {
+                    self.joined.insert(room, role);
+                    return;
+                }
+                Ok(Joined::Behind { offset }) => {
+                    let from = after.unwrap_or(0);
+                    match self.replay(room, from, offset, socket).await {
+                        Ok(reached) => after = Some(reached),
+                        Err(e) => return self.refuse(id, "unavailable", &e),
+                    }
+                }
+                Err(e) => return self.room_error(id, e),
+            }
+        }
+        self.refuse(
+            id,
+            "unavailable",
+            "the room moves too fast to catch up; retry",
+        );
+    }
+
+    /// Sends the room's stored events in `(after, upto]` to the socket; returns the last
+    /// offset sent.
+    async fn replay(
+        &mut self,
+        room: Uuid,
+        after: i64,
+        upto: i64,
+        socket: &mut impl Socket,
+    ) -> Result<i64, String> {
+        let mut at = after;
+        while at < upto {
+            let page = self
+                .hub
+                .log()
+                .read_stream(ROOM_STREAM, &room.to_string(), at + 1, 1000)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = page.last() else { break };
+            at = last.envelope.version;
+            for ev in &page {
+                if let Some(f) = frames::render(room, ev) {
+                    if !socket.text(&f).await {
+                        return Err("the connection closed".into());
+                    }
+                }
+            }
+        }
+        Ok(at)
+    }
+
+    async fn write(
+        &mut self,
+        room: Uuid,
+        op: Write,
+        id: Option<&Value>,
+    ) -> Option<super::room::Written> {
+        if !self.joined.contains_key(&room) {
+            self.refuse(id, "not_joined", "join the room first");
+            return None;
+        }
+        let (user, actor) = (self.who.user, self.who.actor.clone());
+        let r = self
+            .hub
+            .ask(room, |reply| Command::Write {
+                user,
+                as_owner: false,
+                meta: EventMeta {
+                    actor: Some(actor.clone()),
+                    correlation_id: None,
+                    causation_id: None,
+                },
+                op: op.clone(),
+                reply,
+            })
+            .await;
+        match r {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.room_error(id, e);
+                None
+            }
+        }
+    }
+
+    /// An ephemeral frame to the room's other sessions, on every edge.
+    async fn signal(&mut self, room: Uuid, mut frame: Value, id: Option<&Value>) {
+        if !self.joined.contains_key(&room) {
+            return self.refuse(id, "not_joined", "join the room first");
+        }
+        if !self.signals.take() {
+            self.hub.metrics().signals_dropped.inc();
+            return self.refuse(id, "rate_limited", "too many signals; slow down");
+        }
+        frame["room"] = json!(room);
+        frame["user_id"] = json!(self.who.user);
+        frame["session_id"] = json!(self.id);
+        let text = frame.to_string();
+        if text.len() > MAX_SIGNAL + 512 {
+            return self.refuse(id, "frame_too_large", "signals are at most 4 KiB");
+        }
+        self.hub.room_signal(room, self.id, text).await;
+    }
+
+    async fn doc_open(
+        &mut self,
+        room: Uuid,
+        doc: String,
+        state_vector: Option<String>,
+        id: Option<&Value>,
+    ) {
+        if doc.is_empty() || doc.len() > MAX_NAME {
+            return self.refuse(id, "invalid_frame", "`doc` is 1-128 bytes");
+        }
+        if !self.joined.contains_key(&room) {
+            return self.refuse(id, "not_joined", "join the room first");
+        }
+        let sv = match state_vector.as_deref().map(frames::unb64).transpose() {
+            Ok(sv) => sv,
+            Err(e) => return self.refuse(id, e.code, &e.message),
+        };
+        let user = self.who.user;
+        let r = self
+            .hub
+            .ask(room, |reply| Command::DocOpen {
+                user,
+                doc: doc.clone(),
+                state_vector: sv.clone(),
+                reply,
+            })
+            .await;
+        match r {
+            Ok(sync) => self.send(frames::with_id(
+                json!({"type": "doc.sync", "room": room, "doc": doc,
+                    "update": frames::b64(&sync.update),
+                    "state_vector": frames::b64(&sync.state_vector), "offset": sync.offset}),
+                id,
+            )),
+            Err(e) => self.room_error(id, e),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn notify(
+        &mut self,
+        room: Option<Uuid>,
+        user: Option<Uuid>,
+        kind: String,
+        title: Option<String>,
+        body: Option<String>,
+        data: Option<Value>,
+        id: Option<&Value>,
+    ) {
+        if !matches!(kind.as_str(), "alert" | "announcement" | "custom") {
+            return self.refuse(
+                id,
+                "invalid_frame",
+                "`kind` is alert, announcement or custom",
+            );
+        }
+        let size = title.as_ref().map_or(0, String::len)
+            + body.as_ref().map_or(0, String::len)
+            + data.as_ref().map_or(0, |d| d.to_string().len());
+        if size > MAX_SIGNAL {
+            return self.refuse(id, "frame_too_large", "a notification is at most 4 KiB");
+        }
+        let frame = json!({"type": "notify", "kind": kind, "title": title, "body": body,
+            "data": data, "from": self.who.user, "room": room, "at": chrono::Utc::now()});
+        match (room, user) {
+            (Some(room), None) => {
+                // Members who may write may notify their room.
+                if !self.joined.get(&room).is_some_and(|r| r.can_write()) {
+                    return self.refuse(id, "forbidden", "join the room as a member to notify it");
+                }
+                if !self.signals.take() {
+                    return self.refuse(id, "rate_limited", "too many signals; slow down");
+                }
+                self.hub
+                    .room_signal(room, Uuid::nil(), frame.to_string())
+                    .await;
+            }
+            (None, Some(target)) => {
+                let allowed = self.who.admin
+                    || target == self.who.user
+                    || self
+                        .hub
+                        .rooms_view()
+                        .read()
+                        .share_a_room(&self.who.user, &target);
+                if !allowed {
+                    return self.refuse(
+                        id,
+                        "forbidden",
+                        "you may notify only people you share a room with",
+                    );
+                }
+                if !self.signals.take() {
+                    return self.refuse(id, "rate_limited", "too many signals; slow down");
+                }
+                self.hub.user_signal(target, "", frame.to_string()).await;
+            }
+            _ => {
+                return self.refuse(
+                    id,
+                    "invalid_frame",
+                    "name exactly one of `room` and `user_id`",
+                )
+            }
+        }
+        self.send(frames::with_id(json!({"type": "notify.ack"}), id));
+    }
+}
+
+fn frame_type(f: &ClientFrame) -> &'static str {
+    match f {
+        ClientFrame::Auth { .. } => "auth",
+        ClientFrame::Ping {} => "ping",
+        ClientFrame::Pong {} => "pong",
+        ClientFrame::Join { .. } => "room.join",
+        ClientFrame::Leave { .. } => "room.leave",
+        ClientFrame::Send { .. } => "message.send",
+        ClientFrame::Edit { .. } => "message.edit",
+        ClientFrame::Delete { .. } => "message.delete",
+        ClientFrame::PresenceSet { .. } => "presence.set",
+        ClientFrame::TypingStart { .. } => "typing.start",
+        ClientFrame::TypingStop { .. } => "typing.stop",
+        ClientFrame::Cursor { .. } => "cursor.move",
+        ClientFrame::Selection { .. } => "selection.set",
+        ClientFrame::DocOpen { .. } => "doc.open",
+        ClientFrame::DocUpdate { .. } => "doc.update",
+        ClientFrame::DocAwareness { .. } => "doc.awareness",
+        ClientFrame::Notify { .. } => "notify",
+        ClientFrame::Subscribe { .. } => "subscribe",
+        ClientFrame::Unsubscribe { .. } => "unsubscribe",
+    }
+}

@@ -1,0 +1,505 @@
+//! The `room` family: real-time rooms. Stream `room/<room id>`; a room event's version in its
+//! stream is its **offset**, the cursor clients resume from.
+//!
+//! Everything a room remembers is here: its creation, membership and roles, messages with
+//! their edits and deletions, and its Yjs documents (each update, and periodic snapshots so a
+//! document loads without its whole history). Typing, cursors and awareness are signals, not
+//! events.
+//!
+//! Two folds read these events: [`RoomState`], one room's full state (what its actor holds),
+//! and the `rooms` projection ([`RoomsProjection`]): every room with its members, which the
+//! edge reads to list rooms and admit requests.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::envelope::RecordedEvent;
+use crate::family::EventFamily;
+use crate::projection::{from_rows, to_rows, Projection, ProjectionError, Rows};
+
+pub const ROOM_STREAM: &str = "room";
+
+/// What a member may do. Owners manage the room; members write; viewers read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoomRole {
+    Viewer,
+    Member,
+    Owner,
+}
+
+impl RoomRole {
+    pub fn parse(s: &str) -> Option<RoomRole> {
+        match s {
+            "viewer" => Some(RoomRole::Viewer),
+            "member" => Some(RoomRole::Member),
+            "owner" => Some(RoomRole::Owner),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoomRole::Viewer => "viewer",
+            RoomRole::Member => "member",
+            RoomRole::Owner => "owner",
+        }
+    }
+
+    /// Whether this role may post messages and edit documents.
+    pub fn can_write(self) -> bool {
+        self >= RoomRole::Member
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum RoomEvent {
+    #[serde(rename = "room.created")]
+    Created {
+        room_id: Uuid,
+        name: String,
+        /// `public` (anyone may join as a member) or `private` (invitation only).
+        visibility: String,
+        owner: Uuid,
+    },
+    /// The room is closed: no one can join or write any more; its history stays.
+    #[serde(rename = "room.archived")]
+    Archived { by: Uuid },
+    /// A user joined (a public room) or was invited, with a role.
+    #[serde(rename = "room.member_added")]
+    MemberAdded {
+        user_id: Uuid,
+        role: RoomRole,
+        by: Uuid,
+    },
+    #[serde(rename = "room.member_role_changed")]
+    MemberRoleChanged {
+        user_id: Uuid,
+        role: RoomRole,
+        by: Uuid,
+    },
+    /// A member left (`by` is the member) or was removed.
+    #[serde(rename = "room.member_removed")]
+    MemberRemoved { user_id: Uuid, by: Uuid },
+    #[serde(rename = "room.message_posted")]
+    MessagePosted {
+        message_id: Uuid,
+        user_id: Uuid,
+        /// The sender's idempotency key: a repeat with the same one is not posted again.
+        client_id: Option<String>,
+        text: String,
+    },
+    #[serde(rename = "room.message_edited")]
+    MessageEdited {
+        message_id: Uuid,
+        user_id: Uuid,
+        text: String,
+    },
+    #[serde(rename = "room.message_deleted")]
+    MessageDeleted { message_id: Uuid, user_id: Uuid },
+    /// One Yjs update (v1 encoding) to the document `doc`.
+    #[serde(rename = "room.doc_updated")]
+    DocUpdated {
+        doc: String,
+        user_id: Uuid,
+        #[serde(with = "serde_bytes")]
+        update: Vec<u8>,
+    },
+    /// The whole document `doc` as of offset `upto` (a Yjs v1 update from the empty state).
+    /// Loading starts from the latest one and applies only the updates after `upto`.
+    #[serde(rename = "room.doc_snapshot")]
+    DocSnapshot {
+        doc: String,
+        upto: i64,
+        #[serde(with = "serde_bytes")]
+        state: Vec<u8>,
+    },
+}
+
+impl EventFamily for RoomEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            RoomEvent::Created { .. } => "room.created",
+            RoomEvent::Archived { .. } => "room.archived",
+            RoomEvent::MemberAdded { .. } => "room.member_added",
+            RoomEvent::MemberRoleChanged { .. } => "room.member_role_changed",
+            RoomEvent::MemberRemoved { .. } => "room.member_removed",
+            RoomEvent::MessagePosted { .. } => "room.message_posted",
+            RoomEvent::MessageEdited { .. } => "room.message_edited",
+            RoomEvent::MessageDeleted { .. } => "room.message_deleted",
+            RoomEvent::DocUpdated { .. } => "room.doc_updated",
+            RoomEvent::DocSnapshot { .. } => "room.doc_snapshot",
+        }
+    }
+
+    fn current_schema(event_type: &str) -> Option<u32> {
+        match event_type {
+            "room.created"
+            | "room.archived"
+            | "room.member_added"
+            | "room.member_role_changed"
+            | "room.member_removed"
+            | "room.message_posted"
+            | "room.message_edited"
+            | "room.message_deleted"
+            | "room.doc_updated"
+            | "room.doc_snapshot" => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// A room as listed: who is in it and in what role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomRow {
+    pub room_id: Uuid,
+    pub name: String,
+    pub visibility: String,
+    pub owner: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub archived: bool,
+    pub members: BTreeMap<Uuid, RoomRole>,
+    /// The room's offset: its last event's version.
+    pub offset: i64,
+}
+
+impl RoomRow {
+    pub fn role_of(&self, user: &Uuid) -> Option<RoomRole> {
+        self.members.get(user).copied()
+    }
+
+    pub fn is_public(&self) -> bool {
+        self.visibility == "public"
+    }
+
+    /// Folds one event of this room's stream in (`offset` its version).
+    fn apply(&mut self, ev: &RoomEvent, offset: i64) {
+        self.offset = self.offset.max(offset);
+        match ev {
+            RoomEvent::Archived { .. } => self.archived = true,
+            RoomEvent::MemberAdded { user_id, role, .. }
+            | RoomEvent::MemberRoleChanged { user_id, role, .. } => {
+                self.members.insert(*user_id, *role);
+            }
+            RoomEvent::MemberRemoved { user_id, .. } => {
+                self.members.remove(user_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn new(room_id: Uuid, name: &str, visibility: &str, owner: Uuid, at: DateTime<Utc>) -> RoomRow {
+        RoomRow {
+            room_id,
+            name: name.to_owned(),
+            visibility: visibility.to_owned(),
+            owner,
+            created_at: at,
+            archived: false,
+            members: BTreeMap::from([(owner, RoomRole::Owner)]),
+            offset: 0,
+        }
+    }
+}
+
+/// Every room with its members: the `rooms` projection (row key: the room id).
+#[derive(Debug, Default, Clone)]
+pub struct RoomsProjection {
+    rooms: BTreeMap<String, RoomRow>,
+    /// User → the rooms they are a member of.
+    by_member: HashMap<Uuid, BTreeSet<Uuid>>,
+}
+
+impl RoomsProjection {
+    pub fn get(&self, room: &Uuid) -> Option<&RoomRow> {
+        self.rooms.get(&room.to_string())
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &RoomRow> {
+        self.rooms.values()
+    }
+
+    /// The rooms `user` is a member of.
+    pub fn of_member(&self, user: &Uuid) -> impl Iterator<Item = &RoomRow> {
+        self.by_member
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|r| self.get(r))
+    }
+
+    /// Whether two users share a room.
+    pub fn share_a_room(&self, a: &Uuid, b: &Uuid) -> bool {
+        match (self.by_member.get(a), self.by_member.get(b)) {
+            (Some(x), Some(y)) => x.intersection(y).next().is_some(),
+            _ => false,
+        }
+    }
+
+    fn index(&mut self, room: &RoomRow) {
+        for (user, rooms) in self.by_member.iter_mut() {
+            if !room.members.contains_key(user) {
+                rooms.remove(&room.room_id);
+            }
+        }
+        self.by_member.retain(|_, r| !r.is_empty());
+        for user in room.members.keys() {
+            self.by_member
+                .entry(*user)
+                .or_default()
+                .insert(room.room_id);
+        }
+    }
+}
+
+impl Projection for RoomsProjection {
+    fn name(&self) -> &'static str {
+        "rooms"
+    }
+
+    fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        dirty: &mut BTreeSet<String>,
+    ) -> Result<(), ProjectionError> {
+        let env = &event.envelope;
+        if env.stream_type != ROOM_STREAM {
+            return Ok(());
+        }
+        let ev = RoomEvent::decode(env).map_err(|e| ProjectionError::decode(event, e))?;
+        let key = env.stream_id.clone();
+        let membership = matches!(
+            ev,
+            RoomEvent::Created { .. }
+                | RoomEvent::MemberAdded { .. }
+                | RoomEvent::MemberRoleChanged { .. }
+                | RoomEvent::MemberRemoved { .. }
+        );
+        if let RoomEvent::Created {
+            room_id,
+            name,
+            visibility,
+            owner,
+        } = &ev
+        {
+            self.rooms.entry(key.clone()).or_insert_with(|| {
+                RoomRow::new(*room_id, name, visibility, *owner, env.occurred_at)
+            });
+        }
+        let Some(row) = self.rooms.get_mut(&key) else {
+            return Ok(());
+        };
+        row.apply(&ev, env.version);
+        dirty.insert(key.clone());
+        if membership {
+            if let Some(row) = self.rooms.get(&key).cloned() {
+                self.index(&row);
+            }
+        }
+        Ok(())
+    }
+
+    fn row(&self, key: &str) -> Option<serde_json::Value> {
+        self.rooms
+            .get(key)
+            .and_then(|r| serde_json::to_value(r).ok())
+    }
+
+    fn rows(&self) -> Rows {
+        to_rows(&self.rooms)
+    }
+
+    fn load(&mut self, rows: Rows) -> Result<(), ProjectionError> {
+        self.rooms = from_rows(rows)?;
+        self.by_member.clear();
+        for room in self.rooms.values() {
+            for user in room.members.keys() {
+                self.by_member
+                    .entry(*user)
+                    .or_default()
+                    .insert(room.room_id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One message as its room remembers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageState {
+    pub author: Uuid,
+    pub offset: i64,
+    pub deleted: bool,
+}
+
+/// One room's whole state: what its actor holds and decides from (membership, who wrote which
+/// message, idempotency keys). Documents are held by the actor itself, as Yjs documents.
+#[derive(Debug, Clone, Default)]
+pub struct RoomState {
+    pub row: Option<RoomRow>,
+    pub messages: HashMap<Uuid, MessageState>,
+    /// (sender, client id) → (message id, offset).
+    pub client_ids: HashMap<(Uuid, String), (Uuid, i64)>,
+    /// Document → (offset of its latest snapshot's `upto`, updates since).
+    pub docs: HashMap<String, (i64, u64)>,
+}
+
+impl RoomState {
+    pub fn offset(&self) -> i64 {
+        self.row.as_ref().map_or(0, |r| r.offset)
+    }
+
+    pub fn role_of(&self, user: &Uuid) -> Option<RoomRole> {
+        self.row.as_ref().and_then(|r| r.role_of(user))
+    }
+
+    /// Folds one event at `offset` (its version), recorded at `at`.
+    pub fn apply(&mut self, ev: &RoomEvent, offset: i64, at: DateTime<Utc>) {
+        if let RoomEvent::Created {
+            room_id,
+            name,
+            visibility,
+            owner,
+        } = ev
+        {
+            if self.row.is_none() {
+                self.row = Some(RoomRow::new(*room_id, name, visibility, *owner, at));
+            }
+        }
+        if let Some(row) = self.row.as_mut() {
+            row.apply(ev, offset);
+        }
+        match ev {
+            RoomEvent::MessagePosted {
+                message_id,
+                user_id,
+                client_id,
+                ..
+            } => {
+                self.messages.insert(
+                    *message_id,
+                    MessageState {
+                        author: *user_id,
+                        offset,
+                        deleted: false,
+                    },
+                );
+                if let Some(c) = client_id {
+                    self.client_ids
+                        .insert((*user_id, c.clone()), (*message_id, offset));
+                }
+            }
+            RoomEvent::MessageDeleted { message_id, .. } => {
+                if let Some(m) = self.messages.get_mut(message_id) {
+                    m.deleted = true;
+                }
+            }
+            RoomEvent::DocUpdated { doc, .. } => {
+                self.docs.entry(doc.clone()).or_insert((0, 0)).1 += 1;
+            }
+            RoomEvent::DocSnapshot { doc, upto, .. } => {
+                let d = self.docs.entry(doc.clone()).or_insert((0, 0));
+                if *upto > d.0 {
+                    *d = (*upto, 0);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, EventMeta};
+
+    fn rec(room: Uuid, version: i64, ev: &RoomEvent) -> RecordedEvent {
+        let n = ev.to_new_event(EventMeta::default()).unwrap();
+        RecordedEvent {
+            position: version,
+            envelope: Envelope {
+                event_id: n.event_id,
+                stream_type: ROOM_STREAM.into(),
+                stream_id: room.to_string(),
+                version,
+                event_type: n.event_type,
+                schema: n.schema,
+                occurred_at: n.occurred_at,
+                meta: n.meta,
+                payload: n.payload,
+            },
+        }
+    }
+
+    #[test]
+    fn membership_folds_and_reloads_alike() {
+        let (room, owner, bob) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let evs = [
+            RoomEvent::Created {
+                room_id: room,
+                name: "general".into(),
+                visibility: "private".into(),
+                owner,
+            },
+            RoomEvent::MemberAdded {
+                user_id: bob,
+                role: RoomRole::Viewer,
+                by: owner,
+            },
+            RoomEvent::MessagePosted {
+                message_id: Uuid::now_v7(),
+                user_id: owner,
+                client_id: Some("c1".into()),
+                text: "hi".into(),
+            },
+            RoomEvent::MemberRoleChanged {
+                user_id: bob,
+                role: RoomRole::Member,
+                by: owner,
+            },
+        ];
+        let mut p = RoomsProjection::default();
+        let mut dirty = BTreeSet::new();
+        for (i, ev) in evs.iter().enumerate() {
+            p.apply(&rec(room, i as i64 + 1, ev), &mut dirty).unwrap();
+        }
+        let row = p.get(&room).unwrap();
+        assert_eq!(row.role_of(&bob), Some(RoomRole::Member));
+        assert_eq!(row.offset, 4);
+        assert!(p.share_a_room(&owner, &bob));
+        let mut again = RoomsProjection::default();
+        again.load(p.rows()).unwrap();
+        assert_eq!(again.rows(), p.rows());
+        assert!(again.share_a_room(&owner, &bob));
+
+        p.apply(
+            &rec(
+                room,
+                5,
+                &RoomEvent::MemberRemoved {
+                    user_id: bob,
+                    by: owner,
+                },
+            ),
+            &mut dirty,
+        )
+        .unwrap();
+        assert!(!p.share_a_room(&owner, &bob));
+        assert_eq!(p.of_member(&bob).count(), 0);
+
+        let mut st = RoomState::default();
+        for (i, ev) in evs.iter().enumerate() {
+            st.apply(ev, i as i64 + 1, Utc::now());
+        }
+        assert_eq!(st.offset(), 4);
+        assert_eq!(
+            st.client_ids.get(&(owner, "c1".into())).map(|c| c.1),
+            Some(3)
+        );
+    }
+}

@@ -1,0 +1,278 @@
+//! `GET /ws/{user_id}`: the WebSocket (docs/websocket.md). The edge authenticates, upgrades
+//! with actix-ws and hands the socket to a session actor (`revo_actors::rooms::session`).
+//!
+//! Browsers cannot set headers on a WebSocket, so the credential comes either as
+//! `Authorization: Bearer …` (refused before the upgrade if bad) or in a first `auth` frame
+//! within 5 seconds (refused with close code 4001).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{get, web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use revo_actors::rooms::frames::{self, ClientFrame};
+use revo_actors::rooms::session::close;
+use revo_actors::rooms::{Inbound, Socket, Who};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::error::{ApiError, ErrorBody};
+use super::AppState;
+use crate::identity::rbac::Permission;
+use crate::identity::{Identity, Principal};
+
+/// How long a connection without a header credential may take to send its `auth` frame.
+const AUTH_WAIT: Duration = Duration::from_secs(5);
+
+struct ActixSocket(Option<actix_ws::Session>);
+
+#[async_trait(?Send)]
+impl Socket for ActixSocket {
+    async fn text(&mut self, text: &str) -> bool {
+        match self.0.as_mut() {
+            Some(s) => s.text(text.to_owned()).await.is_ok(),
+            None => false,
+        }
+    }
+
+    async fn binary(&mut self, bytes: Bytes) -> bool {
+        match self.0.as_mut() {
+            Some(s) => s.binary(bytes).await.is_ok(),
+            None => false,
+        }
+    }
+
+    async fn ping(&mut self, bytes: &[u8]) -> bool {
+        match self.0.as_mut() {
+            Some(s) => s.ping(bytes).await.is_ok(),
+            None => false,
+        }
+    }
+
+    async fn pong(&mut self, bytes: &[u8]) -> bool {
+        match self.0.as_mut() {
+            Some(s) => s.pong(bytes).await.is_ok(),
+            None => false,
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) {
+        if let Some(s) = self.0.take() {
+            let _ = s
+                .close(Some(CloseReason {
+                    code: CloseCode::from(code),
+                    description: Some(reason.to_owned()),
+                }))
+                .await;
+        }
+    }
+}
+
+fn inbound(m: Result<AggregatedMessage, ProtocolError>) -> Inbound {
+    match m {
+        Ok(AggregatedMessage::Text(t)) => Inbound::Text(t.to_string()),
+        Ok(AggregatedMessage::Binary(b)) => Inbound::Binary(b),
+        Ok(AggregatedMessage::Ping(b)) => Inbound::Ping(b),
+        Ok(AggregatedMessage::Pong(_)) => Inbound::Pong,
+        Ok(AggregatedMessage::Close(_)) => Inbound::Close,
+        Err(ProtocolError::Overflow) => Inbound::TooBig,
+        Err(_) => Inbound::Broken,
+    }
+}
+
+/// Why a credential does not admit a WebSocket: (close code, error code, message).
+fn admit(
+    identity: &Identity,
+    header: &str,
+    path_user: Uuid,
+) -> Result<Principal, (u16, &'static str, String)> {
+    let p = identity
+        .authenticate(Some(header))
+        .map_err(|e| (close::UNAUTHORIZED, e.code(), e.to_string()))?;
+    if p.user_id != path_user {
+        return Err((
+            close::FORBIDDEN,
+            "forbidden",
+            "the path's user must be the caller".into(),
+        ));
+    }
+    if !p.can(Permission::Rooms) {
+        return Err((
+            close::FORBIDDEN,
+            "forbidden",
+            "this needs the `rooms` permission".into(),
+        ));
+    }
+    Ok(p)
+}
+
+fn who(identity: Arc<Identity>, p: &Principal, header: String) -> Who {
+    let user = p.user_id;
+    Who {
+        user,
+        username: p.username.clone(),
+        actor: p.actor(),
+        admin: p.can(Permission::UsersWrite),
+        still_valid: Box::new(move || {
+            identity
+                .authenticate(Some(&header))
+                .is_ok_and(|q| q.user_id == user && q.can(Permission::Rooms))
+        }),
+    }
+}
+
+/// Opens the real-time connection (an HTTP upgrade to WebSocket; see docs/websocket.md).
+#[utoipa::path(
+    tag = "realtime",
+    params(("user_id" = Uuid, Path, description = "The caller's own user id")),
+    responses(
+        (status = 101, description = "Switching Protocols: the WebSocket (docs/websocket.md)"),
+        (status = 401, description = "A bad credential in `Authorization`", body = ErrorBody),
+        (status = 403, description = "The path's user is not the caller, or no `rooms` permission", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade", body = ErrorBody),
+    )
+)]
+#[get("/ws/{user_id}")]
+pub async fn connect(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<Uuid>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let path_user = path.into_inner();
+    let upgrade = req
+        .headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            "this is a WebSocket endpoint: connect with a WebSocket client",
+        ));
+    }
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let identity = state.identity.clone();
+    // A credential in the header is checked before the upgrade, with the HTTP error.
+    let early = match &header {
+        Some(h) => Some(admit(&identity, h, path_user).map_err(|(code, e, m)| {
+            if code == close::FORBIDDEN {
+                ApiError::forbidden(e, m)
+            } else {
+                ApiError::new(actix_web::http::StatusCode::UNAUTHORIZED, e, m)
+            }
+        })?),
+        None => None,
+    };
+    if let Some(p) = &early {
+        let d = identity.rate_limit(p);
+        if !d.allowed {
+            return Err(ApiError::new(
+                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("over {} requests per minute", d.limit),
+            )
+            .with_retry_after(d.retry_after_secs));
+        }
+    }
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request("bad_upgrade", e.to_string()))?;
+    let settings = state.realtime_session.clone();
+    // Frames up to 4× the protocol's limit still get an `error` frame; beyond, the transport
+    // closes (1009).
+    let transport_max = settings.max_frame * 4;
+    let mut stream = stream
+        .max_frame_size(transport_max)
+        .aggregate_continuations()
+        .max_continuation_size(transport_max)
+        .map(inbound);
+    let hub = state.realtime.clone();
+    let tracker = hub.tracker().clone();
+    let run = async move {
+        let mut socket = ActixSocket(Some(session));
+        let (principal, header) = match (early, header) {
+            (Some(p), Some(h)) => (p, h),
+            _ => match first_frame_auth(&identity, path_user, &mut stream, &mut socket).await {
+                Some(ok) => ok,
+                None => return,
+            },
+        };
+        let who = who(identity, &principal, header);
+        revo_actors::rooms::session::run(hub, who, settings, stream, socket).await;
+    };
+    actix_web::rt::spawn(tracker.track_future(run));
+    Ok(response)
+}
+
+/// Waits for the `auth` frame of a connection that came without a header credential.
+async fn first_frame_auth(
+    identity: &Identity,
+    path_user: Uuid,
+    stream: &mut (impl futures::Stream<Item = Inbound> + Unpin),
+    socket: &mut ActixSocket,
+) -> Option<(Principal, String)> {
+    let refuse = |code: &str, m: &str| frames::error(code, m, None);
+    let first = tokio::time::timeout(AUTH_WAIT, async {
+        loop {
+            match stream.next().await {
+                Some(Inbound::Text(t)) => return Some(t),
+                Some(Inbound::Ping(b)) => {
+                    let _ = socket.pong(&b).await;
+                }
+                Some(Inbound::Pong) => {}
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    let text = match first {
+        Ok(Some(t)) => t,
+        Ok(None) => return None,
+        Err(_) => {
+            let _ = socket
+                .text(&refuse("unauthorized", "send an `auth` frame first"))
+                .await;
+            socket.close(close::UNAUTHORIZED, "no auth frame").await;
+            return None;
+        }
+    };
+    let (_, frame) = frames::parse(&text);
+    let Ok(ClientFrame::Auth { token }) = frame else {
+        let _ = socket
+            .text(&refuse(
+                "unauthorized",
+                "the first frame must be {\"type\": \"auth\", \"token\": \"...\"}",
+            ))
+            .await;
+        socket.close(close::UNAUTHORIZED, "no auth frame").await;
+        return None;
+    };
+    let header = format!("Bearer {token}");
+    match admit(identity, &header, path_user) {
+        Ok(p) => {
+            if !identity.rate_limit(&p).allowed {
+                let _ = socket
+                    .text(&refuse("rate_limited", "over the request limit"))
+                    .await;
+                socket.close(close::FLOOD, "rate limited").await;
+                return None;
+            }
+            Some((p, header))
+        }
+        Err((code, e, m)) => {
+            let _ = socket
+                .text(&json!({"type": "error", "code": e, "message": m}).to_string())
+                .await;
+            socket.close(code, "not admitted").await;
+            None
+        }
+    }
+}
