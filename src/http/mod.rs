@@ -123,7 +123,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(rooms::history)
         .service(rooms::doc)
         .service(rooms::presence)
-        .service(ws::connect);
+        .service(ws::connect)
+        .service(ws::connect_yjs);
 }
 
 /// The generated OpenAPI document.

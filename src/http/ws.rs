@@ -143,18 +143,7 @@ pub async fn connect(
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let path_user = path.into_inner();
-    let upgrade = req
-        .headers()
-        .get(actix_web::http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    if !upgrade {
-        return Err(ApiError::new(
-            actix_web::http::StatusCode::UPGRADE_REQUIRED,
-            "websocket_required",
-            "this is a WebSocket endpoint: connect with a WebSocket client",
-        ));
-    }
+    require_upgrade(&req)?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -163,25 +152,11 @@ pub async fn connect(
     let identity = state.identity.clone();
     // A credential in the header is checked before the upgrade, with the HTTP error.
     let early = match &header {
-        Some(h) => Some(admit(&identity, h, path_user).map_err(|(code, e, m)| {
-            if code == close::FORBIDDEN {
-                ApiError::forbidden(e, m)
-            } else {
-                ApiError::new(actix_web::http::StatusCode::UNAUTHORIZED, e, m)
-            }
-        })?),
+        Some(h) => Some(admit(&identity, h, path_user).map_err(http_refusal)?),
         None => None,
     };
     if let Some(p) = &early {
-        let d = identity.rate_limit(p);
-        if !d.allowed {
-            return Err(ApiError::new(
-                actix_web::http::StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("over {} requests per minute", d.limit),
-            )
-            .with_retry_after(d.retry_after_secs));
-        }
+        rate_limited(&identity, p)?;
     }
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::bad_request("bad_upgrade", e.to_string()))?;
@@ -210,6 +185,116 @@ pub async fn connect(
     };
     actix_web::rt::spawn(tracker.track_future(run));
     Ok(response)
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct YjsQuery {
+    /// The credential, for clients that cannot set headers (y-websocket's `params`). Prefer
+    /// `Authorization` where possible: URLs end up in proxies' logs.
+    #[serde(default)]
+    pub access_token: Option<String>,
+}
+
+/// A y-websocket connection to one document of a room: binary y-protocols (sync and
+/// awareness, v1 encoding), so a stock Yjs client edits a Revo document. With y-websocket,
+/// `new WebsocketProvider("ws://HOST/ws/USER_ID/yjs", "ROOM_ID/DOC", ydoc, {params:
+/// {access_token}})`.
+#[utoipa::path(
+    tag = "realtime",
+    params(
+        ("user_id" = Uuid, Path, description = "The caller's own user id"),
+        ("room" = Uuid, Path),
+        ("doc" = String, Path, description = "The document's name (1-128 bytes)"),
+        YjsQuery,
+    ),
+    responses(
+        (status = 101, description = "Switching Protocols: y-protocols over WebSocket"),
+        (status = 401, description = "No credential, or a bad one", body = ErrorBody),
+        (status = 403, description = "The path's user is not the caller, or no `rooms` permission", body = ErrorBody),
+        (status = 426, description = "Not a WebSocket upgrade", body = ErrorBody),
+    )
+)]
+#[get("/ws/{user_id}/yjs/{room}/{doc}")]
+pub async fn connect_yjs(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<(Uuid, Uuid, String)>,
+    query: web::Query<YjsQuery>,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let (path_user, room, doc) = path.into_inner();
+    require_upgrade(&req)?;
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.access_token.as_ref().map(|t| format!("Bearer {t}")))
+        .ok_or_else(|| ApiError::from(crate::identity::AuthError::Missing))?;
+    let identity = state.identity.clone();
+    let principal = admit(&identity, &header, path_user).map_err(http_refusal)?;
+    rate_limited(&identity, &principal)?;
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::bad_request("bad_upgrade", e.to_string()))?;
+    let settings = state.realtime_session.clone();
+    let transport_max = settings.max_frame * 4;
+    let stream = stream
+        .max_frame_size(transport_max)
+        .aggregate_continuations()
+        .max_continuation_size(transport_max)
+        .map(inbound);
+    let hub = state.realtime.clone();
+    let tracker = hub.tracker().clone();
+    let who = who(identity, &principal, header);
+    let run = revo_actors::rooms::session::run_yjs(
+        hub,
+        who,
+        settings,
+        room,
+        doc,
+        stream,
+        ActixSocket(Some(session)),
+    );
+    actix_web::rt::spawn(tracker.track_future(run));
+    Ok(response)
+}
+
+fn require_upgrade(req: &HttpRequest) -> Result<(), ApiError> {
+    let upgrade = req
+        .headers()
+        .get(actix_web::http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if upgrade {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            actix_web::http::StatusCode::UPGRADE_REQUIRED,
+            "websocket_required",
+            "this is a WebSocket endpoint: connect with a WebSocket client",
+        ))
+    }
+}
+
+fn http_refusal((code, e, m): (u16, &'static str, String)) -> ApiError {
+    if code == close::FORBIDDEN {
+        ApiError::forbidden(e, m)
+    } else {
+        ApiError::new(actix_web::http::StatusCode::UNAUTHORIZED, e, m)
+    }
+}
+
+fn rate_limited(identity: &Identity, p: &Principal) -> Result<(), ApiError> {
+    let d = identity.rate_limit(p);
+    if d.allowed {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("over {} requests per minute", d.limit),
+    )
+    .with_retry_after(d.retry_after_secs))
 }
 
 /// Waits for the `auth` frame of a connection that came without a header credential.

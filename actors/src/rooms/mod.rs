@@ -7,12 +7,14 @@
 //! | `session.rs` | a connection's actor: reads frames, asks rooms, writes its outbox to the socket |
 //! | `outbox.rs` | a session's outbound queue, bounded in frames and bytes |
 //! | `frames.rs` | the protocol's frames: parsing client frames, rendering room events |
+//! | `yjs.rs` | the y-protocols binary messages, for y-websocket clients |
 
 pub mod frames;
 pub mod hub;
 pub mod outbox;
 pub mod room;
 pub mod session;
+pub mod yjs;
 
 pub use hub::{Hub, HubSettings};
 pub use session::{Inbound, SessionSettings, Socket, Who};

@@ -26,8 +26,10 @@ use yrs::{Doc, OffsetKind, Options, ReadTxn, StateVector, Transact, Update};
 
 use super::frames;
 use super::outbox::{Out, Outbox};
+use super::yjs;
 use super::RealtimeMetrics;
 use crate::kit::Inbox;
+use bytes::Bytes;
 
 /// What a room needs from its edge.
 #[derive(Clone)]
@@ -59,6 +61,9 @@ pub struct Subscriber {
     pub session: Uuid,
     pub user: Uuid,
     pub outbox: Outbox,
+    /// A y-websocket connection to one document: it gets that document's updates and
+    /// awareness as binary y-protocol messages, and nothing else.
+    pub yjs: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -286,9 +291,21 @@ impl Room {
                 }
             }
             Command::Signal { from, frame } => {
+                // Awareness reaches y-websocket clients of its document as a binary message.
+                let mut binary: Option<(String, Bytes)> = None;
+                if self.subs.values().any(|(s, _)| s.yjs.is_some()) {
+                    binary = yjs::awareness_of(&frame);
+                }
                 for (s, _) in self.subs.values() {
-                    if s.session != from {
-                        self.push(s, frame.clone());
+                    if s.session == from {
+                        continue;
+                    }
+                    match (&s.yjs, &binary) {
+                        (None, _) => self.push(s, frame.clone()),
+                        (Some(doc), Some((d, b))) if doc == d => {
+                            let _ = s.outbox.push(Out::Binary(b.clone()));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -311,8 +328,9 @@ impl Room {
         }
     }
 
+    /// Queues a JSON frame (y-websocket subscribers get none).
     fn push(&self, s: &Subscriber, frame: Arc<str>) {
-        if s.outbox.text(frame) {
+        if s.yjs.is_none() && s.outbox.text(frame) {
             self.metrics.frames_out.inc();
         }
     }
@@ -367,12 +385,26 @@ impl Room {
             .num_microseconds()
             .unwrap_or(0)
             .max(0);
+        let binary = match &decoded {
+            RoomEvent::DocUpdated { doc, update, .. } => {
+                Some((doc.as_str(), yjs::update_message(update)))
+            }
+            _ => None,
+        };
         let mut gone = Vec::new();
         for (session, (s, cursor)) in self.subs.iter_mut() {
             if *cursor >= v {
                 continue;
             }
             *cursor = v;
+            if let Some(doc) = &s.yjs {
+                if let Some((_, b)) = binary.as_ref().filter(|(d, _)| d == doc) {
+                    if !s.outbox.push(Out::Binary(b.clone())) {
+                        gone.push(*session);
+                    }
+                }
+                continue;
+            }
             if let Some(f) = &frame {
                 if s.outbox.text(f.clone()) {
                     self.metrics.frames_out.inc();
@@ -427,7 +459,7 @@ impl Room {
                     actor: Some(format!("user:{}", sub.user)),
                     ..Default::default()
                 };
-                self.decide(meta, |st| {
+                self.decide(meta, true, |st| {
                     if st.role_of(&sub.user).is_some() {
                         return Ok(None);
                     }
@@ -477,12 +509,22 @@ impl Room {
 
     /// Decides an event from the current state and appends it at the exact next version;
     /// on a conflict, catches up and decides again. `Ok(None)` from `decide` appends nothing.
+    ///
+    /// `exact: false` appends at whatever the version is (messages and document updates,
+    /// which need no exact state: a busy room written from several edges would otherwise
+    /// spend its time losing races); the event is then folded in its place among the others.
     async fn decide(
         &mut self,
         meta: EventMeta,
+        exact: bool,
         mut decide: impl FnMut(&RoomState) -> Result<Option<RoomEvent>, RoomError>,
     ) -> Result<Option<i64>, RoomError> {
-        for _ in 0..RETRIES {
+        for attempt in 0..RETRIES {
+            if attempt > 0 {
+                // Losing twice in a row: let the other writer's burst pass.
+                let jitter = rand::random::<u64>() % (5 << attempt);
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+            }
             let Some(ev) = decide(&self.state)? else {
                 return Ok(None);
             };
@@ -493,10 +535,19 @@ impl Room {
             let req = AppendRequest::new(
                 ROOM_STREAM,
                 self.id.to_string(),
-                ExpectedVersion::Exact(head),
+                if exact {
+                    ExpectedVersion::Exact(head)
+                } else {
+                    ExpectedVersion::Any
+                },
                 vec![new.clone()],
             );
             match self.log.append(req).await {
+                Ok(a) if a.stream_version != head + 1 => {
+                    // Others wrote in between: fold theirs and ours in order.
+                    self.catch_up().await?;
+                    return Ok(Some(a.stream_version));
+                }
                 Ok(a) => {
                     let rec = RecordedEvent {
                         position: a.last_position,
@@ -552,8 +603,12 @@ impl Room {
         }
         let mut message_id = None;
         let mut duplicate = None;
+        let exact = !matches!(
+            op,
+            Write::Post { .. } | Write::Edit { .. } | Write::Delete { .. } | Write::DocUpdate { .. }
+        );
         let offset = self
-            .decide(meta.clone(), |st| {
+            .decide(meta.clone(), exact, |st| {
                 let row = st.row.as_ref().ok_or(RoomError::NotFound)?;
                 if row.archived {
                     return Err(RoomError::Archived);
@@ -758,7 +813,7 @@ impl Room {
         };
         // Losing the race to another write is fine: the next update tries again.
         let mut once = Some(ev);
-        if let Err(e) = self.decide(meta, |_| Ok(once.take())).await {
+        if let Err(e) = self.decide(meta, true, |_| Ok(once.take())).await {
             tracing::warn!(room = %self.id, doc, error = %e, "room: snapshot not written");
         }
     }
