@@ -11,6 +11,7 @@ mod replay;
 mod stats;
 mod stub;
 mod util;
+mod ws;
 
 use clap::{Parser, Subcommand};
 
@@ -36,6 +37,12 @@ enum Scenario {
     Replay(replay::Args),
     /// An instant OpenAI-compatible server (prints its address; runs until killed).
     Stub(stub::Args),
+    /// Idle WebSocket connections on one edge: memory per connection.
+    WsIdle(ws::IdleArgs),
+    /// One room's fan-out to many subscribers: latency and deliveries per second.
+    WsFanout(ws::FanoutArgs),
+    /// A client rejoining after many missed events: time to receive them all.
+    WsRecovery(ws::RecoveryArgs),
 }
 
 #[tokio::main]
@@ -46,5 +53,8 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Relay(a) => relay::run(&cli.pg, &cli.nats, a).await,
         Scenario::Replay(a) => replay::run(&cli.pg, a).await,
         Scenario::Stub(a) => stub::run(a).await,
+        Scenario::WsIdle(a) => ws::idle(a).await,
+        Scenario::WsFanout(a) => ws::fanout(a).await,
+        Scenario::WsRecovery(a) => ws::recovery(a).await,
     }
 }

@@ -132,6 +132,7 @@ fn who(identity: Arc<Identity>, p: &Principal, header: String) -> Who {
         (status = 101, description = "Switching Protocols: the WebSocket (docs/websocket.md)"),
         (status = 401, description = "A bad credential in `Authorization`", body = ErrorBody),
         (status = 403, description = "The path's user is not the caller, or no `rooms` permission", body = ErrorBody),
+        (status = 404, description = "A malformed id in the path", body = ErrorBody),
         (status = 426, description = "Not a WebSocket upgrade", body = ErrorBody),
     )
 )]
@@ -211,6 +212,7 @@ pub struct YjsQuery {
         (status = 101, description = "Switching Protocols: y-protocols over WebSocket"),
         (status = 401, description = "No credential, or a bad one", body = ErrorBody),
         (status = 403, description = "The path's user is not the caller, or no `rooms` permission", body = ErrorBody),
+        (status = 404, description = "A malformed id in the path", body = ErrorBody),
         (status = 426, description = "Not a WebSocket upgrade", body = ErrorBody),
     )
 )]
