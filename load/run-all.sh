@@ -18,3 +18,4 @@ echo "## the edge over HTTP"; ./load/http/bench.sh 10 3; echo
 echo "## local models: single stream"; ./load/decode/bench.sh 128 5; WEIGHTS=keep ./load/decode/bench.sh 128 3; echo
 echo "## local models: concurrency"; ./load/decode/concurrency.sh 64 2 3 16
 WEIGHTS=keep ./load/decode/concurrency.sh 64 2 3 16; MODE=cluster ./load/decode/concurrency.sh 64 2 3 16
+echo "## WebSocket: fan-out, recovery, idle connections"; ./load/ws/bench.sh 19000 1000 10000

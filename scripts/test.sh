@@ -53,7 +53,7 @@ ensure_nats() {
 
 ensure_python() {
   local venv="$CACHE/venv"
-  if ! "$venv/bin/python" -c 'import nats, msgpack, schemathesis, openai, anthropic' 2>/dev/null; then
+  if ! "$venv/bin/python" -c 'import nats, msgpack, schemathesis, openai, anthropic, websockets, pycrdt' 2>/dev/null; then
     say "installing Python test packages into $venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
       apt_install python3-venv
@@ -62,6 +62,12 @@ ensure_python() {
     "$venv/bin/pip" install -q -r tests/requirements.txt
   fi
   export TEST_PYTHON="$venv/bin/python"
+}
+
+ensure_node() {
+  # tests/realtime.rs runs the npm `yjs` and `y-websocket` clients (installed, pinned, into
+  # ~/.cache/revo/node by the test itself).
+  command -v npm >/dev/null || apt_install nodejs npm
 }
 
 ensure_model() {
@@ -75,6 +81,7 @@ ensure_model() {
 ensure_postgres
 ensure_nats
 ensure_python
+ensure_node
 ensure_model
 
 say "cargo fmt --check"

@@ -35,6 +35,9 @@ pub struct GlobalArgs {
     /// Subject prefix (`revo` gives `revo.evt.>` and stream REVO_EVENTS).
     #[arg(long, global = true, env = "REVO_NATS_PREFIX")]
     pub nats_prefix: Option<String>,
+    /// Postgres connections per process (cluster mode).
+    #[arg(long, global = true, env = "REVO_DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<u32>,
     /// Largest accepted event payload, in bytes.
     #[arg(long, global = true, env = "REVO_MAX_PAYLOAD_BYTES")]
     pub max_payload_bytes: Option<usize>,

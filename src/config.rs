@@ -19,6 +19,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "REVO_LISTEN",
     "REVO_DATA_DIR",
     "REVO_DATABASE_URL",
+    "REVO_DATABASE_MAX_CONNECTIONS",
     "REVO_NATS_URL",
     "REVO_NATS_PREFIX",
     "REVO_MAX_PAYLOAD_BYTES",
@@ -47,6 +48,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    /// Postgres connections per process (cluster mode; default 16).
+    pub database_max_connections: Option<u32>,
     pub nats_url: Option<String>,
     pub nats_prefix: Option<String>,
     pub max_payload_bytes: Option<usize>,
@@ -228,6 +231,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub mode: Mode,
     pub nats_prefix: String,
+    /// Postgres connections per process (cluster mode).
+    pub database_max_connections: u32,
     pub max_payload_bytes: usize,
     pub dedup_window: Duration,
     pub stream_limits: revo_nats::StreamLimits,
@@ -367,6 +372,13 @@ impl Config {
         if max_payload_bytes == 0 {
             bail!("max payload bytes must be positive");
         }
+        let database_max_connections = args
+            .database_max_connections
+            .or(file.database_max_connections)
+            .unwrap_or(16);
+        if !(4..=1000).contains(&database_max_connections) {
+            bail!("database max connections must be 4-1000");
+        }
         let dedup = args
             .dedup_window_secs
             .or(file.dedup_window_secs)
@@ -405,6 +417,7 @@ impl Config {
             listen,
             mode,
             nats_prefix,
+            database_max_connections,
             max_payload_bytes,
             dedup_window: Duration::from_secs(dedup),
             stream_limits,

@@ -34,6 +34,7 @@ pub async fn open_store(
             }
             let mut c = PgStoreConfig::new(database_url.clone());
             c.max_payload = config.max_payload_bytes;
+            c.max_connections = config.database_max_connections;
             PgStore::open(c, metrics)
                 .await
                 .context("opening the Postgres event store")?

@@ -16,9 +16,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::stats::{ms, summarize};
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 #[derive(clap::Args)]
 pub struct Common {
@@ -302,8 +301,11 @@ pub async fn recovery(a: RecoveryArgs) -> anyhow::Result<()> {
             let count = PER_WRITER.min(a.events - n * PER_WRITER);
             tasks.push(tokio::spawn(async move {
                 for i in 0..count {
-                    send(&mut w, json!({"type": "message.send", "room": room,
-                        "client_id": format!("r{round}-{n}-{i}"), "text": format!("missed {i}")}))
+                    send(
+                        &mut w,
+                        json!({"type": "message.send", "room": room,
+                        "client_id": format!("r{round}-{n}-{i}"), "text": format!("missed {i}")}),
+                    )
                     .await?;
                 }
                 let mut last = 0;
@@ -332,7 +334,10 @@ pub async fn recovery(a: RecoveryArgs) -> anyhow::Result<()> {
         let (missed, offset) = join(&mut reader, &a.room, Some(after)).await?;
         let took = t0.elapsed();
         if missed < a.events || offset < last {
-            bail!("recovered {missed} of {} (to offset {offset}, wanted {last})", a.events);
+            bail!(
+                "recovered {missed} of {} (to offset {offset}, wanted {last})",
+                a.events
+            );
         }
         times.push(took);
         after = offset;

@@ -188,7 +188,19 @@ pub async fn start(
         // The registry is this edge's live view (memory), never a fold of the log.
         req.options.registry_model = !listed && state.models.read().get(m).is_some();
     }
-    state.router.route(req).await.map_err(|r| refusal_error(&r))
+    let (user, id) = (req.user_id, req.id.clone());
+    let rx = state
+        .router
+        .route(req)
+        .await
+        .map_err(|r| refusal_error(&r))?;
+    // Progress for the user's WebSocket sessions subscribed to `generation`.
+    Ok(revo_actors::rooms::progress::tee(
+        &state.realtime,
+        user,
+        id,
+        rx,
+    ))
 }
 
 /// The model that answers a streamed request.

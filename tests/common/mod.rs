@@ -607,6 +607,8 @@ pub fn cluster_env<'a>(
         ("REVO_NATS_URL", nats_url),
         ("REVO_NATS_PREFIX", nats.subjects.prefix()),
         ("REVO_JWT_KEYS", TEST_JWT_KEYS),
+        // Tests run several edges at once against one Postgres (100 connections by default).
+        ("REVO_DATABASE_MAX_CONNECTIONS", "8"),
     ]
 }
 

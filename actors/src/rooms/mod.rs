@@ -8,10 +8,12 @@
 //! | `outbox.rs` | a session's outbound queue, bounded in frames and bytes |
 //! | `frames.rs` | the protocol's frames: parsing client frames, rendering room events |
 //! | `yjs.rs` | the y-protocols binary messages, for y-websocket clients |
+//! | `progress.rs` | routed generations' progress as `generation.*` frames for subscribed sessions |
 
 pub mod frames;
 pub mod hub;
 pub mod outbox;
+pub mod progress;
 pub mod room;
 pub mod session;
 pub mod yjs;

@@ -232,6 +232,10 @@ impl Room {
                 cmd = inbox.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.handle(cmd).await;
+                    // No such room (yet): nothing to keep in memory.
+                    if self.state.row.is_none() {
+                        break;
+                    }
                 }
                 _ = tick.tick() => {
                     self.subs.retain(|_, (s, _)| !s.outbox.is_closed());
@@ -605,7 +609,10 @@ impl Room {
         let mut duplicate = None;
         let exact = !matches!(
             op,
-            Write::Post { .. } | Write::Edit { .. } | Write::Delete { .. } | Write::DocUpdate { .. }
+            Write::Post { .. }
+                | Write::Edit { .. }
+                | Write::Delete { .. }
+                | Write::DocUpdate { .. }
         );
         let offset = self
             .decide(meta.clone(), exact, |st| {

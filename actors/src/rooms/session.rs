@@ -269,7 +269,9 @@ impl Session {
                     heard = Instant::now();
                     match msg {
                         Some(Inbound::Text(t)) => {
-                            if let Some(c) = self.on_text(&t, socket).await {
+                            // Boxed: an idle connection's task then holds only the loop's
+                            // state, not the largest frame handler's.
+                            if let Some(c) = Box::pin(self.on_text(&t, socket)).await {
                                 return c;
                             }
                         }
@@ -559,6 +561,11 @@ impl Session {
         if self.joined.contains_key(&room) {
             self.hub.leave(room, self.id);
             self.joined.remove(&room);
+        }
+        // Rooms this edge has never heard of start no actor (a flood of made-up ids would
+        // otherwise load and keep one each).
+        if self.hub.rooms_view().read().get(&room).is_none() {
+            return self.refuse(id, "room_not_found", "no such room");
         }
         let mut after = after;
         // Far behind: read the store page by page straight to the socket (its pace is the
@@ -888,6 +895,10 @@ async fn yjs_serve(
     use yrs::sync::{Message, SyncMessage};
     if doc.is_empty() || doc.len() > MAX_NAME {
         return Close(close::FORBIDDEN, "a document name is 1-128 bytes");
+    }
+    if hub.rooms_view().read().get(&room).is_none() {
+        let _ = socket.binary(yjs::denied("no such room")).await;
+        return Close(close::FORBIDDEN, "no such room");
     }
     // Subscribe first, then read the state: an update in between arrives twice, which Yjs
     // ignores, and none is missed.
