@@ -159,17 +159,8 @@ pub async fn connect(
     if let Some(p) = &early {
         rate_limited(&identity, p)?;
     }
-    let (response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::bad_request("bad_upgrade", e.to_string()))?;
     let settings = state.realtime_session.clone();
-    // Frames up to 4× the protocol's limit still get an `error` frame; beyond, the transport
-    // closes (1009).
-    let transport_max = settings.max_frame * 4;
-    let mut stream = stream
-        .max_frame_size(transport_max)
-        .aggregate_continuations()
-        .max_continuation_size(transport_max)
-        .map(inbound);
+    let (response, session, mut stream) = upgrade(&req, body, &settings)?;
     let hub = state.realtime.clone();
     let tracker = hub.tracker().clone();
     let run = async move {
@@ -236,15 +227,8 @@ pub async fn connect_yjs(
     let identity = state.identity.clone();
     let principal = admit(&identity, &header, path_user).map_err(http_refusal)?;
     rate_limited(&identity, &principal)?;
-    let (response, session, stream) = actix_ws::handle(&req, body)
-        .map_err(|e| ApiError::bad_request("bad_upgrade", e.to_string()))?;
     let settings = state.realtime_session.clone();
-    let transport_max = settings.max_frame * 4;
-    let stream = stream
-        .max_frame_size(transport_max)
-        .aggregate_continuations()
-        .max_continuation_size(transport_max)
-        .map(inbound);
+    let (response, session, stream) = upgrade(&req, body, &settings)?;
     let hub = state.realtime.clone();
     let tracker = hub.tracker().clone();
     let who = who(identity, &principal, header);
@@ -259,6 +243,32 @@ pub async fn connect_yjs(
     );
     actix_web::rt::spawn(tracker.track_future(run));
     Ok(response)
+}
+
+/// Upgrades the connection: the response, the socket's writing half and its frames.
+fn upgrade(
+    req: &HttpRequest,
+    body: web::Payload,
+    settings: &revo_actors::rooms::SessionSettings,
+) -> Result<
+    (
+        HttpResponse,
+        actix_ws::Session,
+        impl futures::Stream<Item = Inbound> + Unpin,
+    ),
+    ApiError,
+> {
+    let (response, session, stream) = actix_ws::handle(req, body)
+        .map_err(|e| ApiError::bad_request("bad_upgrade", e.to_string()))?;
+    // Frames up to 4× the protocol's limit still get an `error` frame; beyond, the transport
+    // closes (1009).
+    let transport_max = settings.max_frame * 4;
+    let stream = stream
+        .max_frame_size(transport_max)
+        .aggregate_continuations()
+        .max_continuation_size(transport_max)
+        .map(inbound);
+    Ok((response, session, stream))
 }
 
 fn require_upgrade(req: &HttpRequest) -> Result<(), ApiError> {

@@ -66,6 +66,11 @@ pub struct SessionEntry {
     pub topics: Arc<Mutex<HashSet<String>>>,
 }
 
+enum Kind {
+    Events,
+    Signals,
+}
+
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
@@ -380,24 +385,26 @@ impl Hub {
         });
     }
 
-    async fn follow_events(self, ctx: Context) -> Result<(), String> {
+    /// Every event of a stream type, or every signal of a kind.
+    async fn subscribe(&self, kind: Kind, name: &str) -> Result<revo_nats::MessageStream, String> {
         let s = &self.inner.subjects;
-        let rooms_filter = s.events_of_type(ROOM_STREAM).map_err(|e| e.to_string())?;
-        let presence_filter = s
-            .events_of_type(PRESENCE_STREAM)
-            .map_err(|e| e.to_string())?;
-        let rooms = self
-            .inner
-            .bus
-            .subscribe_events(&rooms_filter)
-            .await
-            .map_err(|e| e.to_string())?;
-        let presence = self
-            .inner
-            .bus
-            .subscribe_events(&presence_filter)
-            .await
-            .map_err(|e| e.to_string())?;
+        let bus = &self.inner.bus;
+        match kind {
+            Kind::Events => {
+                let f = s.events_of_type(name).map_err(|e| e.to_string())?;
+                bus.subscribe_events(&f).await
+            }
+            Kind::Signals => {
+                let f = s.signals_of_kind(name).map_err(|e| e.to_string())?;
+                bus.subscribe_signals(&f).await
+            }
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    async fn follow_events(self, ctx: Context) -> Result<(), String> {
+        let rooms = self.subscribe(Kind::Events, ROOM_STREAM).await?;
+        let presence = self.subscribe(Kind::Events, PRESENCE_STREAM).await?;
         // Anything published before the subscriptions began is caught up from the store.
         self.catch_up_all();
         ctx.health.ready();
@@ -484,21 +491,13 @@ impl Hub {
     }
 
     async fn follow_signals(self, ctx: Context) -> Result<(), String> {
-        let s = &self.inner.subjects;
-        let room_f = s.signals_of_kind("room").map_err(|e| e.to_string())?;
-        let user_f = s.signals_of_kind("user").map_err(|e| e.to_string())?;
-        let rooms = self
+        let room_f = self
             .inner
-            .bus
-            .subscribe_signals(&room_f)
-            .await
+            .subjects
+            .signals_of_kind("room")
             .map_err(|e| e.to_string())?;
-        let users = self
-            .inner
-            .bus
-            .subscribe_signals(&user_f)
-            .await
-            .map_err(|e| e.to_string())?;
+        let rooms = self.subscribe(Kind::Signals, "room").await?;
+        let users = self.subscribe(Kind::Signals, "user").await?;
         ctx.health.ready();
         let mut merged = futures::stream::select(rooms, users);
         loop {
@@ -531,13 +530,7 @@ impl Hub {
         let me = s
             .signal("node", &self.inner.node)
             .map_err(|e| e.to_string())?;
-        let filter = s.signals_of_kind("node").map_err(|e| e.to_string())?;
-        let mut heard = self
-            .inner
-            .bus
-            .subscribe_signals(&filter)
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut heard = self.subscribe(Kind::Signals, "node").await?;
         ctx.health.ready();
         let started = tokio::time::Instant::now();
         let mut seen: HashMap<String, tokio::time::Instant> = HashMap::new();
