@@ -428,6 +428,9 @@ impl Session {
             ClientFrame::PresenceSet { status } => {
                 if !STATUSES.contains(&status.as_str()) {
                     self.refuse(id, "invalid_frame", "`status` is online, away or busy");
+                } else if !self.signals.take() {
+                    // Each change is an event: limited like signals.
+                    self.refuse(id, "rate_limited", "too many presence changes; slow down");
                 } else if let Err(e) = self.hub.set_status(self.who.user, &status).await {
                     self.refuse(id, "unavailable", &e.to_string());
                 } else {
