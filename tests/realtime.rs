@@ -243,16 +243,36 @@ async fn the_readme_chat_clients_across_two_edges() {
             .args(args);
         cmd
     };
-    // Both at once: dana on edge A, eli on edge B.
+    // Both at once: dana on edge A, eli on edge B. Each waits 3 s after joining before
+    // writing, so both are in the room when the other types (typing is ephemeral: a client
+    // not yet joined would not see it).
     let mut d = client(
         &a,
         "dana",
-        &["--say", "hello from dana", "--edit", "Hi ", "--for", "4"],
+        &[
+            "--delay",
+            "3",
+            "--say",
+            "hello from dana",
+            "--edit",
+            "Hi ",
+            "--for",
+            "4",
+        ],
     );
     let mut e = client(
         &b,
         "eli",
-        &["--say", "hello from eli", "--edit", "there", "--for", "5"],
+        &[
+            "--delay",
+            "3",
+            "--say",
+            "hello from eli",
+            "--edit",
+            "there",
+            "--for",
+            "5",
+        ],
     );
     let (dh, eh) = (
         std::thread::spawn(move || output(&mut d)),

@@ -10,7 +10,8 @@ TEXT to the room's document `notes` (a Yjs text, edited through pycrdt); `/doc` 
 client started again (on any edge: pass another `--url`) receives exactly what it missed.
 
 For scripts and tests: `--say TEXT` and `--edit TEXT` (repeatable) send and edit without a
-terminal, and `--for SECONDS` says how long to stay connected.
+terminal, `--delay SECONDS` waits before them, and `--for SECONDS` says how long to stay
+connected afterwards.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import asyncio
 import base64
 import json
 import os
+import random
 import sys
 import urllib.request
 import uuid
@@ -45,11 +47,12 @@ class Chat:
         os.makedirs(cache, exist_ok=True)
         self.offset_file = os.path.join(cache, f"chat-{self.room}-{user_id}.offset")
         self.offset = int(open(self.offset_file).read()) if os.path.exists(self.offset_file) else 0
-        self.doc = Doc()
+        # Yjs client ids are 32-bit (what the wire format carries); pycrdt's default is wider.
+        self.doc = Doc(client_id=random.getrandbits(32))
         self.text = self.doc.get("notes", type=Text)
         self.names = {}
         self.ws = None
-        self.pending = []  # local document edits to send
+        self.joined = asyncio.Event()
 
     def seen(self, offset):
         if offset > self.offset:
@@ -80,6 +83,7 @@ class Chat:
             if t == "doc.update":
                 self.show(f"doc notes: {self.text}")
         elif t == "room.joined":
+            self.joined.set()
             self.show(f"joined {f.get('name')} as {f['role']} at offset {f['offset']}")
         elif t == "error":
             self.show(f"! {f['code']}: {f['message']}")
@@ -113,8 +117,9 @@ class Chat:
             await self.send(type="room.join", room=self.room, after=self.offset)
             await self.send(type="doc.open", room=self.room, doc="notes")
             reader = asyncio.create_task(self.read())
+            await asyncio.wait_for(self.joined.wait(), 30)
             if self.args.say or self.args.edit or self.args.stay is not None:
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(self.args.delay)
                 for s in self.args.say:
                     await self.command(s)
                 for e in self.args.edit:
@@ -144,6 +149,7 @@ def main():
     p.add_argument("--say", action="append", default=[])
     p.add_argument("--edit", action="append", default=[])
     p.add_argument("--for", dest="stay", type=float, default=None)
+    p.add_argument("--delay", type=float, default=0.5, help="seconds to wait before --say/--edit")
     args = p.parse_args()
     token, user_id = login(args.url, args.username, args.password)
     asyncio.run(Chat(args, user_id).run(token))
