@@ -110,6 +110,33 @@ pub enum ClientFrame {
     Unsubscribe { topics: Vec<String> },
 }
 
+impl ClientFrame {
+    /// The frame's `type` (a metric label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Auth { .. } => "auth",
+            ClientFrame::Ping {} => "ping",
+            ClientFrame::Pong {} => "pong",
+            ClientFrame::Join { .. } => "room.join",
+            ClientFrame::Leave { .. } => "room.leave",
+            ClientFrame::Send { .. } => "message.send",
+            ClientFrame::Edit { .. } => "message.edit",
+            ClientFrame::Delete { .. } => "message.delete",
+            ClientFrame::PresenceSet { .. } => "presence.set",
+            ClientFrame::TypingStart { .. } => "typing.start",
+            ClientFrame::TypingStop { .. } => "typing.stop",
+            ClientFrame::Cursor { .. } => "cursor.move",
+            ClientFrame::Selection { .. } => "selection.set",
+            ClientFrame::DocOpen { .. } => "doc.open",
+            ClientFrame::DocUpdate { .. } => "doc.update",
+            ClientFrame::DocAwareness { .. } => "doc.awareness",
+            ClientFrame::Notify { .. } => "notify",
+            ClientFrame::Subscribe { .. } => "subscribe",
+            ClientFrame::Unsubscribe { .. } => "unsubscribe",
+        }
+    }
+}
+
 /// A frame the client sent that cannot be taken, with the `error` frame's code.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadFrame {

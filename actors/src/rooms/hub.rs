@@ -149,10 +149,6 @@ impl Hub {
         &self.inner.presence_view
     }
 
-    pub fn settings(&self) -> &HubSettings {
-        &self.inner.settings
-    }
-
     pub fn tracker(&self) -> &TaskTracker {
         &self.inner.tracker
     }

@@ -3,8 +3,8 @@
 //! | file | what |
 //! |---|---|
 //! | `hub.rs` | this edge's registry of room actors and sessions; the bus followers (room and presence events, signals, edge heartbeats and the dead-edge sweep) |
-//! | `room.rs` | a room's actor: its state, subscribers and Yjs documents; decides and appends its events |
-//! | `session.rs` | a connection's actor: reads frames, asks rooms, writes its outbox to the socket |
+//! | `room/` | a room's actor: its state, subscribers and Yjs documents (`docs.rs`); decides (`write.rs`) and appends its events |
+//! | `session/` | a connection's actor: reads frames, asks rooms, writes its outbox to the socket; `json.rs` Revo's JSON frames, `y_websocket.rs` the binary y-protocols |
 //! | `outbox.rs` | a session's outbound queue, bounded in frames and bytes |
 //! | `frames.rs` | the protocol's frames: parsing client frames, rendering room events |
 //! | `yjs.rs` | the y-protocols binary messages, for y-websocket clients |

@@ -110,7 +110,8 @@ impl OutboxRx {
     }
 
     /// Bytes waiting.
-    pub fn queued_bytes(&self) -> usize {
+    #[cfg(test)]
+    fn queued_bytes(&self) -> usize {
         self.bytes.load(Ordering::Acquire)
     }
 }

@@ -1,13 +1,8 @@
-//! One WebSocket connection: an actor that owns the socket, reads the client's frames in order,
-//! asks the rooms, and writes everything queued for it (its outbox) to the socket. The edge
-//! (`src/http/ws.rs`) authenticates and hands over the socket; nothing here knows actix.
+//! A connection speaking Revo's JSON frames (docs/websocket.md).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use revo_events::family::presence::STATUSES;
 use revo_events::family::room::{RoomRole, ROOM_STREAM};
@@ -16,135 +11,11 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::frames::{self, BadFrame, ClientFrame, MAX_NAME, MAX_SIGNAL, MAX_TEXT};
-use super::hub::{Hub, SessionEntry};
-use super::outbox::{outbox, Out, Outbox, OutboxRx};
-use super::room::{Command, Joined, RoomError, Subscriber, Write};
-
-/// Close codes (documented in docs/websocket.md).
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    /// The edge is stopping (after a `bye` frame): reconnect, to any edge.
-    pub const GOING_AWAY: u16 = 1001;
-    /// A frame over the transport limit.
-    pub const TOO_BIG: u16 = 1009;
-    /// No credential, a bad one, or one revoked or disabled since.
-    pub const UNAUTHORIZED: u16 = 4001;
-    /// No pong (or anything else) from the client within the heartbeat timeout.
-    pub const HEARTBEAT: u16 = 4002;
-    /// The path's user is not the caller.
-    pub const FORBIDDEN: u16 = 4003;
-    /// The client did not read fast enough: its outbound queue overflowed. Resume by offset.
-    pub const SLOW_CONSUMER: u16 = 4008;
-    /// Frames kept coming far over the rate limit.
-    pub const FLOOD: u16 = 4029;
-}
-
-#[derive(Clone, Debug)]
-pub struct SessionSettings {
-    pub outbox_frames: usize,
-    pub outbox_bytes: usize,
-    /// Largest text frame taken (larger ones get an `error` frame).
-    pub max_frame: usize,
-    /// Pings every `heartbeat`; a client silent for `dead_after` is closed.
-    pub heartbeat: Duration,
-    pub dead_after: Duration,
-    /// How often the credential is checked again (revoked or disabled closes the socket).
-    pub recheck: Duration,
-    /// Frames per second per connection, and the burst above it.
-    pub rate: f64,
-    pub burst: f64,
-    /// Ephemeral signals (typing, cursors, selections, awareness) per second, and burst.
-    pub signal_rate: f64,
-    pub signal_burst: f64,
-    /// Refused frames tolerated before the connection is closed as a flood.
-    pub strikes: u32,
-}
-
-impl Default for SessionSettings {
-    fn default() -> Self {
-        SessionSettings {
-            outbox_frames: 4096,
-            outbox_bytes: 2 * 1024 * 1024,
-            max_frame: 256 * 1024,
-            heartbeat: Duration::from_secs(15),
-            dead_after: Duration::from_secs(45),
-            recheck: Duration::from_secs(5),
-            rate: 100.0,
-            burst: 200.0,
-            signal_rate: 30.0,
-            signal_burst: 60.0,
-            strikes: 200,
-        }
-    }
-}
-
-/// Who is connected.
-pub struct Who {
-    pub user: Uuid,
-    pub username: String,
-    /// The `actor` of the events the session causes.
-    pub actor: String,
-    /// An administrator (`users:write`): may notify anyone and manage any room.
-    pub admin: bool,
-    /// Whether the credential still admits the user.
-    pub still_valid: Box<dyn Fn() -> bool>,
-}
-
-/// What the client sent, as the edge read it off the socket.
-#[derive(Debug)]
-pub enum Inbound {
-    Text(String),
-    Binary(Bytes),
-    Ping(Bytes),
-    Pong,
-    Close,
-    /// A frame over the transport's limit (the transport cannot go on).
-    TooBig,
-    /// The connection broke.
-    Broken,
-}
-
-/// The socket's writing half.
-#[async_trait(?Send)]
-pub trait Socket {
-    async fn text(&mut self, text: &str) -> bool;
-    async fn binary(&mut self, bytes: Bytes) -> bool;
-    async fn ping(&mut self, bytes: &[u8]) -> bool;
-    async fn pong(&mut self, bytes: &[u8]) -> bool;
-    async fn close(&mut self, code: u16, reason: &str);
-}
-
-struct Bucket {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(rate: f64, burst: f64) -> Bucket {
-        Bucket {
-            tokens: burst,
-            rate,
-            burst,
-            at: Instant::now(),
-        }
-    }
-
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+use super::super::frames::{self, BadFrame, ClientFrame, MAX_NAME, MAX_SIGNAL, MAX_TEXT};
+use super::super::hub::{Hub, SessionEntry};
+use super::super::outbox::{outbox, Out, Outbox, OutboxRx};
+use super::super::room::{Command, Joined, RoomError, Subscriber, Write, Written};
+use super::{close, Bucket, Close, Inbound, SessionSettings, Socket, Who};
 
 struct Session {
     hub: Hub,
@@ -158,9 +29,6 @@ struct Session {
     signals: Bucket,
     strikes: u32,
 }
-
-/// Why the loop ended.
-struct Close(u16, &'static str);
 
 /// Runs a connection to its end.
 pub async fn run(
@@ -346,10 +214,7 @@ impl Session {
                 return None;
             }
         };
-        metrics
-            .frames_in
-            .with_label_values(&[frame_type(&frame)])
-            .inc();
+        metrics.frames_in.with_label_values(&[frame.kind()]).inc();
         let id = id.as_ref();
         match frame {
             ClientFrame::Auth { .. } => self.refuse(
@@ -640,12 +505,7 @@ impl Session {
         Ok(at)
     }
 
-    async fn write(
-        &mut self,
-        room: Uuid,
-        op: Write,
-        id: Option<&Value>,
-    ) -> Option<super::room::Written> {
+    async fn write(&mut self, room: Uuid, op: Write, id: Option<&Value>) -> Option<Written> {
         if !self.joined.contains_key(&room) {
             self.refuse(id, "not_joined", "join the room first");
             return None;
@@ -799,262 +659,5 @@ impl Session {
             }
         }
         self.send(frames::with_id(json!({"type": "notify.ack"}), id));
-    }
-}
-
-fn frame_type(f: &ClientFrame) -> &'static str {
-    match f {
-        ClientFrame::Auth { .. } => "auth",
-        ClientFrame::Ping {} => "ping",
-        ClientFrame::Pong {} => "pong",
-        ClientFrame::Join { .. } => "room.join",
-        ClientFrame::Leave { .. } => "room.leave",
-        ClientFrame::Send { .. } => "message.send",
-        ClientFrame::Edit { .. } => "message.edit",
-        ClientFrame::Delete { .. } => "message.delete",
-        ClientFrame::PresenceSet { .. } => "presence.set",
-        ClientFrame::TypingStart { .. } => "typing.start",
-        ClientFrame::TypingStop { .. } => "typing.stop",
-        ClientFrame::Cursor { .. } => "cursor.move",
-        ClientFrame::Selection { .. } => "selection.set",
-        ClientFrame::DocOpen { .. } => "doc.open",
-        ClientFrame::DocUpdate { .. } => "doc.update",
-        ClientFrame::DocAwareness { .. } => "doc.awareness",
-        ClientFrame::Notify { .. } => "notify",
-        ClientFrame::Subscribe { .. } => "subscribe",
-        ClientFrame::Unsubscribe { .. } => "unsubscribe",
-    }
-}
-
-/// Runs a y-websocket connection to one document of a room: binary y-protocol messages
-/// (sync step 1 / step 2 / update, awareness) instead of JSON frames.
-pub async fn run_yjs(
-    hub: Hub,
-    who: Who,
-    settings: SessionSettings,
-    room: Uuid,
-    doc: String,
-    mut inbound: impl Stream<Item = Inbound> + Unpin,
-    mut socket: impl Socket,
-) {
-    let id = Uuid::now_v7();
-    let (tx, mut rx) = outbox(settings.outbox_frames, settings.outbox_bytes);
-    hub.register(
-        who.user,
-        id,
-        SessionEntry {
-            outbox: tx.clone(),
-            topics: Arc::new(Mutex::new(HashSet::new())),
-        },
-    );
-    if let Err(e) = hub.session_opened(who.user, id).await {
-        tracing::warn!(error = %e, "presence: session start not recorded");
-    }
-    let ended = yjs_serve(
-        &hub,
-        &who,
-        &settings,
-        id,
-        room,
-        &doc,
-        &tx,
-        &mut rx,
-        &mut inbound,
-        &mut socket,
-    )
-    .await;
-    socket.close(ended.0, ended.1).await;
-    hub.metrics()
-        .closes
-        .with_label_values(&[&ended.0.to_string()])
-        .inc();
-    hub.leave(room, id);
-    hub.unregister(who.user, id);
-    hub.session_closed(
-        who.user,
-        id,
-        if ended.0 == close::GOING_AWAY {
-            "shutdown"
-        } else {
-            "closed"
-        },
-    );
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn yjs_serve(
-    hub: &Hub,
-    who: &Who,
-    settings: &SessionSettings,
-    id: Uuid,
-    room: Uuid,
-    doc: &str,
-    tx: &Outbox,
-    rx: &mut OutboxRx,
-    inbound: &mut (impl Stream<Item = Inbound> + Unpin),
-    socket: &mut impl Socket,
-) -> Close {
-    use super::yjs;
-    use yrs::sync::{Message, SyncMessage};
-    if doc.is_empty() || doc.len() > MAX_NAME {
-        return Close(close::FORBIDDEN, "a document name is 1-128 bytes");
-    }
-    if hub.rooms_view().read().get(&room).is_none() {
-        let _ = socket.binary(yjs::denied("no such room")).await;
-        return Close(close::FORBIDDEN, "no such room");
-    }
-    // Subscribe first, then read the state: an update in between arrives twice, which Yjs
-    // ignores, and none is missed.
-    let joined = hub
-        .ask(room, |reply| Command::Join {
-            sub: Subscriber {
-                session: id,
-                user: who.user,
-                outbox: tx.clone(),
-                yjs: Some(doc.to_owned()),
-            },
-            after: None,
-            reply,
-        })
-        .await;
-    let role = match joined {
-        Ok(Joined::Live { role, .. }) => role,
-        Ok(Joined::Behind { .. }) => return Close(close::NORMAL, ""),
-        Err(e) => {
-            let _ = socket.binary(yjs::denied(&e.to_string())).await;
-            return Close(close::FORBIDDEN, e.code());
-        }
-    };
-    let open = |sv: Option<Vec<u8>>| {
-        let (hub, doc, user) = (hub.clone(), doc.to_owned(), who.user);
-        async move {
-            hub.ask(room, |reply| Command::DocOpen {
-                user,
-                doc: doc.clone(),
-                state_vector: sv.clone(),
-                reply,
-            })
-            .await
-        }
-    };
-    match open(None).await {
-        Ok(sync) => {
-            if let Some(step1) = yjs::step1(&sync.state_vector) {
-                if !socket.binary(step1).await {
-                    return Close(close::NORMAL, "");
-                }
-            }
-        }
-        Err(e) => return Close(close::FORBIDDEN, e.code()),
-    }
-    let mut frames = Bucket::new(settings.rate, settings.burst);
-    let mut strikes = 0u32;
-    let mut heartbeat = tokio::time::interval(settings.heartbeat);
-    heartbeat.tick().await;
-    let mut recheck = tokio::time::interval(settings.recheck);
-    recheck.tick().await;
-    let mut heard = Instant::now();
-    let (overflow, closing) = (rx.overflow.clone(), hub.closing().clone());
-    loop {
-        tokio::select! {
-            biased;
-            _ = closing.cancelled() => return Close(close::GOING_AWAY, "the server is restarting; reconnect"),
-            _ = overflow.cancelled() => {
-                hub.metrics().overflows.inc();
-                return Close(close::SLOW_CONSUMER, "too slow to read; reconnect");
-            }
-            out = rx.recv() => {
-                let ok = match out {
-                    Some(Out::Binary(b)) => socket.binary(b).await,
-                    Some(Out::Left(..)) => return Close(close::FORBIDDEN, "no longer a member"),
-                    Some(Out::Text(_)) | None => true,
-                };
-                if !ok {
-                    return Close(close::NORMAL, "");
-                }
-            }
-            msg = inbound.next() => {
-                heard = Instant::now();
-                let bytes = match msg {
-                    Some(Inbound::Binary(b)) => b,
-                    Some(Inbound::Ping(b)) => {
-                        if !socket.pong(&b).await { return Close(close::NORMAL, "") }
-                        continue;
-                    }
-                    Some(Inbound::Pong) | Some(Inbound::Text(_)) => continue,
-                    Some(Inbound::TooBig) => return Close(close::TOO_BIG, "frame too large"),
-                    Some(Inbound::Close) | Some(Inbound::Broken) | None => return Close(close::NORMAL, ""),
-                };
-                if bytes.len() > settings.max_frame || !frames.take() {
-                    strikes += 1;
-                    if strikes > settings.strikes {
-                        return Close(close::FLOOD, "too many frames refused; slow down");
-                    }
-                    continue;
-                }
-                let msg = match yjs::decode(&bytes) {
-                    Ok(m) => m,
-                    Err(_) => {
-                        hub.metrics().frames_in.with_label_values(&["invalid"]).inc();
-                        strikes += 1;
-                        continue;
-                    }
-                };
-                hub.metrics().frames_in.with_label_values(&["yjs"]).inc();
-                match msg {
-                    Message::Sync(SyncMessage::SyncStep1(sv)) => {
-                        use yrs::updates::encoder::Encode;
-                        if let Ok(sync) = open(Some(sv.encode_v1())).await {
-                            if !socket.binary(yjs::step2(sync.update)).await {
-                                return Close(close::NORMAL, "");
-                            }
-                        }
-                    }
-                    Message::Sync(SyncMessage::SyncStep2(u)) | Message::Sync(SyncMessage::Update(u)) => {
-                        // An empty update (no structs, no deletions) changes nothing.
-                        if u.len() <= 2 {
-                            continue;
-                        }
-                        if !role.can_write() {
-                            let _ = socket.binary(yjs::denied("viewers cannot edit documents")).await;
-                            continue;
-                        }
-                        let r = hub
-                            .ask(room, |reply| Command::Write {
-                                user: who.user,
-                                as_owner: false,
-                                meta: EventMeta { actor: Some(who.actor.clone()), ..Default::default() },
-                                op: Write::DocUpdate { doc: doc.to_owned(), update: u.clone() },
-                                reply,
-                            })
-                            .await;
-                        if let Err(e) = r {
-                            let _ = socket.binary(yjs::denied(&e.to_string())).await;
-                        }
-                    }
-                    ref m @ Message::Awareness(_) => {
-                        if let Some(update) = yjs::awareness_bytes(m) {
-                            let frame = json!({"type": "doc.awareness", "room": room, "doc": doc,
-                                "update": frames::b64(&update), "user_id": who.user, "session_id": id});
-                            hub.room_signal(room, id, frame.to_string()).await;
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            _ = heartbeat.tick() => {
-                if heard.elapsed() >= settings.dead_after {
-                    return Close(close::HEARTBEAT, "no heartbeat");
-                }
-                if !socket.ping(b"revo").await {
-                    return Close(close::NORMAL, "");
-                }
-            }
-            _ = recheck.tick() => {
-                if !(who.still_valid)() {
-                    return Close(close::UNAUTHORIZED, "credential no longer valid");
-                }
-            }
-        }
     }
 }
