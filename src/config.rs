@@ -39,6 +39,8 @@ pub const KNOWN_ENV: &[&str] = &[
     "REVO_MODEL_DEVICE",
     "REVO_MODEL_GPU",
     "REVO_WORKER_TIMEOUT_MS",
+    "REVO_WORKFLOW_HTTP_ALLOW",
+    "REVO_WORKFLOW_HTTP_ALLOW_PRIVATE",
 ];
 
 /// `revo.toml`. Every key is optional; absent keys keep their defaults.
@@ -67,6 +69,24 @@ pub struct FileConfig {
     pub jetstream: JetStreamFile,
     #[serde(default)]
     pub router: RouterFile,
+    #[serde(default)]
+    pub workflows: WorkflowsFile,
+}
+
+/// `[workflows]` (docs/workflows.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowsFile {
+    /// Hosts `http` steps may call: `api.example.com`, `*.example.org`, `host:port`
+    /// (REVO_WORKFLOW_HTTP_ALLOW, comma-separated). Empty: no `http` step may call anything.
+    pub http_allow: Option<Vec<String>>,
+    /// Private, loopback or link-local addresses (IPs or CIDRs) `http` steps may reach
+    /// (REVO_WORKFLOW_HTTP_ALLOW_PRIVATE). Empty: none.
+    pub http_allow_private: Option<Vec<String>>,
+    /// An `http` step's timeout when it sets none (30).
+    pub http_timeout_s: Option<u64>,
+    /// Most runs one node executes at once (10000).
+    pub max_runs_per_node: Option<usize>,
 }
 
 /// `[router]`: how the router talks to providers (docs/api.md, "Routing").
@@ -251,6 +271,7 @@ pub struct Config {
     pub budgets: revo_actors::router::budget::BudgetSettings,
     /// The catalogue entry savings are priced against, if any.
     pub reference_model: Option<String>,
+    pub workflows: revo_actors::workflows::EngineSettings,
 }
 
 impl Config {
@@ -437,10 +458,50 @@ impl Config {
                 ..Default::default()
             },
             reference_model: reference_model(&catalog, file.router.reference_model.take())?,
+            workflows: workflows_config(&file.workflows, max_payload_bytes)?,
             catalog,
             models: models_config(file.models)?,
         })
     }
+}
+
+fn comma_list(name: &str, file: Option<&Vec<String>>) -> Vec<String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .split(',')
+            .map(|x| x.trim().to_owned())
+            .filter(|x| !x.is_empty())
+            .collect(),
+        Err(_) => file.cloned().unwrap_or_default(),
+    }
+}
+
+fn workflows_config(
+    f: &WorkflowsFile,
+    max_payload: usize,
+) -> anyhow::Result<revo_actors::workflows::EngineSettings> {
+    let d = revo_actors::workflows::EngineSettings::default();
+    let http = revo_actors::workflows::http::HttpPolicy::new(
+        comma_list("REVO_WORKFLOW_HTTP_ALLOW", f.http_allow.as_ref()),
+        comma_list(
+            "REVO_WORKFLOW_HTTP_ALLOW_PRIVATE",
+            f.http_allow_private.as_ref(),
+        ),
+    )
+    .map_err(|e| anyhow::anyhow!("[workflows] http_allow_private: {e}"))?;
+    let max_runs = f.max_runs_per_node.unwrap_or(d.max_runs_here);
+    if max_runs == 0 {
+        bail!("[workflows] max_runs_per_node is at least 1");
+    }
+    Ok(revo_actors::workflows::EngineSettings {
+        http,
+        max_runs_here: max_runs,
+        http_timeout: f
+            .http_timeout_s
+            .map_or(d.http_timeout, |s| Duration::from_secs(s.max(1))),
+        max_payload,
+        ..d
+    })
 }
 
 fn stream_limits(f: &JetStreamFile, dedup: Duration) -> anyhow::Result<revo_nats::StreamLimits> {

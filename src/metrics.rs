@@ -18,6 +18,7 @@ pub struct Metrics {
     pub generation: GenerationMetrics,
     pub router: revo_actors::router::RouterMetrics,
     pub realtime: revo_actors::rooms::RealtimeMetrics,
+    pub workflows: revo_actors::workflows::WorkflowMetrics,
     /// Restarts of supervised actors, by actor name (static names and registry model names).
     pub actor_restarts: IntCounterVec,
 }
@@ -214,6 +215,7 @@ impl Metrics {
         let generation = GenerationMetrics::new()?;
         let router = revo_actors::router::RouterMetrics::new()?;
         let realtime = revo_actors::rooms::RealtimeMetrics::new()?;
+        let workflows = revo_actors::workflows::WorkflowMetrics::new()?;
         let registry = Registry::new();
         let actor_restarts = IntCounterVec::new(
             Opts::new(
@@ -246,6 +248,7 @@ impl Metrics {
             .into_iter()
             .chain(router.collectors())
             .chain(realtime.collectors())
+            .chain(workflows.collectors())
         {
             registry.register(c)?;
         }
@@ -259,6 +262,7 @@ impl Metrics {
             generation,
             router,
             realtime,
+            workflows,
         })
     }
 

@@ -3,7 +3,7 @@
 use revo_events::projection::NodesProjection;
 use revo_events::{
     BudgetsProjection, Directory, LedgerProjection, ModelsProjection, PresenceProjection,
-    Projection, RoomsProjection,
+    Projection, RoomsProjection, RunsProjection, WorkflowsProjection,
 };
 
 /// A fresh instance of every projection.
@@ -16,6 +16,8 @@ pub fn all() -> Vec<Box<dyn Projection>> {
         Box::new(BudgetsProjection::default()),
         Box::new(RoomsProjection::default()),
         Box::new(PresenceProjection::default()),
+        Box::new(WorkflowsProjection::default()),
+        Box::new(RunsProjection::default()),
     ]
 }
 

@@ -240,6 +240,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
 
+    let workflows = start_workflows(
+        &config,
+        store.clone(),
+        bus.clone(),
+        &subjects,
+        &node_id,
+        &metrics,
+        router.clone(),
+        realtime.clone(),
+        models.clone(),
+        &sup,
+    )
+    .await?;
+
     store_probe.first(Duration::from_secs(5)).await;
     let state = web::Data::new(AppState {
         store: store.clone(),
@@ -266,6 +280,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ledger,
         realtime: realtime.clone(),
         realtime_session: revo_actors::rooms::SessionSettings::default(),
+        workflows,
     });
     let limits = config.http;
     let server = HttpServer::new(move || http::app(state.clone(), limits))
@@ -377,6 +392,54 @@ async fn start_realtime(
     );
     hub.start(sup);
     Ok(hub)
+}
+
+/// The workflow engine and the views it reads; it resumes this store's unfinished runs.
+#[allow(clippy::too_many_arguments)]
+async fn start_workflows(
+    config: &Config,
+    store: Arc<dyn EventStore>,
+    bus: Arc<dyn revo_nats::Bus>,
+    subjects: &Subjects,
+    node_id: &str,
+    metrics: &Metrics,
+    router: revo_actors::router::Router,
+    hub: revo_actors::rooms::Hub,
+    models: LiveView<ModelsProjection>,
+    sup: &Supervisor,
+) -> anyhow::Result<revo_actors::workflows::Engine> {
+    let workflows = LiveView::<revo_events::WorkflowsProjection>::start(
+        store.clone(),
+        store.as_ref(),
+        Duration::from_millis(200),
+        sup,
+    )
+    .await
+    .context("loading the workflows")?;
+    let runs = LiveView::<revo_events::RunsProjection>::start(
+        store.clone(),
+        store.as_ref(),
+        Duration::from_millis(200),
+        sup,
+    )
+    .await
+    .context("loading the workflow runs")?;
+    let engine = revo_actors::workflows::Engine::new(
+        store,
+        bus,
+        subjects.clone(),
+        router,
+        hub,
+        models,
+        runs,
+        workflows,
+        node_id.to_owned(),
+        config.workflows.clone(),
+        metrics.workflows.clone(),
+        sup,
+    );
+    engine.start(sup);
+    Ok(engine)
 }
 
 /// The JWT keys: configured ones, or (embedded mode only) a key kept in the data directory.

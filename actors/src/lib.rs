@@ -16,8 +16,7 @@
 //! | `model_worker/` | a model thread serving its model's queue group (the worker protocol) |
 //! | `model_client/` | the edge's side of the worker protocol |
 //! | `rooms/` | real-time collaboration: the hub, room and session actors, the WebSocket frames |
-//!
-//! Later: workflows, a new folder of the same shape.
+//! | `workflows/` | durable workflows: definitions, the run actors, takeover of dead nodes' runs |
 //!
 //! Actors own their state and talk to the outside only through seams handed to them: the
 //! `EventStore`, the `Bus` and the `WorkTransport`, each with an in-memory implementation. They
@@ -36,6 +35,7 @@ pub mod rooms;
 pub mod router;
 pub mod store_probe;
 pub mod view;
+pub mod workflows;
 
 pub use projector::{
     fold_from_zero, FoldStats, FoldUntil, ProjectorHandle, ProjectorMetrics, ProjectorState,

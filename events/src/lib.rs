@@ -27,6 +27,9 @@ pub use family::models::{ModelEvent, ModelsProjection};
 pub use family::presence::{PresenceEvent, PresenceProjection};
 pub use family::room::{RoomEvent, RoomRole, RoomsProjection};
 pub use family::system::SystemEvent;
+pub use family::workflow::{
+    RunEvent, RunState, RunStatus, RunsProjection, StepStatus, WorkflowEvent, WorkflowsProjection,
+};
 pub use family::EventFamily;
 pub use money::{MoneyError, Usd, UsdPerMtok};
 pub use projection::{Projection, ProjectionError, Rows};

@@ -23,6 +23,19 @@ pub struct ApiError {
     pub remaining_usd: Option<String>,
     /// `x-should-retry: false`: the official SDKs then do not retry.
     pub no_retry: bool,
+    /// Each problem of a refused definition or input, with its path.
+    pub problems: Option<Vec<Problem>>,
+}
+
+/// One problem of a refused document: where (a JSON path from its root) and what.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Problem {
+    /// e.g. `$.steps[2].prompt`.
+    pub path: String,
+    /// `unknown_step`, `cycle`, `unknown_variable`, `bad_type`, `unknown_host`,
+    /// `missing_field`, `unknown_field`, `duplicate_step`, `invalid_value`.
+    pub code: String,
+    pub message: String,
 }
 
 /// The body of every error response.
@@ -41,6 +54,9 @@ pub struct ErrorDetail {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub remaining_usd: Option<String>,
+    /// A refused workflow definition or run input: every problem, with its path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problems: Option<Vec<Problem>>,
 }
 
 impl ApiError {
@@ -53,6 +69,7 @@ impl ApiError {
             allow: None,
             remaining_usd: None,
             no_retry: false,
+            problems: None,
         }
     }
 
@@ -193,6 +210,7 @@ impl ResponseError for ApiError {
                 code: self.code.to_owned(),
                 message: self.message.clone(),
                 remaining_usd: self.remaining_usd.clone(),
+                problems: self.problems.clone(),
             },
         })
     }

@@ -18,6 +18,7 @@ pub mod rooms;
 pub mod routed;
 pub mod users;
 pub mod views;
+pub mod workflows;
 pub mod ws;
 
 use std::sync::Arc;
@@ -70,6 +71,8 @@ pub struct AppState {
     /// Real-time rooms, sessions and presence on this edge (`/rooms`, `/ws/{user_id}`).
     pub realtime: revo_actors::rooms::Hub,
     pub realtime_session: revo_actors::rooms::SessionSettings,
+    /// Durable workflows: definitions, runs and their executors on this node.
+    pub workflows: revo_actors::workflows::Engine,
 }
 
 impl AppState {
@@ -124,7 +127,20 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(rooms::doc)
         .service(rooms::presence)
         .service(ws::connect)
-        .service(ws::connect_yjs);
+        .service(ws::connect_yjs)
+        .service(workflows::create)
+        .service(workflows::list)
+        .service(workflows::get)
+        .service(workflows::update)
+        .service(workflows::archive)
+        .service(workflows::execute)
+        .service(workflows::list_runs)
+        .service(workflows::get_run)
+        .service(workflows::cancel)
+        .service(workflows::approve)
+        .service(workflows::reject)
+        .service(workflows::retry)
+        .service(workflows::run_events);
 }
 
 /// The generated OpenAPI document.

@@ -26,10 +26,14 @@ pub enum Permission {
     /// Real-time rooms: `/rooms` and the WebSocket (what one may do inside a room is the
     /// room's own owner / member / viewer role).
     Rooms,
+    /// Read one's own workflows and runs (administrators, with `users:read`, everyone's).
+    WorkflowsRead,
+    /// Create, change and run workflows; cancel, approve, reject and retry one's runs.
+    WorkflowsWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 11] = [
         Permission::SelfRead,
         Permission::UsersRead,
         Permission::UsersWrite,
@@ -39,6 +43,8 @@ impl Permission {
         Permission::Generate,
         Permission::SystemRead,
         Permission::Rooms,
+        Permission::WorkflowsRead,
+        Permission::WorkflowsWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +58,8 @@ impl Permission {
             Permission::Generate => "generate",
             Permission::SystemRead => "system:read",
             Permission::Rooms => "rooms",
+            Permission::WorkflowsRead => "workflows:read",
+            Permission::WorkflowsWrite => "workflows:write",
         }
     }
 
@@ -65,8 +73,11 @@ pub fn role_allows(role: Role, perm: Permission) -> bool {
     use Permission::*;
     match role {
         Role::Admin => true,
-        Role::Developer => matches!(perm, SelfRead | KeysRead | KeysWrite | Generate | Rooms),
-        Role::Viewer => matches!(perm, SelfRead | KeysRead | Rooms),
+        Role::Developer => matches!(
+            perm,
+            SelfRead | KeysRead | KeysWrite | Generate | Rooms | WorkflowsRead | WorkflowsWrite
+        ),
+        Role::Viewer => matches!(perm, SelfRead | KeysRead | Rooms | WorkflowsRead),
     }
 }
 

@@ -91,6 +91,9 @@ struct Inner {
     cancel: CancellationToken,
     /// Fires when the edge starts to stop: sessions say `bye` and close.
     closing: CancellationToken,
+    /// When each other edge was last heard (`realtime.nodes`).
+    seen: Mutex<HashMap<String, tokio::time::Instant>>,
+    started: tokio::time::Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -125,7 +128,23 @@ impl Hub {
                 tracker: sup.tracker().clone(),
                 cancel: sup.cancel_token().clone(),
                 closing: CancellationToken::new(),
+                seen: Mutex::new(HashMap::new()),
+                started: tokio::time::Instant::now(),
             }),
+        }
+    }
+
+    /// Whether the node `node` is alive: this one, or one heard within the node timeout. An
+    /// edge not heard yet counts as alive until this one has listened for that long.
+    pub fn node_alive(&self, node: &str) -> bool {
+        if node == self.inner.node {
+            return true;
+        }
+        let timeout = self.inner.settings.node_timeout;
+        let now = tokio::time::Instant::now();
+        match lock(&self.inner.seen).get(node) {
+            Some(t) => now.duration_since(*t) < timeout,
+            None => now.duration_since(self.inner.started) < timeout,
         }
     }
 
@@ -528,15 +547,14 @@ impl Hub {
             .map_err(|e| e.to_string())?;
         let mut heard = self.subscribe(Kind::Signals, "node").await?;
         ctx.health.ready();
-        let started = tokio::time::Instant::now();
-        let mut seen: HashMap<String, tokio::time::Instant> = HashMap::new();
+        let started = self.inner.started;
         let mut beat = tokio::time::interval(self.inner.settings.heartbeat);
         loop {
             tokio::select! {
                 msg = heard.next() => {
                     let Some(Ok(msg)) = msg else { continue };
                     if let Some(node) = msg.subject.rsplit('.').next() {
-                        seen.insert(node.to_owned(), tokio::time::Instant::now());
+                        lock(&self.inner.seen).insert(node.to_owned(), tokio::time::Instant::now());
                     }
                 }
                 _ = beat.tick() => {
@@ -549,10 +567,7 @@ impl Hub {
                     if now.duration_since(started) < timeout {
                         continue;
                     }
-                    let dead = |node: &str| {
-                        node != self.inner.node
-                            && seen.get(node).is_none_or(|t| now.duration_since(*t) >= timeout)
-                    };
+                    let dead = |node: &str| !self.node_alive(node);
                     let lost: Vec<(uuid::Uuid, i64, Vec<Uuid>)> = self
                         .inner
                         .presence_view
@@ -579,7 +594,7 @@ impl Hub {
                             }
                         }
                     }
-                    seen.retain(|_, t| now.duration_since(*t) < timeout * 10);
+                    lock(&self.inner.seen).retain(|_, t| now.duration_since(*t) < timeout * 10);
                 }
                 _ = ctx.cancel.cancelled() => return Ok(()),
             }

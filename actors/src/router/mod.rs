@@ -495,6 +495,17 @@ impl Router {
         Ok(rx)
     }
 
+    /// The most `req` can cost on whichever model may serve it now (a workflow checks it
+    /// against its run's cost limit before starting a step); a refusal if none may.
+    pub fn worst_case(&self, req: &RouteRequest) -> Result<Usd, Refusal> {
+        Ok(self
+            .candidates(req)?
+            .iter()
+            .map(|c| c.worst)
+            .max()
+            .unwrap_or(Usd::ZERO))
+    }
+
     /// Holds the request's worst case on the caller's budgets. A budget that cannot pay
     /// leaves only the free (local) models; with none, the request is refused with `402`.
     async fn admit(

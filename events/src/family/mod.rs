@@ -11,6 +11,7 @@ pub mod models;
 pub mod presence;
 pub mod room;
 pub mod system;
+pub mod workflow;
 
 use chrono::Utc;
 use serde::{de::DeserializeOwned, Serialize};

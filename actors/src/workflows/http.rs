@@ -1,0 +1,260 @@
+//! The `http` step's guard and client. A request goes only to a host on the allow-list
+//! (`[workflows] http_allow`: `api.example.com`, `*.example.org`, optionally with `:port`),
+//! and never to a private, loopback or link-local address unless that address is listed in
+//! `http_allow_private` (IPs or CIDRs). The name is resolved once and the connection is pinned
+//! to the checked addresses (no DNS rebinding); redirects are not followed; the answer is read
+//! up to the step's byte limit.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures::StreamExt;
+use ipnet::IpNet;
+use reqwest::Url;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Default)]
+pub struct HttpPolicy {
+    hosts: Vec<String>,
+    private: Vec<IpNet>,
+}
+
+/// Why a request may not go: (code, message).
+pub type Refused = (&'static str, String);
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v) => {
+            let o = v.octets();
+            v.is_private()
+                || v.is_loopback()
+                || v.is_link_local()
+                || v.is_unspecified()
+                || v.is_broadcast()
+                || v.is_multicast()
+                || o[0] == 0
+                // Carrier-grade NAT, 100.64.0.0/10.
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v) => {
+            if let Some(m) = v.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(m));
+            }
+            let s = v.segments();
+            v.is_loopback()
+                || v.is_unspecified()
+                || v.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+impl HttpPolicy {
+    pub fn new(hosts: Vec<String>, private: Vec<String>) -> Result<HttpPolicy, String> {
+        let private = private
+            .iter()
+            .map(|p| {
+                p.parse::<IpNet>()
+                    .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|_| format!("`{p}` is not an IP address or CIDR"))
+            })
+            .collect::<Result<_, _>>()?;
+        let hosts = hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
+        Ok(HttpPolicy { hosts, private })
+    }
+
+    fn host_allowed(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.hosts.iter().any(|pat| {
+            let (h, p) = match pat.rsplit_once(':') {
+                Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, p.parse::<u16>().ok()),
+                _ => (pat.as_str(), None),
+            };
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            let name_ok = match h.strip_prefix("*.") {
+                Some(suffix) => host.ends_with(&format!(".{suffix}")),
+                None => host == h,
+            };
+            name_ok && p.is_none_or(|p| p == port)
+        })
+    }
+
+    fn parse_allowed(&self, url: &str) -> Result<Url, Refused> {
+        let u = Url::parse(url).map_err(|e| ("invalid_value", format!("not a URL: {e}")))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err(("invalid_value", "only http and https URLs".into()));
+        }
+        let host = u
+            .host_str()
+            .ok_or(("invalid_value", "the URL has no host".to_owned()))?
+            .to_ascii_lowercase();
+        let port = u.port_or_known_default().unwrap_or(443);
+        if !self.host_allowed(&host, port) {
+            return Err((
+                "unknown_host",
+                format!("`{host}:{port}` is not on the workflow HTTP allow-list ([workflows] http_allow)"),
+            ));
+        }
+        Ok(u)
+    }
+
+    /// Checks a URL as written in a definition: its scheme and host must be literal (templates
+    /// only after the host) and allowed.
+    pub fn check_url_template(&self, url: &str) -> Result<(), Refused> {
+        let head_end = url
+            .find("://")
+            .map(|i| i + 3)
+            .and_then(|start| url[start..].find('/').map(|j| start + j))
+            .unwrap_or(url.len());
+        if url[..head_end].contains("{{") {
+            return Err((
+                "unknown_host",
+                "the scheme and host are written out, not templated".into(),
+            ));
+        }
+        let probe = url.replace("{{", "").replace("}}", "");
+        self.parse_allowed(&probe).map(|_| ())
+    }
+
+    /// The addresses a request may connect to, or why none.
+    async fn resolve(&self, u: &Url) -> Result<Vec<SocketAddr>, Refused> {
+        let host = u.host_str().unwrap_or_default();
+        let port = u.port_or_known_default().unwrap_or(443);
+        let addrs: Vec<SocketAddr> = match host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| ("dns_failed", format!("cannot resolve `{host}`: {e}")))?
+                .collect(),
+        };
+        if addrs.is_empty() {
+            return Err(("dns_failed", format!("`{host}` has no address")));
+        }
+        for a in &addrs {
+            let ip = a.ip();
+            if is_private(ip) && !self.private.iter().any(|n| n.contains(&ip)) {
+                return Err((
+                    "host_refused",
+                    format!("`{host}` resolves to the private address {ip}, which [workflows] http_allow_private does not list"),
+                ));
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// Sends one request. `Ok` holds `{status, headers, body}` for a 2xx answer; `Err` holds
+    /// (code, message, retryable).
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(String, String)],
+        body: Option<&Value>,
+        max_bytes: usize,
+        timeout: Duration,
+    ) -> Result<Value, (&'static str, String, bool)> {
+        let refused = |(c, m): Refused| (c, m, false);
+        let u = self.parse_allowed(url).map_err(refused)?;
+        let addrs = self.resolve(&u).await.map_err(refused)?;
+        let host = u.host_str().unwrap_or_default().to_owned();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve_to_addrs(&host, &addrs)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .timeout(timeout)
+            .build()
+            .map_err(|e| ("http_failed", format!("cannot build a client: {e}"), false))?;
+        let m = reqwest::Method::from_bytes(method.as_bytes())
+            .map_err(|_| ("invalid_value", format!("bad method {method}"), false))?;
+        let mut rb = client.request(m, u);
+        for (k, v) in headers {
+            rb = rb.header(k, v);
+        }
+        match body {
+            Some(Value::String(s)) => rb = rb.body(s.clone()),
+            Some(v) => rb = rb.json(v),
+            None => {}
+        }
+        let resp = rb.send().await.map_err(|e| {
+            let code = if e.is_timeout() {
+                "http_timeout"
+            } else {
+                "http_failed"
+            };
+            (code, format!("{host}: {e}"), true)
+        })?;
+        let status = resp.status();
+        let ctype = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut buf = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| ("http_failed", format!("{host}: {e}"), true))?;
+            if buf.len() + chunk.len() > max_bytes {
+                return Err((
+                    "too_large",
+                    format!("the answer is over the step's limit of {max_bytes} bytes"),
+                    false,
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if !status.is_success() {
+            let retry = status.is_server_error() || status.as_u16() == 429;
+            let head: String = text.chars().take(200).collect();
+            return Err((
+                "http_status",
+                format!("{host} answered {status}: {head}"),
+                retry,
+            ));
+        }
+        let body = if ctype.contains("json") {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        } else {
+            Value::String(text)
+        };
+        Ok(json!({"status": status.as_u16(), "content_type": ctype, "body": body}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_ports_and_private_addresses() {
+        let p = HttpPolicy::new(
+            vec![
+                "api.example.com".into(),
+                "*.example.org".into(),
+                "127.0.0.1:9000".into(),
+            ],
+            vec!["127.0.0.1/32".into()],
+        )
+        .unwrap();
+        assert!(p
+            .check_url_template("https://api.example.com/v1/{{ input.x }}")
+            .is_ok());
+        assert!(p.check_url_template("https://a.example.org/").is_ok());
+        assert!(p.check_url_template("https://example.org/").is_err());
+        assert!(p.check_url_template("http://127.0.0.1:9000/x").is_ok());
+        assert!(p.check_url_template("http://127.0.0.1:9001/x").is_err());
+        assert!(p.check_url_template("https://{{ input.host }}/x").is_err());
+        assert!(p.check_url_template("file:///etc/passwd").is_err());
+        assert!(is_private("10.1.2.3".parse().unwrap()));
+        assert!(is_private("169.254.169.254".parse().unwrap()));
+        assert!(is_private("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(is_private("fd00::1".parse().unwrap()));
+        assert!(!is_private("93.184.216.34".parse().unwrap()));
+    }
+}
