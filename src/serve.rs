@@ -408,6 +408,7 @@ async fn start_workflows(
     models: LiveView<ModelsProjection>,
     sup: &Supervisor,
 ) -> anyhow::Result<revo_actors::workflows::Engine> {
+    let hub_for_sessions = hub.clone();
     let workflows = LiveView::<revo_events::WorkflowsProjection>::start(
         store.clone(),
         store.as_ref(),
@@ -439,6 +440,7 @@ async fn start_workflows(
         sup,
     );
     engine.start(sup);
+    hub_for_sessions.set_workflows(engine.clone());
     Ok(engine)
 }
 

@@ -778,3 +778,30 @@ async fn a_killed_node_s_run_finishes_elsewhere_and_a_sleep_spanning_a_full_rest
     );
     drop((c1, c2));
 }
+
+/// The README's walk-through (examples/python/workflow.py) in embedded mode with the default
+/// local model: create the three-step workflow, run it, follow it over the WebSocket, approve
+/// it, and see its cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_workflow_summarises_locally_extracts_json_and_waits_for_approval() {
+    let dir = TempDir::new();
+    let data = dir.path().to_str().unwrap().to_owned();
+    let env = [("REVO_DATA_DIR", data.as_str()), ("REVO_ADMIN_PASSWORD", ADMIN_PW)];
+    import_smollm2(&env);
+    let served = Served::start(&env).await;
+    let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!("{}/examples/python/workflow.py", env!("CARGO_MANIFEST_DIR"));
+    let url = served.url("");
+    let (code, out, err) = output(std::process::Command::new("timeout").args([
+        "300", &python, "-u", &script, "--url", &url, "--username", "admin", "--password", ADMIN_PW,
+    ]));
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    for line in ["[summary] started", "[card] completed", "waiting for approval", "[ok] approved", "workflow.completed: cost $0"] {
+        assert!(out.contains(line), "`{line}` missing from:\n{out}");
+    }
+    let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(last["status"], "completed");
+    assert_eq!(last["cost_usd"], "0");
+    assert!(last["output"]["card"]["title"].as_str().is_some_and(|t| !t.is_empty()), "{last}");
+    assert_eq!(last["output"]["approval"]["approved"], true);
+}

@@ -23,8 +23,10 @@ pub struct ApiError {
     pub remaining_usd: Option<String>,
     /// `x-should-retry: false`: the official SDKs then do not retry.
     pub no_retry: bool,
-    /// Each problem of a refused definition or input, with its path.
-    pub problems: Option<Vec<Problem>>,
+    /// Each problem of a refused definition or input, with its path (boxed: errors travel
+    /// in every handler's `Result`).
+    #[allow(clippy::box_collection)]
+    pub problems: Option<Box<Vec<Problem>>>,
 }
 
 /// One problem of a refused document: where (a JSON path from its root) and what.
@@ -210,7 +212,7 @@ impl ResponseError for ApiError {
                 code: self.code.to_owned(),
                 message: self.message.clone(),
                 remaining_usd: self.remaining_usd.clone(),
-                problems: self.problems.clone(),
+                problems: self.problems.as_deref().cloned(),
             },
         })
     }

@@ -285,7 +285,7 @@ fn problems(p: Vec<DefProblem>) -> ApiError {
         "invalid_definition",
         format!("{n} problem(s); the first: {first}"),
     );
-    e.problems = Some(
+    e.problems = Some(Box::new(
         p.into_iter()
             .map(|x| Problem {
                 path: x.path,
@@ -293,7 +293,7 @@ fn problems(p: Vec<DefProblem>) -> ApiError {
                 message: x.message,
             })
             .collect(),
-    );
+    ));
     e
 }
 
@@ -441,7 +441,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
         .filter(|w| may_see(&caller, w.owner))
         .map(WorkflowView::of)
         .collect();
-    workflows.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    workflows.sort_by_key(|w| std::cmp::Reverse(w.created_at));
     Ok(HttpResponse::Ok().json(WorkflowList { workflows }))
 }
 
@@ -707,7 +707,7 @@ pub async fn list_runs(
         .filter(|r| status.is_none_or(|s| r.status == s))
         .filter(|r| q.workflow_id.is_none_or(|w| r.workflow_id == w))
         .collect();
-    runs.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.created_at));
     let runs = runs.into_iter().take(limit).map(RunView::of).collect();
     Ok(HttpResponse::Ok().json(RunList { runs }))
 }

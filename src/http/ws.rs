@@ -116,6 +116,7 @@ fn who(identity: Arc<Identity>, p: &Principal, header: String) -> Who {
         username: p.username.clone(),
         actor: p.actor(),
         admin: p.can(Permission::UsersWrite),
+        workflows: p.can(Permission::WorkflowsWrite),
         still_valid: Box::new(move || {
             identity
                 .authenticate(Some(&header))

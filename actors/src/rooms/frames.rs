@@ -108,6 +108,21 @@ pub enum ClientFrame {
     Subscribe { topics: Vec<String> },
     #[serde(rename = "unsubscribe")]
     Unsubscribe { topics: Vec<String> },
+    /// Decides the step of one's run waiting for approval, or cancels the run.
+    #[serde(rename = "workflow.approve")]
+    WorkflowApprove {
+        run_id: Uuid,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    #[serde(rename = "workflow.reject")]
+    WorkflowReject {
+        run_id: Uuid,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    #[serde(rename = "workflow.cancel")]
+    WorkflowCancel { run_id: Uuid },
 }
 
 impl ClientFrame {
@@ -133,6 +148,9 @@ impl ClientFrame {
             ClientFrame::Notify { .. } => "notify",
             ClientFrame::Subscribe { .. } => "subscribe",
             ClientFrame::Unsubscribe { .. } => "unsubscribe",
+            ClientFrame::WorkflowApprove { .. } => "workflow.approve",
+            ClientFrame::WorkflowReject { .. } => "workflow.reject",
+            ClientFrame::WorkflowCancel { .. } => "workflow.cancel",
         }
     }
 }

@@ -94,6 +94,8 @@ struct Inner {
     /// When each other edge was last heard (`realtime.nodes`).
     seen: Mutex<HashMap<String, tokio::time::Instant>>,
     started: tokio::time::Instant,
+    /// The workflow engine, for sessions' `workflow.*` decisions (set once it starts).
+    workflows: std::sync::OnceLock<crate::workflows::Engine>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -130,6 +132,7 @@ impl Hub {
                 closing: CancellationToken::new(),
                 seen: Mutex::new(HashMap::new()),
                 started: tokio::time::Instant::now(),
+                workflows: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -146,6 +149,15 @@ impl Hub {
             Some(t) => now.duration_since(*t) < timeout,
             None => now.duration_since(self.inner.started) < timeout,
         }
+    }
+
+    /// Hands sessions the workflow engine (it holds this hub, so it comes after).
+    pub fn set_workflows(&self, engine: crate::workflows::Engine) {
+        let _ = self.inner.workflows.set(engine);
+    }
+
+    pub fn workflows(&self) -> Option<&crate::workflows::Engine> {
+        self.inner.workflows.get()
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {

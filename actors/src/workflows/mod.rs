@@ -540,7 +540,7 @@ impl Engine {
                 }
                 let view = self.inner.runs.read();
                 view.active()
-                    .filter(|r| !local.get(&r.run_id).is_some_and(|h| !h.is_closed()))
+                    .filter(|r| local.get(&r.run_id).is_none_or(|h| h.is_closed()))
                     .filter(|r| match &r.owner {
                         // Created but never claimed: its edge died between the two.
                         None => (now - r.created_at).num_seconds() >= 2,

@@ -317,8 +317,8 @@ impl RunActor {
         let scope_steps: HashMap<String, Value> = self
             .state
             .steps
-            .iter()
-            .filter_map(|(id, _)| self.output_of(id).map(|v| (id.clone(), v)))
+            .keys()
+            .filter_map(|id| self.output_of(id).map(|v| (id.clone(), v)))
             .collect();
         let input = self.input.clone();
         let item = s.value;

@@ -61,10 +61,8 @@ pub fn check(schema: &Value, path: &str, out: &mut Vec<(String, String)>) {
                 None => out.push((p, "`properties` is an object".into())),
             },
             "items" => check(v, &p, out),
-            "required" => {
-                if !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)) {
-                    out.push((p, "`required` is a list of names".into()));
-                }
+            "required" if !v.as_array().is_some_and(|a| a.iter().all(Value::is_string)) => {
+                out.push((p, "`required` is a list of names".into()))
             }
             "additionalProperties" if !v.is_boolean() => {
                 out.push((p, "`additionalProperties` is true or false".into()))

@@ -134,7 +134,7 @@ fn number(v: &Value) -> Option<f64> {
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::String(x), other) | (other, Value::String(x)) if !other.is_string() => {
-            x.trim() == other.to_string()
+            *x.trim() == *other.to_string()
         }
         (Value::String(x), Value::String(y)) => x.trim() == y.trim(),
         _ => a == b,

@@ -403,6 +403,18 @@ impl Session {
                     id,
                 ));
             }
+            ClientFrame::WorkflowApprove { run_id, comment } => {
+                let cmd = crate::workflows::Command::Approve { comment };
+                self.decide(run_id, cmd, id).await
+            }
+            ClientFrame::WorkflowReject { run_id, comment } => {
+                let cmd = crate::workflows::Command::Reject { comment };
+                self.decide(run_id, cmd, id).await
+            }
+            ClientFrame::WorkflowCancel { run_id } => {
+                self.decide(run_id, crate::workflows::Command::Cancel, id)
+                    .await
+            }
             ClientFrame::Unsubscribe { topics } => {
                 let mut t = self.topics.lock().unwrap_or_else(|p| p.into_inner());
                 for x in &topics {
@@ -417,6 +429,47 @@ impl Session {
             }
         }
         None
+    }
+
+    /// A decision on one of the user's runs (administrators: anyone's), as over HTTP.
+    async fn decide(&mut self, run: Uuid, cmd: crate::workflows::Command, id: Option<&Value>) {
+        use crate::workflows::EngineError;
+        if !self.who.workflows {
+            return self.refuse(id, "forbidden", "deciding on runs needs `workflows:write`");
+        }
+        if let crate::workflows::Command::Approve { comment: Some(c) }
+        | crate::workflows::Command::Reject { comment: Some(c) } = &cmd
+        {
+            if c.chars().count() > 2000 {
+                return self.refuse(id, "invalid_frame", "`comment` is at most 2000 characters");
+            }
+        }
+        let Some(engine) = self.hub.workflows().cloned() else {
+            return self.refuse(id, "unavailable", "workflows are not running on this edge");
+        };
+        let mine = match engine.load(run).await {
+            Ok(Some(r)) => r.user_id == self.who.user || self.who.admin,
+            Ok(None) => false,
+            Err(e) => return self.refuse(id, "unavailable", &e.to_string()),
+        };
+        if !mine {
+            return self.refuse(id, "run_not_found", "no such run");
+        }
+        let meta = revo_events::EventMeta {
+            actor: Some(self.who.actor.clone()),
+            correlation_id: Some(run),
+            causation_id: None,
+        };
+        match engine.command(run, self.who.user, meta, cmd).await {
+            Ok(s) => self.send(frames::with_id(
+                json!({"type": "workflow.decided", "run_id": run, "status": s.status.as_str(),
+                    "offset": s.version}),
+                id,
+            )),
+            Err(EngineError::Conflict(code, m)) => self.refuse(id, code, &m),
+            Err(EngineError::NotFound) => self.refuse(id, "run_not_found", "no such run"),
+            Err(e) => self.refuse(id, "unavailable", &e.to_string()),
+        }
     }
 
     async fn join(

@@ -85,6 +85,8 @@ pub struct Who {
     pub actor: String,
     /// An administrator (`users:write`): may notify anyone and manage any room.
     pub admin: bool,
+    /// May decide on its own workflow runs (`workflows:write`).
+    pub workflows: bool,
     /// Whether the credential still admits the user.
     pub still_valid: Box<dyn Fn() -> bool>,
 }
