@@ -87,6 +87,8 @@ pub struct WorkflowsFile {
     pub http_timeout_s: Option<u64>,
     /// Most runs one node executes at once (10000).
     pub max_runs_per_node: Option<usize>,
+    /// Most unfinished runs one user may have (1000).
+    pub max_active_runs_per_user: Option<usize>,
 }
 
 /// `[router]`: how the router talks to providers (docs/api.md, "Routing").
@@ -500,6 +502,10 @@ fn workflows_config(
             .http_timeout_s
             .map_or(d.http_timeout, |s| Duration::from_secs(s.max(1))),
         max_payload,
+        max_active_runs_per_user: f
+            .max_active_runs_per_user
+            .unwrap_or(d.max_active_runs_per_user)
+            .max(1),
         ..d
     })
 }

@@ -112,6 +112,7 @@ impl Cluster {
 [workflows]
 http_allow = ["127.0.0.1:{port}", "10.255.255.1"]
 http_allow_private = ["127.0.0.1/32"]
+max_active_runs_per_user = 20
 
 [[models.catalog]]
 name = "gpt"
@@ -786,22 +787,265 @@ async fn a_killed_node_s_run_finishes_elsewhere_and_a_sleep_spanning_a_full_rest
 async fn the_readme_workflow_summarises_locally_extracts_json_and_waits_for_approval() {
     let dir = TempDir::new();
     let data = dir.path().to_str().unwrap().to_owned();
-    let env = [("REVO_DATA_DIR", data.as_str()), ("REVO_ADMIN_PASSWORD", ADMIN_PW)];
+    let env = [
+        ("REVO_DATA_DIR", data.as_str()),
+        ("REVO_ADMIN_PASSWORD", ADMIN_PW),
+    ];
     import_smollm2(&env);
     let served = Served::start(&env).await;
     let python = std::env::var("TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let script = format!("{}/examples/python/workflow.py", env!("CARGO_MANIFEST_DIR"));
     let url = served.url("");
     let (code, out, err) = output(std::process::Command::new("timeout").args([
-        "300", &python, "-u", &script, "--url", &url, "--username", "admin", "--password", ADMIN_PW,
+        "300",
+        &python,
+        "-u",
+        &script,
+        "--url",
+        &url,
+        "--username",
+        "admin",
+        "--password",
+        ADMIN_PW,
     ]));
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
-    for line in ["[summary] started", "[card] completed", "waiting for approval", "[ok] approved", "workflow.completed: cost $0"] {
+    for line in [
+        "[summary] started",
+        "[card] completed",
+        "waiting for approval",
+        "[ok] approved",
+        "workflow.completed: cost $0",
+    ] {
         assert!(out.contains(line), "`{line}` missing from:\n{out}");
     }
     let last: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(last["status"], "completed");
     assert_eq!(last["cost_usd"], "0");
-    assert!(last["output"]["card"]["title"].as_str().is_some_and(|t| !t.is_empty()), "{last}");
+    assert!(
+        last["output"]["card"]["title"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty()),
+        "{last}"
+    );
     assert_eq!(last["output"]["approval"]["approved"], true);
+}
+
+/// Abuse: other users' runs over the WebSocket, a key without `workflows:write`, many
+/// executes with one Idempotency-Key at once, oversized definitions and keys, forbidden
+/// headers, a self-recursive workflow, and a user starting more runs than allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_is_refused_and_leaves_nothing_behind() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let c = Cluster::new(vec![Script::Answer]).await;
+    let node = c.node().await;
+    let api = Api::new(&node);
+    let admin = api.login("admin", ADMIN_PW).await;
+    let dev_id = api
+        .create_user(&admin, "dev", "dev-password-123", &["developer"])
+        .await;
+    let other_id = api
+        .create_user(&admin, "other", "other-password-123", &["developer"])
+        .await;
+    let dev = api.login("dev", "dev-password-123").await;
+    let other = api.login("other", "other-password-123").await;
+    let wf = create(
+        &api,
+        &dev,
+        json!({"name": "ask", "steps": [{"id": "ok", "type": "approval"}]}),
+    )
+    .await;
+
+    // Twenty executes with one key at once: one run.
+    let sends = (0..20).map(|_| {
+        api.send(
+            api.http
+                .post(format!("{}/workflows/{wf}/execute", api.base))
+                .bearer_auth(&dev)
+                .header("Idempotency-Key", "same")
+                .json(&json!({})),
+        )
+    });
+    let replies = futures::future::join_all(sends).await;
+    let created = replies.iter().filter(|r| r.status == 201).count();
+    assert_eq!(
+        created,
+        1,
+        "{:?}",
+        replies
+            .iter()
+            .map(|r| (r.status, r.body.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert!(replies.iter().all(|r| r.status == 201 || r.status == 200));
+    let run = replies[0].body["id"].as_str().unwrap().to_owned();
+    assert!(replies.iter().all(|r| r.body["id"] == run.as_str()));
+    let r = api
+        .call("GET", &format!("/runs?workflow_id={wf}"), Some(&dev), None)
+        .await;
+    assert_eq!(r.body["runs"].as_array().unwrap().len(), 1);
+    let long = "k".repeat(300);
+    let r = api
+        .send(
+            api.http
+                .post(format!("{}/workflows/{wf}/execute", api.base))
+                .bearer_auth(&dev)
+                .header("Idempotency-Key", long.as_str())
+                .json(&json!({})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (422, "invalid_parameter"));
+
+    // Over the WebSocket: another user's run is not found; a key without workflows:write is
+    // refused; the owner's approval lands.
+    wait_run(&api, &dev, &run, "waiting", status_is("waiting")).await;
+    let ws = |user: &str, cred: &str| {
+        let mut req = format!("ws://127.0.0.1:{}/ws/{user}", node.port)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {cred}").parse().unwrap());
+        req
+    };
+    let frame = |v: Value| Message::Text(v.to_string().into());
+    async fn next_of(
+        s: &mut (impl futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+                  + Unpin),
+        kind: &str,
+    ) -> Value {
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), s.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == kind {
+                    return v;
+                }
+            }
+        }
+    }
+    let (mut o, _) = tokio_tungstenite::connect_async(ws(&other_id, &other))
+        .await
+        .unwrap();
+    o.send(frame(
+        json!({"type": "workflow.approve", "run_id": run, "id": 1}),
+    ))
+    .await
+    .unwrap();
+    let e = next_of(&mut o, "error").await;
+    assert_eq!(e["code"], "run_not_found", "{e}");
+    let (_, ro_key) = api
+        .create_key(&dev, json!({"name": "ro", "roles": ["viewer"]}))
+        .await;
+    let (mut v, _) = tokio_tungstenite::connect_async(ws(&dev_id, &ro_key))
+        .await
+        .unwrap();
+    v.send(frame(json!({"type": "workflow.approve", "run_id": run})))
+        .await
+        .unwrap();
+    assert_eq!(next_of(&mut v, "error").await["code"], "forbidden");
+    let (mut d, _) = tokio_tungstenite::connect_async(ws(&dev_id, &dev))
+        .await
+        .unwrap();
+    d.send(frame(json!({"type": "subscribe", "topics": ["workflow"]})))
+        .await
+        .unwrap();
+    next_of(&mut d, "subscribed").await;
+    d.send(frame(
+        json!({"type": "workflow.approve", "run_id": run, "comment": "ok", "id": 7}),
+    ))
+    .await
+    .unwrap();
+    let decided = next_of(&mut d, "workflow.decided").await;
+    assert_eq!(decided["id"], 7);
+    let done = next_of(&mut d, "workflow.completed").await;
+    assert_eq!(done["run_id"], run.as_str());
+    d.send(frame(json!({"type": "workflow.approve", "run_id": run})))
+        .await
+        .unwrap();
+    assert_eq!(next_of(&mut d, "error").await["code"], "run_finished");
+
+    // Definitions: too many steps, forbidden headers, a workflow that runs itself.
+    let many: Vec<Value> = (0..201)
+        .map(|i| json!({"id": format!("s{i}"), "type": "template", "template": "x"}))
+        .collect();
+    let r = api
+        .call(
+            "POST",
+            "/workflows",
+            Some(&dev),
+            Some(json!({"name": "many", "steps": many})),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    let r = api
+        .call("POST", "/workflows", Some(&dev), Some(json!({"name": "h", "steps": [
+            {"id": "h", "type": "http", "url": format!("http://127.0.0.1:{}/x", c.target.port), "headers": {"Host": "evil"}}]})))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"],
+        "$.steps[0].headers.Host"
+    );
+    let me = create(
+        &api,
+        &dev,
+        json!({"name": "me", "steps": [{"id": "t", "type": "template", "template": "x"}]}),
+    )
+    .await;
+    let r = api
+        .call(
+            "PUT",
+            &format!("/workflows/{me}"),
+            Some(&dev),
+            Some(json!({"name": "me", "steps": [
+            {"id": "again", "type": "workflow", "workflow_id": me}]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let run = execute(&api, &dev, &me, json!({})).await;
+    let f = wait_run(
+        &api,
+        &dev,
+        run["id"].as_str().unwrap(),
+        "failed",
+        status_is("failed"),
+    )
+    .await;
+    assert!(
+        f["error"]["message"].as_str().unwrap().contains("too deep"),
+        "{f}"
+    );
+    let r = api.call("GET", "/runs", Some(&dev), None).await;
+    let runs = r.body["runs"].as_array().unwrap();
+    assert!(
+        runs.len() <= 12,
+        "nested runs stop at the depth limit: {}",
+        runs.len()
+    );
+
+    // More active runs than a user may have: refused, nothing started.
+    let nap = create(
+        &api,
+        &other,
+        json!({"name": "nap", "steps": [{"id": "z", "type": "sleep", "seconds": 600}]}),
+    )
+    .await;
+    for _ in 0..20 {
+        execute(&api, &other, &nap, json!({})).await;
+    }
+    let r = api
+        .call(
+            "POST",
+            &format!("/workflows/{nap}/execute"),
+            Some(&other),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (429, "too_many_runs"), "{}", r.body);
+    let r = api.call("GET", "/runs", Some(&other), None).await;
+    assert_eq!(r.body["runs"].as_array().unwrap().len(), 20);
 }

@@ -11,6 +11,7 @@ mod replay;
 mod stats;
 mod stub;
 mod util;
+mod workflow;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ enum Scenario {
     WsFanout(ws::FanoutArgs),
     /// A client rejoining after many missed events: time to receive them all.
     WsRecovery(ws::RecoveryArgs),
+    /// Workflow step overhead: 10 template and 10 generate steps, one run at a time and many.
+    WorkflowSteps(workflow::Args),
 }
 
 #[tokio::main]
@@ -56,5 +59,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::WsIdle(a) => ws::idle(a).await,
         Scenario::WsFanout(a) => ws::fanout(a).await,
         Scenario::WsRecovery(a) => ws::recovery(a).await,
+        Scenario::WorkflowSteps(a) => workflow::run(a).await,
     }
 }

@@ -301,6 +301,7 @@ fn engine_error(e: EngineError) -> ApiError {
     match e {
         EngineError::NotFound => ApiError::not_found("no such run"),
         EngineError::Conflict(code, m) => ApiError::new(StatusCode::CONFLICT, code, m),
+        EngineError::Limited(code, m) => ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, m),
         EngineError::Invalid(p) => {
             let mut e = problems(p);
             e.code = "invalid_input";
@@ -663,6 +664,11 @@ pub async fn execute(
         })
         .await
         .map_err(engine_error)?;
+    // This edge's lists (and the per-user limit) show the run from now on.
+    state
+        .workflows
+        .view_caught_up(run.run_id, run.version, Duration::from_secs(2))
+        .await;
     let status = if created {
         StatusCode::CREATED
     } else {

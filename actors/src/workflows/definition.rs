@@ -18,6 +18,21 @@ use super::template::{self, Ref};
 pub const MAX_STEPS: usize = 200;
 /// Longest definition, as JSON.
 pub const MAX_DEFINITION_BYTES: usize = 256 * 1024;
+/// Headers an `http` step may not set.
+const FORBIDDEN_HEADERS: [&str; 8] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
+
+/// Most levels of `workflow` steps (a child's child ...).
+pub const MAX_DEPTH: u32 = 8;
+
 /// Most items one `map` runs.
 pub const MAX_MAP_ITEMS: usize = 10_000;
 
@@ -630,6 +645,15 @@ fn parse_step(c: &mut Checker, v: &Value, path: &str, inner: bool) -> Option<Ste
                 Some(Value::Object(h)) => h
                     .iter()
                     .filter_map(|(k, v)| match v.as_str() {
+                        // The request's framing and target are the client's, not the step's.
+                        _ if FORBIDDEN_HEADERS.contains(&k.to_ascii_lowercase().as_str()) => {
+                            c.bad(
+                                format!("{path}.headers.{k}"),
+                                "invalid_value",
+                                format!("`{k}` is set by the client, not the step"),
+                            );
+                            None
+                        }
                         Some(s) => Some((k.clone(), s.to_owned())),
                         None => {
                             c.bad(

@@ -67,6 +67,8 @@ pub struct EngineSettings {
     pub http_timeout: Duration,
     /// Longest event payload the store takes (outputs over it fail their step).
     pub max_payload: usize,
+    /// Most unfinished runs one user may have (children not counted).
+    pub max_active_runs_per_user: usize,
 }
 
 impl Default for EngineSettings {
@@ -77,6 +79,7 @@ impl Default for EngineSettings {
             max_runs_here: 10_000,
             http_timeout: Duration::from_secs(30),
             max_payload: 1024 * 1024,
+            max_active_runs_per_user: 1000,
         }
     }
 }
@@ -90,6 +93,9 @@ pub enum EngineError {
     Conflict(&'static str, String),
     #[error("the input does not fit the workflow")]
     Invalid(Vec<Problem>),
+    /// Over a limit: `429`.
+    #[error("{1}")]
+    Limited(&'static str, String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -275,6 +281,22 @@ impl Engine {
         if !problems.is_empty() {
             return Err(EngineError::Invalid(problems));
         }
+        if r.parent.is_none() && r.idempotency_key.is_none() {
+            let limit = self.inner.settings.max_active_runs_per_user;
+            let active = self
+                .inner
+                .runs
+                .read()
+                .active()
+                .filter(|x| x.user_id == r.user_id && x.parent.is_none())
+                .count();
+            if active >= limit {
+                return Err(EngineError::Limited(
+                    "too_many_runs",
+                    format!("at most {limit} unfinished runs per user; wait for some to end or cancel them"),
+                ));
+            }
+        }
         let run_id = match (&r.idempotency_key, &r.parent) {
             (Some(k), _) => idempotent_id(r.user_id, r.workflow.workflow_id, k),
             (None, Some(p)) => idempotent_id(p.run_id, r.workflow.workflow_id, &p.step),
@@ -375,6 +397,14 @@ impl Engine {
                         self.start_local(state.clone());
                     } else {
                         self.wake(run);
+                    }
+                    if matches!(cmd, Command::Cancel) {
+                        // Children of a cancelled run stop too (those already ended refuse).
+                        for child in state.steps.values().filter_map(|s| s.child_run) {
+                            let _ =
+                                Box::pin(self.command(child, by, meta.clone(), Command::Cancel))
+                                    .await;
+                        }
                     }
                     return Ok(state);
                 }

@@ -52,6 +52,8 @@ pub(super) struct RunActor {
     inflight: HashMap<(String, Option<u32>), Usd>,
     tasks: JoinSet<Outcome>,
     meta: EventMeta,
+    /// Each `map` step's items, rendered once (its inputs are done before it starts).
+    items: HashMap<String, Arc<Vec<Value>>>,
 }
 
 fn key(step: &str, item: Option<u32>) -> (String, Option<u32>) {
@@ -85,6 +87,7 @@ impl RunActor {
                 inflight: HashMap::new(),
                 tasks: JoinSet::new(),
                 meta,
+                items: HashMap::new(),
             },
             Err(why) => {
                 // A definition this build (or this node's allow-list) no longer accepts.
@@ -105,6 +108,7 @@ impl RunActor {
                     inflight: HashMap::new(),
                     tasks: JoinSet::new(),
                     meta,
+                    items: HashMap::new(),
                 };
                 let e = RunEvent::Failed {
                     code: "invalid_definition".into(),
@@ -293,18 +297,92 @@ impl RunActor {
             if self.state.status.is_terminal() {
                 return Ok(());
             }
-            let (events, starts) = self.plan().await?;
-            if events.is_empty() {
+            let before = self.state.version;
+            if self.forward(Vec::new()).await? && self.state.version == before {
                 return Ok(());
-            }
-            if !self.append(events).await? {
-                continue;
-            }
-            for s in starts {
-                self.spawn(s);
             }
         }
         Ok(())
+    }
+
+    /// Folds an event into the state before it is appended, so that planning can look past
+    /// it (the real envelope replaces it once the append succeeds).
+    fn fold_ahead(&mut self, e: &RunEvent) {
+        let rec = revo_events::RecordedEvent {
+            position: 0,
+            envelope: revo_events::Envelope {
+                event_id: Uuid::nil(),
+                stream_type: RUN_STREAM.into(),
+                stream_id: self.state.run_id.to_string(),
+                version: self.state.version + 1,
+                event_type: e.event_type().into(),
+                schema: 1,
+                occurred_at: Utc::now(),
+                meta: EventMeta::default(),
+                payload: Vec::new(),
+            },
+        };
+        let mut s = Some(std::mem::replace(&mut self.state, RunState::placeholder()));
+        RunState::apply(&mut s, e, &rec, true);
+        if let Some(s) = s {
+            self.state = s;
+        }
+    }
+
+    /// Appends `first`, then whatever is due once it is folded, as one append: a step's
+    /// outcome goes with the next step's start, and template, condition and skipped steps
+    /// are recorded with the step that made them due. `Ok(false)`: another writer came first
+    /// (its events are folded; decide again).
+    async fn forward(&mut self, first: Vec<RunEvent>) -> Result<bool, Stop> {
+        let base = self.state.clone();
+        for e in &first {
+            self.fold_ahead(e);
+        }
+        let mut events = first;
+        let mut starts = Vec::new();
+        for _ in 0..1000 {
+            if self.state.status.is_terminal() {
+                break;
+            }
+            let (evs, st) = match self.plan().await {
+                Ok(x) => x,
+                Err(e) => {
+                    self.state = base;
+                    return Err(e);
+                }
+            };
+            if evs.is_empty() {
+                break;
+            }
+            // Only computed steps are planned past: an attempt, a timer or an approval
+            // changes what the next round may start.
+            let more = st.is_empty()
+                && evs.iter().all(|e| {
+                    matches!(
+                        e,
+                        RunEvent::StepCompleted { .. } | RunEvent::StepSkipped { .. }
+                    )
+                });
+            for e in &evs {
+                self.fold_ahead(e);
+            }
+            events.extend(evs);
+            starts.extend(st);
+            if !more {
+                break;
+            }
+        }
+        self.state = base;
+        if events.is_empty() {
+            return Ok(true);
+        }
+        if !self.append(events).await? {
+            return Ok(false);
+        }
+        for s in starts {
+            self.spawn(s);
+        }
+        Ok(true)
     }
 
     fn spawn(&mut self, s: Start) {
@@ -415,7 +493,7 @@ impl RunActor {
             if !current {
                 return Ok(());
             }
-            match self.append(vec![event.clone()]).await {
+            match self.forward(vec![event.clone()]).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => continue,
                 Err(Stop::Store(e)) => {
@@ -470,8 +548,7 @@ impl RunActor {
                 Vec::new(),
             ));
         }
-        let settled = |id: &str| s.steps.get(id).is_some_and(|st| st.status.is_settled());
-        if self.def.steps.iter().all(|st| settled(&st.id)) {
+        if self.def.steps.iter().all(|st| settled(&self.state, &st.id)) {
             let output = self.run_output();
             return Ok((
                 vec![RunEvent::Completed {
@@ -537,7 +614,7 @@ impl RunActor {
                 StepStatus::Pending => {}
             }
             // Pending: its dependencies must be settled.
-            if !step.deps.iter().all(|d| settled(d)) {
+            if !step.deps.iter().all(|d| settled(&self.state, d)) {
                 continue;
             }
             if self.skipped(step) {
@@ -781,7 +858,7 @@ impl RunActor {
     }
 
     fn plan_map(
-        &self,
+        &mut self,
         step: &Step,
         events: &mut Vec<RunEvent>,
         starts: &mut Vec<Start>,
@@ -793,16 +870,18 @@ impl RunActor {
         else {
             return;
         };
-        let Some(st) = self.state.steps.get(&step.id) else {
-            return;
-        };
-        let list = match self.map_items(items) {
-            Ok(l) => l,
+        let attempts = self.state.steps.get(&step.id).map_or(1, |s| s.attempts);
+        let cached = self.items.get(&step.id).cloned();
+        let list = match cached.map_or_else(|| self.map_items(items).map(Arc::new), Ok) {
+            Ok(l) => {
+                self.items.insert(step.id.clone(), l.clone());
+                l
+            }
             Err(f) => {
                 events.push(RunEvent::StepFailed {
                     step: step.id.clone(),
                     item: None,
-                    attempt: st.attempts,
+                    attempt: attempts,
                     code: f.code,
                     message: f.message,
                     cost_usd: Usd::ZERO,
@@ -810,6 +889,9 @@ impl RunActor {
                 });
                 return;
             }
+        };
+        let Some(st) = self.state.steps.get(&step.id) else {
+            return;
         };
         let done = |i: u32| {
             st.items
@@ -842,7 +924,7 @@ impl RunActor {
             .keys()
             .filter(|(s, i)| s == &step.id && i.is_some())
             .count();
-        for (i, value) in list.into_iter().enumerate() {
+        for (i, value) in list.iter().cloned().enumerate() {
             if running >= *concurrency {
                 break;
             }
@@ -910,6 +992,17 @@ impl RunActor {
             ));
             return Ok(());
         }
+        let depth = self.state.parent.as_ref().map_or(0, |p| p.depth) + 1;
+        if depth > super::definition::MAX_DEPTH {
+            events.push(fail(
+                "too_deep",
+                format!(
+                    "workflows nest too deep: at most {} levels",
+                    super::definition::MAX_DEPTH
+                ),
+            ));
+            return Ok(());
+        }
         let scope_steps = |id: &str| self.output_of(id);
         let child_input = match steps::render_input(input, &self.input, &scope_steps) {
             Ok(v) => v,
@@ -930,6 +1023,7 @@ impl RunActor {
                 parent: Some(ParentRef {
                     run_id: self.state.run_id,
                     step: step.id.clone(),
+                    depth,
                 }),
             })
             .await;
@@ -1007,6 +1101,10 @@ impl RunActor {
         }
         Value::Object(m)
     }
+}
+
+fn settled(s: &RunState, id: &str) -> bool {
+    s.steps.get(id).is_some_and(|st| st.status.is_settled())
 }
 
 /// An attempt to start once its `step.started` is recorded.

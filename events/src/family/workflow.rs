@@ -67,6 +67,9 @@ impl EventFamily for WorkflowEvent {
 pub struct ParentRef {
     pub run_id: Uuid,
     pub step: String,
+    /// How deep the child is: 1 for a top-level run's child.
+    #[serde(default)]
+    pub depth: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -387,6 +390,34 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// An empty state, only to be overwritten.
+    pub fn placeholder() -> RunState {
+        RunState {
+            run_id: Uuid::nil(),
+            workflow_id: Uuid::nil(),
+            workflow_version: 0,
+            user_id: Uuid::nil(),
+            key_id: None,
+            definition: String::new(),
+            input: String::new(),
+            idempotency_key: None,
+            parent: None,
+            cost_limit: None,
+            status: RunStatus::Queued,
+            owner: None,
+            claims: 0,
+            steps: BTreeMap::new(),
+            cost_usd: Usd::ZERO,
+            error: None,
+            output: None,
+            version: 0,
+            created_at: DateTime::<Utc>::MIN_UTC,
+            updated_at: DateTime::<Utc>::MIN_UTC,
+            finished_at: None,
+            full: true,
+        }
+    }
+
     /// Folds a run's events (in version order) into its full state; `None` before
     /// `run.created`.
     pub fn fold<'a>(

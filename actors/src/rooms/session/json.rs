@@ -468,6 +468,7 @@ impl Session {
             )),
             Err(EngineError::Conflict(code, m)) => self.refuse(id, code, &m),
             Err(EngineError::NotFound) => self.refuse(id, "run_not_found", "no such run"),
+            Err(EngineError::Limited(code, m)) => self.refuse(id, code, &m),
             Err(e) => self.refuse(id, "unavailable", &e.to_string()),
         }
     }
