@@ -4,13 +4,20 @@
 //! directly through `POST /ai/generate`.
 //!
 //! A run's time is the server's own: from its `run.created` to its `run.completed` event
-//! (`created_at` and `finished_at` of `GET /runs/{id}`), so the client's polling does not
-//! count. The direct calls are timed by this client, HTTP included.
+//! (`created_at` and `finished_at` of `GET /runs/{id}`). The client learns that a run ended
+//! from its `workflow.completed` frame on one WebSocket subscribed to `workflow` (polling
+//! would load the server it measures). The direct calls are timed by this client, HTTP
+//! included.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
 use crate::stats::{ms, summarize};
 
@@ -38,10 +45,18 @@ pub struct Args {
 
 const STEPS: usize = 10;
 
+/// Runs that ended (by id), and who waits for which.
+#[derive(Default)]
+struct Ended {
+    done: HashSet<String>,
+    waiting: HashMap<String, oneshot::Sender<()>>,
+}
+
 struct Client {
     http: reqwest::Client,
     url: String,
     token: String,
+    ended: Arc<Mutex<Ended>>,
 }
 
 impl Client {
@@ -84,25 +99,74 @@ impl Client {
             )
             .await?;
         let id = v["id"].as_str().context("no run id")?.to_owned();
-        loop {
-            let r = self
-                .call(reqwest::Method::GET, &format!("/runs/{id}"), None)
-                .await?;
-            match r["status"].as_str() {
-                Some("completed") => {
-                    let t = |k: &str| {
-                        r[k].as_str()
-                            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
-                    };
-                    let (Some(a), Some(b)) = (t("created_at"), t("finished_at")) else {
-                        bail!("run {id} has no times: {r}");
-                    };
-                    return Ok((b - a).to_std().unwrap_or_default());
-                }
-                Some("failed") | Some("cancelled") => bail!("run {id} ended: {r}"),
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        let rx = {
+            let mut e = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+            if e.done.remove(&id) {
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                e.waiting.insert(id.clone(), tx);
+                Some(rx)
             }
+        };
+        if let Some(rx) = rx {
+            tokio::time::timeout(Duration::from_secs(60), rx)
+                .await
+                .context("the run did not end within 60 s")?
+                .context("the WebSocket closed")?;
         }
+        let r = self
+            .call(reqwest::Method::GET, &format!("/runs/{id}"), None)
+            .await?;
+        if r["status"] != "completed" {
+            bail!("run {id} ended: {r}");
+        }
+        let t = |k: &str| {
+            r[k].as_str()
+                .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        };
+        let (Some(a), Some(b)) = (t("created_at"), t("finished_at")) else {
+            bail!("run {id} has no times: {r}");
+        };
+        Ok((b - a).to_std().unwrap_or_default())
+    }
+
+    /// Follows the user's `workflow` frames; each run's end wakes its waiter.
+    async fn follow(&self) -> anyhow::Result<()> {
+        let me = self.call(reqwest::Method::GET, "/users/me", None).await?;
+        let user = me["user"]["id"].as_str().context("no user id")?.to_owned();
+        let mut req = format!("{}/ws/{user}", self.url.replacen("http", "ws", 1)).into_client_request()?;
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {}", self.token).parse()?);
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+        ws.send(Message::Text(
+            json!({"type": "subscribe", "topics": ["workflow"]}).to_string().into(),
+        ))
+        .await?;
+        let ended = self.ended.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = ws.next().await {
+                let Message::Text(t) = m else { continue };
+                let Ok(f) = serde_json::from_str::<Value>(&t) else { continue };
+                if !matches!(
+                    f["type"].as_str(),
+                    Some("workflow.completed" | "workflow.failed" | "workflow.cancelled")
+                ) {
+                    continue;
+                }
+                let Some(id) = f["run_id"].as_str() else { continue };
+                let mut e = ended.lock().unwrap_or_else(|p| p.into_inner());
+                match e.waiting.remove(id) {
+                    Some(tx) => {
+                        let _ = tx.send(());
+                    }
+                    None => {
+                        e.done.insert(id.to_owned());
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 }
 
@@ -131,7 +195,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             .build()?,
         url: a.url.trim_end_matches('/').to_owned(),
         token: a.token.clone(),
+        ended: Arc::default(),
     };
+    c.follow().await?;
     let wf_t = c.create(chain("template", &a.model)).await?;
     let wf_g = c.create(chain("generate", &a.model)).await?;
     // Warm-up: connections, the model's breaker, the views.
@@ -219,5 +285,40 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             ms(s.p99)
         );
     }
+    // The same model calls made directly, 10 in a row per client, as many clients at once.
+    let deadline = Instant::now() + Duration::from_secs(a.seconds);
+    let started = Instant::now();
+    let workers = (0..a.concurrency).map(|_| {
+        let (c, model) = (&c, a.model.as_str());
+        async move {
+            let mut times = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                for i in 0..STEPS {
+                    c.call(
+                        reqwest::Method::POST,
+                        "/ai/generate",
+                        Some(json!({"prompt": format!("step {i}"), "model_preference": model, "max_tokens": 16})),
+                    )
+                    .await?;
+                }
+                times.push(t.elapsed());
+            }
+            anyhow::Ok(times)
+        }
+    });
+    let mut all = Vec::new();
+    for r in futures::future::join_all(workers).await {
+        all.extend(r?);
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let n = all.len();
+    let s = summarize(all);
+    println!(
+        "| 10 direct `POST /ai/generate` calls (client-timed) | {:.0} | {n} | {} | {} |",
+        (n * STEPS) as f64 / wall,
+        ms(s.p50),
+        ms(s.p99)
+    );
     Ok(())
 }

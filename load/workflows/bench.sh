@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Workflow benchmarks (docs/benchmarks.md, "Workflows"): step overhead and takeover time.
 #
-# Two cluster-mode edges (release builds) on a scratch Postgres database and NATS prefix, with
+# Cluster-mode edges (release builds) on a scratch Postgres database and NATS prefix, with
 # an instant OpenAI-compatible stub (`revo-load stub`) as the catalogue's only model.
-# - Step overhead: `revo-load workflow-steps` against edge A: a workflow of 10 template steps
-#   and one of 10 generate steps, one run at a time and many at once, beside the same 10 model
-#   calls made directly through `POST /ai/generate`.
+# - Step overhead: `revo-load workflow-steps` against edge A alone: a workflow of 10 template
+#   steps and one of 10 generate steps, one run at a time and many at once, beside the same 10
+#   model calls made directly through `POST /ai/generate`.
 # - Takeover: a run waiting on a long sleep is started on edge A, A is killed with SIGKILL, and
 #   the time until edge B has claimed the run is measured (ROUNDS times; A restarts between).
 # Everything shares this machine's cores, Postgres and NATS.
@@ -58,8 +58,7 @@ start_edge() {
   echo "edge on $port did not start" >&2; cat "$DATA/edge-$port.log" >&2; exit 1
 }
 PA=$(free_port); start_edge "$PA"; PID_A=${PIDS[-1]}
-PB=$(free_port); start_edge "$PB"
-A="http://127.0.0.1:$PA"; B="http://127.0.0.1:$PB"
+A="http://127.0.0.1:$PA"
 json() { python3 -c "import sys,json; print(json.load(sys.stdin)$1)"; }
 TOKEN=$(curl -sf "$A/auth/login" -H 'content-type: application/json' \
   -d "{\"username\":\"admin\",\"password\":\"$PW\"}" | json "['access_token']")
@@ -70,6 +69,8 @@ echo
   --concurrency "$CONC" --seconds "$SECS"
 echo
 
+# The second edge joins for the takeover rounds (step overhead is one edge's).
+PB=$(free_port); start_edge "$PB"; B="http://127.0.0.1:$PB"
 echo "### Takeover after SIGKILL of the owning node ($ROUNDS rounds)"
 echo
 WF=$(curl -sf "$A/workflows" -H "authorization: Bearer $TOKEN" -H 'content-type: application/json' \

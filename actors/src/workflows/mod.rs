@@ -116,8 +116,9 @@ pub enum Command {
 }
 
 pub(crate) enum RunCmd {
-    /// Something may have been appended by another writer: read it.
-    Wake,
+    /// Something may have been appended by another writer: read it (`Some(v)`: an event at
+    /// version `v` was published; the actor already has it if it wrote it).
+    Wake(Option<i64>),
 }
 
 /// A run to start.
@@ -419,8 +420,12 @@ impl Engine {
 
     /// Tells this node's actor of `run`, if it has one, to read its stream.
     pub fn wake(&self, run: Uuid) {
+        self.wake_at(run, None);
+    }
+
+    fn wake_at(&self, run: Uuid, version: Option<i64>) {
         if let Some(h) = lock(&self.inner.local).get(&run) {
-            let _ = h.tell(RunCmd::Wake);
+            let _ = h.tell(RunCmd::Wake(version));
         }
     }
 
@@ -645,7 +650,8 @@ impl Engine {
                     let Some(msg) = msg else { return Err("the bus ended the subscription".into()) };
                     let Ok(msg) = msg else { continue };
                     let Some(id) = msg.subject.rsplit('.').next().and_then(|s| Uuid::try_parse(s).ok()) else { continue };
-                    self.wake(id);
+                    let version = revo_events::codec::decode_wire(&msg.payload).ok().map(|e| e.version);
+                    self.wake_at(id, version);
                     // A child's progress may be what its parent waits for.
                     let parent = self.inner.runs.read().get(&id).and_then(|r| r.parent.as_ref().map(|p| p.run_id));
                     if let Some(p) = parent {

@@ -150,7 +150,9 @@ impl RunActor {
             let due = self.next_due();
             tokio::select! {
                 cmd = inbox.recv() => match cmd {
-                    Some(RunCmd::Wake) => {
+                    // Its own events come back from the bus too: nothing to read for those.
+                    Some(RunCmd::Wake(Some(v))) if v <= self.state.version => {}
+                    Some(RunCmd::Wake(_)) => {
                         if let Err(Stop::Fenced) = self.refresh().await { break }
                     }
                     None => break,
