@@ -135,26 +135,33 @@ impl Client {
     async fn follow(&self) -> anyhow::Result<()> {
         let me = self.call(reqwest::Method::GET, "/users/me", None).await?;
         let user = me["user"]["id"].as_str().context("no user id")?.to_owned();
-        let mut req = format!("{}/ws/{user}", self.url.replacen("http", "ws", 1)).into_client_request()?;
+        let mut req =
+            format!("{}/ws/{user}", self.url.replacen("http", "ws", 1)).into_client_request()?;
         req.headers_mut()
             .insert("authorization", format!("Bearer {}", self.token).parse()?);
         let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
         ws.send(Message::Text(
-            json!({"type": "subscribe", "topics": ["workflow"]}).to_string().into(),
+            json!({"type": "subscribe", "topics": ["workflow"]})
+                .to_string()
+                .into(),
         ))
         .await?;
         let ended = self.ended.clone();
         tokio::spawn(async move {
             while let Some(Ok(m)) = ws.next().await {
                 let Message::Text(t) = m else { continue };
-                let Ok(f) = serde_json::from_str::<Value>(&t) else { continue };
+                let Ok(f) = serde_json::from_str::<Value>(&t) else {
+                    continue;
+                };
                 if !matches!(
                     f["type"].as_str(),
                     Some("workflow.completed" | "workflow.failed" | "workflow.cancelled")
                 ) {
                     continue;
                 }
-                let Some(id) = f["run_id"].as_str() else { continue };
+                let Some(id) = f["run_id"].as_str() else {
+                    continue;
+                };
                 let mut e = ended.lock().unwrap_or_else(|p| p.into_inner());
                 match e.waiting.remove(id) {
                     Some(tx) => {

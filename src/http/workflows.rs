@@ -454,6 +454,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
     responses(
         (status = 200, description = "OK", body = WorkflowView),
         (status = 404, description = "No such workflow (or version), or not the caller's", body = ErrorBody),
+        (status = 422, description = "A query parameter that does not parse or is out of range", body = ErrorBody),
         CallerErrors,
     )
 )]
@@ -682,7 +683,11 @@ pub async fn execute(
     tag = "workflows",
     security(("bearer" = ["workflows:read"])),
     params(RunsQuery),
-    responses((status = 200, description = "OK", body = RunList), CallerErrors)
+    responses(
+        (status = 200, description = "OK", body = RunList),
+        (status = 422, description = "A query parameter that does not parse or is out of range", body = ErrorBody),
+        CallerErrors,
+    )
 )]
 #[get("/runs")]
 pub async fn list_runs(
@@ -896,6 +901,7 @@ fn sse(frame: &Value) -> Bytes {
     responses(
         (status = 200, description = "text/event-stream of workflow.* frames"),
         (status = 404, description = "No such run, or not the caller's", body = ErrorBody),
+        (status = 422, description = "A query parameter that does not parse or is out of range", body = ErrorBody),
         CallerErrors,
     )
 )]
