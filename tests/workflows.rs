@@ -1046,6 +1046,17 @@ async fn abuse_is_refused_and_leaves_nothing_behind() {
         )
         .await;
     assert_eq!((r.status, r.code()), (429, "too_many_runs"), "{}", r.body);
+    // A fresh Idempotency-Key is no way around it.
+    let r = api
+        .send(
+            api.http
+                .post(format!("{}/workflows/{nap}/execute", api.base))
+                .bearer_auth(&other)
+                .header("Idempotency-Key", "fresh")
+                .json(&json!({})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (429, "too_many_runs"), "{}", r.body);
     let r = api.call("GET", "/runs", Some(&other), None).await;
     assert_eq!(r.body["runs"].as_array().unwrap().len(), 20);
 }

@@ -282,7 +282,18 @@ impl Engine {
         if !problems.is_empty() {
             return Err(EngineError::Invalid(problems));
         }
-        if r.parent.is_none() && r.idempotency_key.is_none() {
+        let run_id = match (&r.idempotency_key, &r.parent) {
+            (Some(k), _) => idempotent_id(r.user_id, r.workflow.workflow_id, k),
+            (None, Some(p)) => idempotent_id(p.run_id, r.workflow.workflow_id, &p.step),
+            (None, None) => Uuid::now_v7(),
+        };
+        if r.parent.is_none() {
+            // A repeat of an idempotent request returns its run, even at the limit.
+            if r.idempotency_key.is_some() {
+                if let Some(existing) = self.load(run_id).await? {
+                    return self.existing(existing, &r);
+                }
+            }
             let limit = self.inner.settings.max_active_runs_per_user;
             let active = self
                 .inner
@@ -298,11 +309,6 @@ impl Engine {
                 ));
             }
         }
-        let run_id = match (&r.idempotency_key, &r.parent) {
-            (Some(k), _) => idempotent_id(r.user_id, r.workflow.workflow_id, k),
-            (None, Some(p)) => idempotent_id(p.run_id, r.workflow.workflow_id, &p.step),
-            (None, None) => Uuid::now_v7(),
-        };
         let created = RunEvent::Created {
             run_id,
             workflow_id: r.workflow.workflow_id,
@@ -346,13 +352,7 @@ impl Engine {
             }
             Err(StoreError::Conflict { .. }) => {
                 let existing = self.load(run_id).await?.ok_or(EngineError::NotFound)?;
-                if existing.user_id != r.user_id || existing.workflow_id != r.workflow.workflow_id {
-                    return Err(EngineError::Conflict(
-                        "idempotency_conflict",
-                        "this Idempotency-Key was used for another request".into(),
-                    ));
-                }
-                Ok((existing, false))
+                self.existing(existing, &r)
             }
             Err(StoreError::PayloadTooLarge { .. }) => Err(EngineError::Invalid(vec![Problem {
                 path: "$.input".into(),
@@ -361,6 +361,17 @@ impl Engine {
             }])),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The run an idempotent request started before (the same caller and workflow).
+    fn existing(&self, run: RunState, r: &NewRun<'_>) -> Result<(RunState, bool), EngineError> {
+        if run.user_id != r.user_id || run.workflow_id != r.workflow.workflow_id {
+            return Err(EngineError::Conflict(
+                "idempotency_conflict",
+                "this Idempotency-Key was used for another request".into(),
+            ));
+        }
+        Ok((run, false))
     }
 
     /// Applies a person's decision to a run, at the exact version folded (retried on a race).
