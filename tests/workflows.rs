@@ -643,6 +643,41 @@ async fn approval_cancel_retry_idempotency_cost_limit_map_and_refused_hosts() {
         );
     }
 
+    // SSE follows a live run: the stored frames first, then the approval and the end.
+    let run = execute(&api, &dev, &wf, json!({"text": "live"})).await;
+    let live = run["id"].as_str().unwrap().to_owned();
+    wait_run(&api, &dev, &live, "waiting", status_is("waiting")).await;
+    let sse = api
+        .http
+        .get(format!("{}/runs/{live}/events", api.base))
+        .bearer_auth(&dev)
+        .header("Last-Event-ID", "2")
+        .send();
+    let follower = tokio::spawn(async move { sse.await.unwrap().text().await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = api
+        .call("POST", &format!("/runs/{live}/approve"), Some(&dev), None)
+        .await;
+    assert_eq!(r.status, 200);
+    let body = tokio::time::timeout(Duration::from_secs(20), follower)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !body.contains("event: workflow.started"),
+        "after offset 2: {body}"
+    );
+    for kind in [
+        "workflow.step.completed",
+        "workflow.approval.decided",
+        "workflow.completed",
+    ] {
+        assert!(
+            body.contains(&format!("event: {kind}")),
+            "{kind} missing from {body}"
+        );
+    }
+
     // Runs by state, and the projections rebuild to the same state.
     let r = api
         .call("GET", "/runs?status=failed", Some(&dev), None)

@@ -925,19 +925,22 @@ pub async fn run_events(
     let run_id = run.run_id;
     struct S {
         store: std::sync::Arc<dyn revo_events::EventStore>,
-        signal: tokio::sync::watch::Receiver<u64>,
+        /// Bumped when this edge hears of the run's events (not on every append anywhere).
+        signal: tokio::sync::watch::Receiver<i64>,
         progress: Option<revo_nats::MessageStream>,
         after: i64,
         buf: std::collections::VecDeque<Bytes>,
         ended: bool,
+        idle: u32,
     }
     let st = S {
-        signal: store.append_signal(),
+        signal: state.workflows.watch(run_id),
         store,
         progress,
         after,
         buf: Default::default(),
         ended: false,
+        idle: 0,
     };
     let stream = futures::stream::unfold(st, move |mut s| async move {
         loop {
@@ -973,9 +976,14 @@ pub async fn run_events(
                 }
                 continue;
             }
-            let wait = tokio::time::sleep(Duration::from_secs(15));
+            // The bus wakes it; the poll covers a lost message, the comment keeps proxies open.
+            let wait = tokio::time::sleep(Duration::from_secs(3));
             tokio::select! {
-                _ = s.signal.changed() => {}
+                r = s.signal.changed() => {
+                    if r.is_err() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
                 m = async {
                     match s.progress.as_mut() {
                         Some(p) => p.next().await,
@@ -991,7 +999,12 @@ pub async fn run_events(
                         _ => s.progress = None,
                     }
                 }
-                _ = wait => s.buf.push_back(Bytes::from_static(b": keep-alive\n\n")),
+                _ = wait => {
+                    s.idle += 1;
+                    if s.idle % 5 == 0 {
+                        s.buf.push_back(Bytes::from_static(b": keep-alive\n\n"));
+                    }
+                }
             }
         }
     });

@@ -150,6 +150,8 @@ struct Inner {
     settings: EngineSettings,
     metrics: WorkflowMetrics,
     local: Mutex<HashMap<Uuid, Handle<RunCmd>>>,
+    /// Followers of single runs (`GET /runs/{id}/events`): the latest version heard of.
+    watchers: Mutex<HashMap<Uuid, tokio::sync::watch::Sender<i64>>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
 }
@@ -223,6 +225,7 @@ impl Engine {
                 settings,
                 metrics,
                 local: Mutex::new(HashMap::new()),
+                watchers: Mutex::new(HashMap::new()),
                 tracker: sup.tracker().clone(),
                 cancel: sup.cancel_token().clone(),
             }),
@@ -480,6 +483,26 @@ impl Engine {
         self.inner.hub.user_signal(user, "workflow", f).await;
     }
 
+    /// Changes when an event of `run` is heard of (from any edge), so a follower reads the
+    /// run's stream only when it grew.
+    pub fn watch(&self, run: Uuid) -> tokio::sync::watch::Receiver<i64> {
+        let mut w = lock(&self.inner.watchers);
+        w.retain(|_, tx| tx.receiver_count() > 0);
+        w.entry(run)
+            .or_insert_with(|| tokio::sync::watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn heard(&self, run: Uuid, version: i64) {
+        if let Some(tx) = lock(&self.inner.watchers).get(&run) {
+            tx.send_if_modified(|v| {
+                let newer = version > *v;
+                *v = (*v).max(version);
+                newer
+            });
+        }
+    }
+
     /// Generated text of one run, for SSE (`<prefix>.sig.run.<id>`).
     pub async fn follow_progress(&self, run: Uuid) -> Option<revo_nats::MessageStream> {
         let subject = self.inner.subjects.signal("run", &run.to_string()).ok()?;
@@ -663,6 +686,7 @@ impl Engine {
                     let Some(id) = msg.subject.rsplit('.').next().and_then(|s| Uuid::try_parse(s).ok()) else { continue };
                     let version = revo_events::codec::decode_wire(&msg.payload).ok().map(|e| e.version);
                     self.wake_at(id, version);
+                    self.heard(id, version.unwrap_or(i64::MAX));
                     // A child's progress may be what its parent waits for.
                     let parent = self.inner.runs.read().get(&id).and_then(|r| r.parent.as_ref().map(|p| p.run_id));
                     if let Some(p) = parent {
