@@ -127,14 +127,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     let (access, docs) = http::prepare()?;
-    let models = LiveView::<ModelsProjection>::start(
-        store.clone(),
-        store.as_ref(),
-        Duration::from_millis(500),
-        &sup,
-    )
-    .await
-    .context("loading the model registry")?;
+    let models = view::<ModelsProjection>(&store, 500, &sup, "loading the model registry").await?;
 
     // Embedded mode: every registered local model gets a thread in this process. Cluster
     // mode: requests go to `revo worker` processes over NATS.
@@ -194,14 +187,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             (!v.is_empty()).then_some((var, v))
         })
         .collect();
-    let budget_view = LiveView::<revo_events::BudgetsProjection>::start(
-        store.clone(),
-        store.as_ref(),
-        Duration::from_millis(200),
-        &sup,
-    )
-    .await
-    .context("loading the budgets")?;
+    let budget_view =
+        view::<revo_events::BudgetsProjection>(&store, 200, &sup, "loading the budgets").await?;
     let budgets = revo_actors::router::budget::Budgets::new(
         budget_view,
         store.clone(),
@@ -220,14 +207,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     router.probe_once().await;
-    let ledger = LiveView::<revo_events::LedgerProjection>::start(
-        store.clone(),
-        store.as_ref(),
-        Duration::from_millis(500),
-        &sup,
-    )
-    .await
-    .context("loading the cost ledger")?;
+    let ledger =
+        view::<revo_events::LedgerProjection>(&store, 500, &sup, "loading the cost ledger").await?;
     router.start_probe(&sup, Duration::from_secs(10));
     let realtime = start_realtime(
         &config,
@@ -361,22 +342,9 @@ async fn start_realtime(
     metrics: &Metrics,
     sup: &Supervisor,
 ) -> anyhow::Result<revo_actors::rooms::Hub> {
-    let rooms = LiveView::<revo_events::RoomsProjection>::start(
-        store.clone(),
-        store.as_ref(),
-        Duration::from_millis(200),
-        sup,
-    )
-    .await
-    .context("loading the rooms")?;
-    let presence = LiveView::<revo_events::PresenceProjection>::start(
-        store.clone(),
-        store.as_ref(),
-        Duration::from_millis(200),
-        sup,
-    )
-    .await
-    .context("loading presence")?;
+    let rooms = view::<revo_events::RoomsProjection>(&store, 200, sup, "loading the rooms").await?;
+    let presence =
+        view::<revo_events::PresenceProjection>(&store, 200, sup, "loading presence").await?;
     let mut settings = revo_actors::rooms::HubSettings::default();
     settings.room.max_payload = config.max_payload_bytes;
     let hub = revo_actors::rooms::Hub::new(
@@ -409,22 +377,10 @@ async fn start_workflows(
     sup: &Supervisor,
 ) -> anyhow::Result<revo_actors::workflows::Engine> {
     let hub_for_sessions = hub.clone();
-    let workflows = LiveView::<revo_events::WorkflowsProjection>::start(
-        store.clone(),
-        store.as_ref(),
-        Duration::from_millis(200),
-        sup,
-    )
-    .await
-    .context("loading the workflows")?;
-    let runs = LiveView::<revo_events::RunsProjection>::start(
-        store.clone(),
-        store.as_ref(),
-        Duration::from_millis(200),
-        sup,
-    )
-    .await
-    .context("loading the workflow runs")?;
+    let workflows =
+        view::<revo_events::WorkflowsProjection>(&store, 200, sup, "loading the workflows").await?;
+    let runs =
+        view::<revo_events::RunsProjection>(&store, 200, sup, "loading the workflow runs").await?;
     let engine = revo_actors::workflows::Engine::new(
         store,
         bus,
@@ -442,6 +398,23 @@ async fn start_workflows(
     engine.start(sup);
     hub_for_sessions.set_workflows(engine.clone());
     Ok(engine)
+}
+
+/// A projection folded in memory, following the store (polled every `poll_ms` at most).
+async fn view<P: revo_events::Projection + Default + Sync>(
+    store: &Arc<dyn EventStore>,
+    poll_ms: u64,
+    sup: &Supervisor,
+    what: &'static str,
+) -> anyhow::Result<LiveView<P>> {
+    LiveView::<P>::start(
+        store.clone(),
+        store.as_ref(),
+        Duration::from_millis(poll_ms),
+        sup,
+    )
+    .await
+    .context(what)
 }
 
 /// The JWT keys: configured ones, or (embedded mode only) a key kept in the data directory.
@@ -538,14 +511,7 @@ async fn open_identity(
 ) -> anyhow::Result<Identity> {
     let (keys, signer) = jwt_keys(config)?;
     let tokens = TokenKeys::new(&keys, &signer, config.auth.token_ttl)?;
-    let view = LiveView::<Directory>::start(
-        store.clone(),
-        store.as_ref(),
-        Duration::from_millis(500),
-        sup,
-    )
-    .await
-    .context("loading the user directory")?;
+    let view = view::<Directory>(&store, 500, sup, "loading the user directory").await?;
     let a = &config.auth;
     Ok(Identity::new(
         store,

@@ -195,6 +195,44 @@ fn idempotent_id(user: Uuid, workflow: Uuid, key: &str) -> Uuid {
     uuid::Builder::from_custom_bytes(b).into_uuid()
 }
 
+/// Appends `events` to a run's stream at `expected` and folds them onto `state` (`None`: a new
+/// run). `Ok(None)`: another writer came first.
+pub(crate) async fn append_run(
+    engine: &Engine,
+    run: Uuid,
+    state: Option<RunState>,
+    events: &[RunEvent],
+    meta: &EventMeta,
+) -> Result<Option<RunState>, StoreError> {
+    let new = events
+        .iter()
+        .map(|e| e.to_new_event(meta.clone()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let version = state.as_ref().map_or(0, |s| s.version);
+    let expected = if state.is_some() {
+        ExpectedVersion::Exact(version)
+    } else {
+        ExpectedVersion::NoStream
+    };
+    let req = AppendRequest::new(RUN_STREAM, run.to_string(), expected, new.clone());
+    match engine.inner.store.append(req).await {
+        Ok(_) => {
+            let recs = recorded(run, version + 1, &new);
+            let mut s = state;
+            for (rec, e) in recs.iter().zip(events) {
+                RunState::apply(&mut s, e, rec, true);
+            }
+            if let Some(s) = &s {
+                engine.publish(s, &recs).await;
+            }
+            Ok(s)
+        }
+        Err(StoreError::Conflict { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 impl Engine {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -332,28 +370,12 @@ impl Engine {
                 node: self.inner.node.clone(),
             },
         ];
-        let new = events
-            .iter()
-            .map(|e| e.to_new_event(meta.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-        let req = AppendRequest::new(
-            RUN_STREAM,
-            run_id.to_string(),
-            ExpectedVersion::NoStream,
-            new.clone(),
-        );
-        match self.inner.store.append(req).await {
-            Ok(_) => {
-                let recs = recorded(run_id, 1, &new);
-                let state = RunState::fold(&recs)
-                    .map_err(|e| EngineError::Unavailable(e.to_string()))?
-                    .ok_or_else(|| EngineError::Unavailable("empty run".into()))?;
-                self.publish(&state, &recs).await;
+        match append_run(self, run_id, None, &events, &meta).await {
+            Ok(Some(state)) => {
                 self.start_local(state.clone());
                 Ok((state, true))
             }
-            Err(StoreError::Conflict { .. }) => {
+            Ok(None) => {
                 let existing = self.load(run_id).await?.ok_or(EngineError::NotFound)?;
                 self.existing(existing, &r)
             }
@@ -388,44 +410,21 @@ impl Engine {
         for _ in 0..5 {
             let state = self.load(run).await?.ok_or(EngineError::NotFound)?;
             let events = decide(&state, by, &cmd, &self.inner.node)?;
-            let new = events
-                .iter()
-                .map(|e| e.to_new_event(meta.clone()))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| EngineError::Unavailable(e.to_string()))?;
-            let req = AppendRequest::new(
-                RUN_STREAM,
-                run.to_string(),
-                ExpectedVersion::Exact(state.version),
-                new.clone(),
-            );
-            match self.inner.store.append(req).await {
-                Ok(_) => {
-                    let recs = recorded(run, state.version + 1, &new);
-                    let mut s = Some(state);
-                    for (rec, e) in recs.iter().zip(&events) {
-                        RunState::apply(&mut s, e, rec, true);
-                    }
-                    let state = s.ok_or(EngineError::NotFound)?;
-                    self.publish(&state, &recs).await;
-                    if matches!(cmd, Command::Retry) {
-                        self.start_local(state.clone());
-                    } else {
-                        self.wake(run);
-                    }
-                    if matches!(cmd, Command::Cancel) {
-                        // Children of a cancelled run stop too (those already ended refuse).
-                        for child in state.steps.values().filter_map(|s| s.child_run) {
-                            let _ =
-                                Box::pin(self.command(child, by, meta.clone(), Command::Cancel))
-                                    .await;
-                        }
-                    }
-                    return Ok(state);
-                }
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.into()),
+            let Some(state) = append_run(self, run, Some(state), &events, &meta).await? else {
+                continue;
+            };
+            if matches!(cmd, Command::Retry) {
+                self.start_local(state.clone());
+            } else {
+                self.wake(run);
             }
+            if matches!(cmd, Command::Cancel) {
+                // Children of a cancelled run stop too (those already ended refuse).
+                for child in state.steps.values().filter_map(|s| s.child_run) {
+                    let _ = Box::pin(self.command(child, by, meta.clone(), Command::Cancel)).await;
+                }
+            }
+            return Ok(state);
         }
         Err(EngineError::Unavailable(
             "the run kept changing; try again".into(),
@@ -543,37 +542,22 @@ impl Engine {
         if state.status.is_terminal() {
             return Ok(false);
         }
-        let e = RunEvent::Claimed {
-            node: self.inner.node.clone(),
-        };
         let meta = EventMeta {
             actor: Some("system".into()),
             correlation_id: Some(run),
             causation_id: None,
         };
-        let new = vec![e
-            .to_new_event(meta)
-            .map_err(|e| EngineError::Unavailable(e.to_string()))?];
-        let req = AppendRequest::new(
-            RUN_STREAM,
-            run.to_string(),
-            ExpectedVersion::Exact(state.version),
-            new.clone(),
-        );
-        match self.inner.store.append(req).await {
-            Ok(_) => {
-                let recs = recorded(run, state.version + 1, &new);
-                let mut s = Some(state);
-                RunState::apply(&mut s, &e, &recs[0], true);
-                let Some(state) = s else { return Ok(false) };
+        let claim = [RunEvent::Claimed {
+            node: self.inner.node.clone(),
+        }];
+        match append_run(self, run, Some(state), &claim, &meta).await? {
+            Some(state) => {
                 self.inner.metrics.takeovers.inc();
                 tracing::info!(run = %run, node = %self.inner.node, "workflow run claimed");
-                self.publish(&state, &recs).await;
                 self.start_local(state);
                 Ok(true)
             }
-            Err(StoreError::Conflict { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
+            None => Ok(false),
         }
     }
 

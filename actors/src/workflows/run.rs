@@ -12,17 +12,14 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use revo_events::family::workflow::{ParentRef, RunEvent, RUN_STREAM};
-use revo_events::{
-    AppendRequest, EventFamily, EventMeta, ExpectedVersion, RunState, RunStatus, StepStatus,
-    StoreError, Usd,
-};
+use revo_events::{EventFamily, EventMeta, RunState, RunStatus, StepStatus, StoreError, Usd};
 use serde_json::Value;
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use super::definition::{Definition, Kind, Step};
 use super::steps::{self, Done, Fail, StepCtx};
-use super::{recorded, remaining, Engine, NewRun, RunCmd};
+use super::{remaining, Engine, NewRun, RunCmd};
 use crate::kit::Inbox;
 
 /// How often an idle actor reads its stream anyway (a lost wake-up costs at most this).
@@ -230,32 +227,21 @@ impl RunActor {
 
     /// Appends at the exact version folded. `Ok(false)`: someone else wrote first (now folded).
     async fn append(&mut self, events: Vec<RunEvent>) -> Result<bool, Stop> {
-        let new = events
-            .iter()
-            .map(|e| e.to_new_event(self.meta.clone()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Stop::Store(StoreError::Invalid(e.to_string())))?;
         let run = self.state.run_id;
-        let req = AppendRequest::new(
-            RUN_STREAM,
-            run.to_string(),
-            ExpectedVersion::Exact(self.state.version),
-            new.clone(),
-        );
-        match self.engine.inner.store.append(req).await {
-            Ok(_) => {
-                let recs = recorded(run, self.state.version + 1, &new);
-                let mut s = Some(self.state.clone());
-                for (rec, e) in recs.iter().zip(&events) {
-                    RunState::apply(&mut s, e, rec, true);
-                }
-                if let Some(s) = s {
-                    self.state = s;
-                }
-                self.engine.publish(&self.state, &recs).await;
+        let r = super::append_run(
+            &self.engine,
+            run,
+            Some(self.state.clone()),
+            &events,
+            &self.meta,
+        )
+        .await;
+        match r {
+            Ok(Some(s)) => {
+                self.state = s;
                 Ok(true)
             }
-            Err(StoreError::Conflict { .. }) => {
+            Ok(None) => {
                 self.refresh().await?;
                 Ok(false)
             }
