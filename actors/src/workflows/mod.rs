@@ -493,13 +493,17 @@ impl Engine {
     }
 
     fn heard(&self, run: Uuid, version: i64) {
-        if let Some(tx) = lock(&self.inner.watchers).get(&run) {
-            tx.send_if_modified(|v| {
-                let newer = version > *v;
-                *v = (*v).max(version);
-                newer
-            });
+        let mut w = lock(&self.inner.watchers);
+        let Some(tx) = w.get(&run) else { return };
+        if tx.receiver_count() == 0 {
+            w.remove(&run);
+            return;
         }
+        tx.send_if_modified(|v| {
+            let newer = version > *v;
+            *v = (*v).max(version);
+            newer
+        });
     }
 
     /// Generated text of one run, for SSE (`<prefix>.sig.run.<id>`).

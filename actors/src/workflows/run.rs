@@ -485,6 +485,11 @@ impl RunActor {
                 Ok(true) => return Ok(()),
                 Ok(false) => continue,
                 Err(Stop::Store(e)) => {
+                    // Shutting down: the outcome is lost with the attempt, which the next
+                    // owner runs again.
+                    if self.engine.inner.cancel.is_cancelled() {
+                        return Ok(());
+                    }
                     tracing::warn!(run = %self.state.run_id, error = %e, "recording a step outcome; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
