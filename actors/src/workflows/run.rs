@@ -160,8 +160,9 @@ impl RunActor {
                         Err(e) => tracing::error!(run = %self.state.run_id, error = %e, "a step task ended without an outcome"),
                     }
                 }
-                _ = tokio::time::sleep(due) => {}
-                _ = tokio::time::sleep(POLL) => {
+                // A timer, a deadline, or the poll (at most `POLL` apart): read the stream too,
+                // in case a wake-up from the bus was lost.
+                _ = tokio::time::sleep(due) => {
                     if let Err(Stop::Fenced) = self.refresh().await { break }
                 }
                 // Shutdown: the run stays claimed by this node, which stops answering; another
