@@ -151,16 +151,8 @@ async fn visible<T>(
     state: &AppState,
     shown: impl Fn(&BudgetsProjection) -> Option<T>,
 ) -> Option<T> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        if let Some(t) = shown(&state.budgets.view().read()) {
-            return Some(t);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let wait = std::time::Duration::from_secs(5);
+    state.budgets.view().wait_until(wait, shown).await
 }
 
 /// Every budget, with what it has spent and holds in its current period.

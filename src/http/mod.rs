@@ -16,6 +16,7 @@ pub mod keys;
 pub mod openapi;
 pub mod rooms;
 pub mod routed;
+pub mod runs;
 pub mod users;
 pub mod views;
 pub mod workflows;
@@ -134,13 +135,13 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(workflows::update)
         .service(workflows::archive)
         .service(workflows::execute)
-        .service(workflows::list_runs)
-        .service(workflows::get_run)
-        .service(workflows::cancel)
-        .service(workflows::approve)
-        .service(workflows::reject)
-        .service(workflows::retry)
-        .service(workflows::run_events);
+        .service(runs::list_runs)
+        .service(runs::get_run)
+        .service(runs::cancel)
+        .service(runs::approve)
+        .service(runs::reject)
+        .service(runs::retry)
+        .service(runs::run_events);
 }
 
 /// The generated OpenAPI document.

@@ -192,22 +192,16 @@ fn visible(state: &AppState, caller: &Caller, id: Uuid) -> Result<RoomRow, ApiEr
 
 /// Waits (up to 5 s) until this edge's rooms view has folded `offset` of `room`.
 async fn shown(state: &AppState, room: Uuid, offset: i64, caller: &Uuid) -> Option<RoomView> {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        if let Some(r) = state
-            .realtime
-            .rooms_view()
-            .read()
-            .get(&room)
-            .filter(|r| r.offset >= offset)
-        {
-            return Some(RoomView::of(r, caller));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let wait = std::time::Duration::from_secs(5);
+    state
+        .realtime
+        .rooms_view()
+        .wait_until(wait, |v| {
+            v.get(&room)
+                .filter(|r| r.offset >= offset)
+                .map(|r| RoomView::of(r, caller))
+        })
+        .await
 }
 
 /// Creates a room; the caller is its owner.

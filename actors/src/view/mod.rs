@@ -109,6 +109,28 @@ impl<P> LiveView<P> {
     }
 
     /// Waits until the view has folded `position`; false on timeout.
+    /// Read-your-writes: waits (up to `timeout`) until `found` finds what it looks for in
+    /// the view, checking again after each fold.
+    pub async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        found: impl Fn(&P) -> Option<T>,
+    ) -> Option<T> {
+        let mut rx = self.position.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            rx.borrow_and_update();
+            if let Some(t) = found(&self.read()) {
+                return Some(t);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                // The view stopped following, or time is up: one last look.
+                _ => return found(&self.read()),
+            }
+        }
+    }
+
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
         let mut rx = self.position.clone();
         tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))

@@ -2,7 +2,7 @@
 //! is the fold of that stream ([`RunState`]).
 //!
 //! - **One executor per run.** The node that creates a run claims it in the same append
-//!   (`run.created` + `run.claimed`) and runs it as a run actor (`run.rs`) on this node. The
+//!   (`run.created` + `run.claimed`) and runs it as a run actor (`run/`) on this node. The
 //!   actor writes at the exact version it folded; a write refused for a version conflict makes
 //!   it read what it missed, and a `run.claimed` by another node there ends it (fenced). So a
 //!   stale owner's write never lands.
@@ -224,7 +224,7 @@ pub(crate) async fn append_run(
                 RunState::apply(&mut s, e, rec, true);
             }
             if let Some(s) = &s {
-                engine.publish(s, &recs).await;
+                engine.publish(s, version + 1, events).await;
             }
             Ok(s)
         }
@@ -443,12 +443,9 @@ impl Engine {
     }
 
     /// Frames for events just appended, to the run's user's subscribed sessions.
-    pub(crate) async fn publish(&self, state: &RunState, recs: &[RecordedEvent]) {
-        for rec in recs {
-            let Ok(e) = RunEvent::decode(&rec.envelope) else {
-                continue;
-            };
-            let mut f = frames::of_event(state.run_id, rec.envelope.version, &e);
+    async fn publish(&self, state: &RunState, first_version: i64, events: &[RunEvent]) {
+        for (i, e) in events.iter().enumerate() {
+            let mut f = frames::of_event(state.run_id, first_version + i as i64, e);
             if matches!(
                 e,
                 RunEvent::Completed { .. } | RunEvent::Failed { .. } | RunEvent::Cancelled { .. }
@@ -688,19 +685,9 @@ impl Engine {
 
     /// Waits (up to `timeout`) for this node's live view to show `run` at `version`.
     pub async fn view_caught_up(&self, run: Uuid, version: i64, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if self
-                .inner
-                .runs
-                .read()
-                .get(&run)
-                .is_some_and(|r| r.version >= version)
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let view = &self.inner.runs;
+        let shown = |v: &RunsProjection| v.get(&run).filter(|r| r.version >= version).map(|_| ());
+        view.wait_until(timeout, shown).await;
     }
 }
 
