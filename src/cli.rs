@@ -91,6 +91,12 @@ pub enum Command {
         #[arg(long)]
         model: String,
     },
+    /// Exit 0 when this node's /health/live answers 200 (for container HEALTHCHECKs).
+    Healthcheck {
+        /// The edge's listen address (default: as `revo serve` would read it).
+        #[arg(long, env = "REVO_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +115,10 @@ pub enum ModelsCommand {
         /// f32 but not identical).
         #[arg(long, default_value = "f32")]
         weights: String,
+        /// Succeed without importing when the name is registered and its directory is there
+        /// (a rerunnable step for deployments: compose's `model-import`, the Kubernetes Job).
+        #[arg(long)]
+        if_missing: bool,
     },
     /// Every imported model.
     List,

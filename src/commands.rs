@@ -36,6 +36,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let store_metrics = Metrics::new()?.store;
     match cli.command {
         Command::Serve(_) => serve::run(config).await.map(|()| 0),
+        Command::Healthcheck { listen } => {
+            let addr = crate::healthcheck::local_addr(listen.unwrap_or(config.listen));
+            match crate::healthcheck::check(addr, "/health/live") {
+                Ok(()) => Ok(0),
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    Ok(1)
+                }
+            }
+        }
         Command::Worker { model } => crate::inference::worker::run(config, model)
             .await
             .map(|()| 0),
@@ -162,20 +172,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     file,
                     name,
                     weights,
-                } => registry::import(
-                    s.as_ref(),
-                    &models_dir,
-                    &file,
-                    name,
-                    &weights,
-                    config.ort_dylib.as_deref(),
-                )
-                .await
-                .and_then(|row| {
-                    writeln!(out, "imported:")?;
-                    registry::print_row(&mut out, &row)?;
-                    Ok(())
-                }),
+                    if_missing,
+                } => {
+                    match registry::already_imported(s.as_ref(), &models_dir, &file, &name).await {
+                        Ok(Some(row)) if if_missing => (|| {
+                            writeln!(out, "already imported:")?;
+                            registry::print_row(&mut out, &row)
+                        })()
+                        .map_err(Into::into),
+                        Err(e) => Err(e),
+                        _ => registry::import(
+                            s.as_ref(),
+                            &models_dir,
+                            &file,
+                            name,
+                            &weights,
+                            config.ort_dylib.as_deref(),
+                        )
+                        .await
+                        .and_then(|row| {
+                            writeln!(out, "imported:")?;
+                            registry::print_row(&mut out, &row)?;
+                            Ok(())
+                        }),
+                    }
+                }
                 ModelsCommand::List => registry::load(s.as_ref()).await.and_then(|reg| {
                     for row in reg.all() {
                         registry::print_row(&mut out, row)?;

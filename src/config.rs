@@ -821,19 +821,16 @@ mod tests {
 
     #[test]
     fn the_production_settings_in_deploy_are_valid() {
-        let text = include_str!("../deploy/revo.toml");
+        let text = include_str!("../deploy/k8s/base/revo.toml");
         let file: FileConfig = toml::from_str(text).unwrap();
         let c = Config::merge(&args(&[]), None, file).unwrap();
         assert_eq!(c.stream_limits.replicas, 3);
         assert_eq!(c.auth.password_hash_concurrency, 2);
-        // The k8s ConfigMap carries the same file.
-        let k8s = include_str!("../deploy/k8s/revo.yaml");
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            assert!(
-                k8s.contains(&format!("    {line}")),
-                "revo.yaml lacks `{line}`"
-            );
-        }
+        // The compose stack's settings (one NATS server: one replica).
+        let text = include_str!("../deploy/compose/revo.toml");
+        let file: FileConfig = toml::from_str(text).unwrap();
+        let c = Config::merge(&args(&[]), None, file).unwrap();
+        assert_eq!(c.stream_limits.replicas, 1);
     }
 
     #[test]

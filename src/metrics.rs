@@ -21,6 +21,11 @@ pub struct Metrics {
     pub workflows: revo_actors::workflows::WorkflowMetrics,
     /// Restarts of supervised actors, by actor name (static names and registry model names).
     pub actor_restarts: IntCounterVec,
+    /// Live model workers and their load, by model (from the workers' heartbeats; set at each
+    /// scrape, so every edge reports the whole cluster's workers).
+    pub model_workers: IntGaugeVec,
+    pub model_queue_depth: IntGaugeVec,
+    pub model_active: IntGaugeVec,
 }
 
 /// Generations answered by this edge, by local model (registry names only).
@@ -224,7 +229,31 @@ impl Metrics {
             ),
             &["actor"],
         )?;
+        let model_workers = IntGaugeVec::new(
+            Opts::new(
+                "revo_model_workers",
+                "Live workers serving each local model (heard from within the worker timeout)",
+            ),
+            &["model"],
+        )?;
+        let model_queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "revo_model_queue_depth",
+                "Requests waiting in the queues of each local model's live workers",
+            ),
+            &["model"],
+        )?;
+        let model_active = IntGaugeVec::new(
+            Opts::new(
+                "revo_model_active_sequences",
+                "Sequences being decoded by each local model's live workers",
+            ),
+            &["model"],
+        )?;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(model_workers.clone()),
+            Box::new(model_queue_depth.clone()),
+            Box::new(model_active.clone()),
             Box::new(store.commit.append_seconds.clone()),
             Box::new(store.commit.batch_events.clone()),
             Box::new(relay.lag_events.clone()),
@@ -254,6 +283,9 @@ impl Metrics {
         }
         Ok(Metrics {
             actor_restarts,
+            model_workers,
+            model_queue_depth,
+            model_active,
             registry,
             store,
             relay,
@@ -269,6 +301,24 @@ impl Metrics {
     pub fn projector(&self, projection: &str) -> ProjectorMetrics {
         ProjectorMetrics {
             lag_events: self.projection_lag.with_label_values(&[projection]),
+        }
+    }
+
+    /// Sets the model gauges from a census (`Inference::census`); models gone since the last
+    /// scrape disappear.
+    pub fn observe_models(&self, census: &[(String, usize, usize, usize)]) {
+        self.model_workers.reset();
+        self.model_queue_depth.reset();
+        self.model_active.reset();
+        for (model, workers, queued, active) in census {
+            let m = [model.as_str()];
+            self.model_workers
+                .with_label_values(&m)
+                .set(*workers as i64);
+            self.model_queue_depth
+                .with_label_values(&m)
+                .set(*queued as i64);
+            self.model_active.with_label_values(&m).set(*active as i64);
         }
     }
 
@@ -301,7 +351,25 @@ mod tests {
             .with_label_values(&["token_expired"])
             .inc();
         m.http.rate_limited.with_label_values(&["user"]).inc();
+        m.observe_models(&[("gone".into(), 1, 0, 0)]);
+        m.observe_models(&[("smollm2".into(), 2, 5, 3)]);
         let text = m.render();
+        assert!(
+            text.contains("revo_model_workers{model=\"smollm2\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("revo_model_queue_depth{model=\"smollm2\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("revo_model_active_sequences{model=\"smollm2\"} 3"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("gone"),
+            "a model no longer announced stays out: {text}"
+        );
         for name in [
             "revo_event_append_seconds",
             "revo_event_commit_batch_events",

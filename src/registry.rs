@@ -76,6 +76,19 @@ pub fn default_name(file: &Path) -> String {
 
 /// Imports a GGUF file, or an ONNX export directory (which must then load in ONNX Runtime:
 /// `runtime` is where the library is looked for).
+/// The registry's row for the name an import would use, if it is registered and its
+/// directory is there.
+pub async fn already_imported(
+    store: &dyn EventStore,
+    models_dir: &Path,
+    file: &Path,
+    name: &Option<String>,
+) -> anyhow::Result<Option<ModelRow>> {
+    let name = name.clone().unwrap_or_else(|| default_name(file));
+    let row = load(store).await?.get(&name).cloned();
+    Ok(row.filter(|r| models_dir.join(&r.dir).is_dir()))
+}
+
 pub async fn import(
     store: &dyn EventStore,
     models_dir: &Path,

@@ -6,8 +6,10 @@
 #![allow(clippy::disallowed_methods)]
 
 mod append;
+mod cluster;
 mod relay;
 mod replay;
+mod report;
 mod stats;
 mod stub;
 mod util;
@@ -44,6 +46,9 @@ enum Scenario {
     WsFanout(ws::FanoutArgs),
     /// A client rejoining after many missed events: time to receive them all.
     WsRecovery(ws::RecoveryArgs),
+    /// Mixed load through a cluster's load balancer: API, WebSockets, generation, workflows;
+    /// checks nothing acknowledged is lost and writes a report (deploy/cluster/cluster.sh).
+    Cluster(cluster::Args),
     /// Workflow step overhead: 10 template and 10 generate steps, one run at a time and many.
     WorkflowSteps(workflow::Args),
 }
@@ -60,5 +65,6 @@ async fn main() -> anyhow::Result<()> {
         Scenario::WsFanout(a) => ws::fanout(a).await,
         Scenario::WsRecovery(a) => ws::recovery(a).await,
         Scenario::WorkflowSteps(a) => workflow::run(a).await,
+        Scenario::Cluster(a) => cluster::run(a).await,
     }
 }

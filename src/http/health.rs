@@ -222,6 +222,7 @@ pub async fn details(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(tag = "health", responses((status = 200, description = "Metrics", body = String, content_type = "text/plain")))]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.metrics.observe_models(&state.inference.census());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -145,6 +145,11 @@ impl Inference {
         self.client.live_workers(model).len()
     }
 
+    /// `(model, workers, queued, active)` for every model a worker has announced.
+    pub fn census(&self) -> Vec<(String, usize, usize, usize)> {
+        self.client.census()
+    }
+
     pub fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
         self.client.submit(model, job)
     }

@@ -79,6 +79,28 @@ impl ModelClient {
             .unwrap_or_default()
     }
 
+    /// Every model's live workers with their summed queue depth and running sequences, as
+    /// `(model, workers, queued, active)` (for the metrics and the workers' autoscaler).
+    pub fn census(&self) -> Vec<(String, usize, usize, usize)> {
+        let Ok(seen) = self.seen.lock() else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = seen
+            .iter()
+            .map(|(model, workers)| {
+                let live = workers
+                    .values()
+                    .filter(|(at, hb)| hb.loaded && at.elapsed() < self.timeout);
+                let (n, q, a) = live.fold((0, 0, 0), |(n, q, a), (_, hb)| {
+                    (n + 1, q + hb.queued, a + hb.active)
+                });
+                (model.clone(), n, q, a)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Sends `job` to a worker of `model`; its replies go to the job's events.
     pub fn submit(&self, model: &str, job: Job) -> Result<(), SubmitError> {
         if self.live_workers(model).is_empty() {

@@ -112,8 +112,12 @@ impl UpstreamError {
                 status: 400 | 404 | 413 | 422,
                 ..
             } => false,
-            // A local model whose queue is full is busy, not broken.
-            UpstreamError::Status { code, .. } => code.as_deref() != Some("model_busy"),
+            // A local model whose queue is full is busy, not broken; a worker that died took
+            // only itself away (the model's other workers serve the retry, and a model with no
+            // worker left is refused as `model_unavailable`, which does trip it).
+            UpstreamError::Status { code, .. } => {
+                !matches!(code.as_deref(), Some("model_busy" | "worker_lost"))
+            }
             _ => true,
         }
     }
@@ -325,6 +329,9 @@ mod tests {
         }
         assert!(st(401, None).trips_breaker());
         assert!(st(500, None).trips_breaker());
+        assert!(!st(502, Some("worker_lost")).trips_breaker());
+        assert!(!st(503, Some("model_busy")).trips_breaker());
+        assert!(st(503, Some("model_unavailable")).trips_breaker());
         assert!(!st(400, Some("context_length_exceeded")).is_request_fault());
         assert!(st(422, None).is_request_fault());
     }
