@@ -107,7 +107,9 @@ fn svg(title: &str, y_label: &str, series: &[Series]) -> String {
 }
 
 fn fmt_num(v: f64) -> String {
-    if v >= 100.0 {
+    if v == 0.0 {
+        "0".into()
+    } else if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 1.0 {
         format!("{v:.1}")
