@@ -127,6 +127,9 @@ fn now_us() -> u64 {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    if a.users == 0 || a.room_size == 0 || a.requests_per_min == 0 {
+        bail!("--users, --room-size and --requests-per-min must be at least 1");
+    }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(60))
