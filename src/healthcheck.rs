@@ -24,17 +24,19 @@ pub fn check(addr: SocketAddr, path: &str) -> anyhow::Result<()> {
     let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
     s.set_read_timeout(Some(TIMEOUT))?;
     s.set_write_timeout(Some(TIMEOUT))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    // One write: a server that answers and closes before reading the rest would reset us.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())?;
     // The status line is all that matters; the body of /health/live is small.
     let mut head = [0u8; 64];
     let mut n = 0;
     while n < head.len() {
-        match s.read(&mut head[n..])? {
-            0 => break,
-            k => n += k,
+        match s.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            // A reset after the status line arrived does not undo the answer.
+            Err(_) if n > 0 => break,
+            Err(e) => return Err(e.into()),
         }
     }
     let line = String::from_utf8_lossy(&head[..n]);
@@ -82,8 +84,15 @@ mod tests {
             let addr = l.local_addr().unwrap();
             let t = std::thread::spawn(move || {
                 let (mut c, _) = l.accept().unwrap();
+                // The whole request, then the reply (closing with unread bytes would reset).
+                let mut got = Vec::new();
                 let mut buf = [0u8; 256];
-                let _ = c.read(&mut buf);
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => got.extend_from_slice(&buf[..k]),
+                    }
+                }
                 c.write_all(reply.as_bytes()).unwrap();
             });
             assert_eq!(check(addr, "/health/live").is_ok(), ok, "{reply}");
