@@ -30,7 +30,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "REVO_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// NATS URL: with --database-url, selects cluster mode.
-    #[arg(long, global = true, env = "REVO_NATS_URL")]
+    #[arg(long, global = true, env = "REVO_NATS_URL", hide_env_values = true)]
     pub nats_url: Option<String>,
     /// Subject prefix (`revo` gives `revo.evt.>` and stream REVO_EVENTS).
     #[arg(long, global = true, env = "REVO_NATS_PREFIX")]

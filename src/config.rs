@@ -292,6 +292,23 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
 
 /// `kid:secret,kid2:secret2` (REVO_JWT_KEYS).
+/// A URL as it may be printed: without a password or token in it (`nats://u:p@h` →
+/// `nats://u:***@h`; `nats://token@h` → `nats://***@h`).
+pub fn redacted_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{shown}@{host}{path}")
+}
+
 pub fn parse_jwt_keys(s: &str) -> anyhow::Result<Vec<JwtKey>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -734,6 +751,18 @@ fn auth_config(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn urls_print_without_their_secrets() {
+        use super::redacted_url as r;
+        assert_eq!(r("nats://u:secret@h:4222"), "nats://u:***@h:4222");
+        assert_eq!(r("nats://tok@h:4222/x"), "nats://***@h:4222/x");
+        assert_eq!(
+            r("postgres://postgres@127.0.0.1:5432/revo"),
+            "postgres://***@127.0.0.1:5432/revo"
+        );
+        assert_eq!(r("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+
     use super::*;
     use clap::Parser;
 

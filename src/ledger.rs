@@ -106,6 +106,8 @@ pub struct Line {
     pub escalated_attempts: u64,
     /// Attempts whose usage the provider never reported (cut streams).
     pub unreported_usage: u64,
+    /// Of those, the attempts that had sent output: each is charged its worst case.
+    pub usage_estimated: u64,
     pub tokens: Tokens,
     /// Exact dollars.
     #[schema(value_type = String)]
@@ -128,6 +130,7 @@ impl Line {
         self.failed_attempts += r.failed_attempts;
         self.escalated_attempts += r.escalated_attempts;
         self.unreported_usage += r.unreported_usage;
+        self.usage_estimated += r.usage_estimated;
         let served = r.usage.minus(&r.escalated_usage);
         if r.served_locally {
             self.served_locally += r.requests;

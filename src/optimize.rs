@@ -308,6 +308,7 @@ mod tests {
             version: 1,
             settled: [(period_key(period, now), Usd::parse(spent).unwrap())].into(),
             leases: BTreeMap::new(),
+            deleted: false,
         }
     }
 

@@ -191,6 +191,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         view::<revo_events::BudgetsProjection>(&store, 200, &sup, "loading the budgets").await?;
     let budgets = revo_actors::router::budget::Budgets::new(
         budget_view,
+        identity.directory().clone(),
         store.clone(),
         node_id.clone(),
         config.budgets.clone(),
@@ -231,6 +232,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         router.clone(),
         realtime.clone(),
         models.clone(),
+        identity.directory().clone(),
         &sup,
     )
     .await?;
@@ -374,6 +376,7 @@ async fn start_workflows(
     router: revo_actors::router::Router,
     hub: revo_actors::rooms::Hub,
     models: LiveView<ModelsProjection>,
+    directory: LiveView<Directory>,
     sup: &Supervisor,
 ) -> anyhow::Result<revo_actors::workflows::Engine> {
     let hub_for_sessions = hub.clone();
@@ -390,6 +393,7 @@ async fn start_workflows(
         models,
         runs,
         workflows,
+        directory,
         node_id.to_owned(),
         config.workflows.clone(),
         metrics.workflows.clone(),

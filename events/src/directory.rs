@@ -101,6 +101,23 @@ impl Directory {
         self.keys.values()
     }
 
+    /// A key and the keys it was minted by, nearest first: a request through the key is held
+    /// to every one of their budgets. Keys this directory does not know end the walk.
+    pub fn key_lineage(&self, key: Uuid) -> Vec<Uuid> {
+        let mut out = vec![key];
+        let mut at = key;
+        // Bounded whatever the log holds (a parent is issued before its child, so no cycle
+        // can be folded; the bound is for safety only).
+        while let Some(p) = self.keys.get(&at).and_then(|k| k.parent_key_id) {
+            if out.contains(&p) || out.len() >= 64 {
+                break;
+            }
+            out.push(p);
+            at = p;
+        }
+        out
+    }
+
     pub fn is_revoked(&self, jti: &Uuid) -> bool {
         self.revoked.contains_key(jti)
     }

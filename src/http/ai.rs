@@ -192,7 +192,12 @@ pub async fn optimize(
     let budgets = budgets.read();
     let in_scope: Vec<_> = match (filter.user, filter.key) {
         (None, _) => budgets.all().collect(),
-        (Some(u), key) => budgets.applying(u, key),
+        (Some(u), key) => {
+            let keys = key
+                .map(|k| state.identity.key_lineage(k))
+                .unwrap_or_default();
+            budgets.applying(u, &keys)
+        }
     };
     let l = state.ledger.read();
     let o = crate::optimize::optimize(

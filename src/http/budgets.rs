@@ -175,7 +175,8 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// The budgets that limit the caller: with a token, the user's own and those of the user's
-/// keys; with an API key, those that apply to the key's requests (its user's and its own).
+/// keys; with an API key, those that apply to the key's requests (its user's, its own and
+/// those of every key above it).
 #[utoipa::path(
     tag = "budgets",
     security(("bearer" = ["self:read"])),
@@ -185,7 +186,7 @@ pub async fn list(state: web::Data<AppState>) -> HttpResponse {
 pub async fn mine(state: web::Data<AppState>, caller: Caller) -> HttpResponse {
     let p = &caller.0;
     let keys: Vec<Uuid> = match p.via {
-        crate::identity::Via::Key { key_id } => vec![key_id],
+        crate::identity::Via::Key { key_id } => state.identity.key_lineage(key_id),
         crate::identity::Via::Token { .. } => state
             .identity
             .list_keys(p)

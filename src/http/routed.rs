@@ -188,7 +188,7 @@ pub async fn start(
         // The registry is this edge's live view (memory), never a fold of the log.
         req.options.registry_model = !listed && state.models.read().get(m).is_some();
     }
-    let (user, id) = (req.user_id, req.id.clone());
+    let (user, key, id) = (req.user_id, req.key_id, req.id.clone());
     let rx = state
         .router
         .route(req)
@@ -198,6 +198,7 @@ pub async fn start(
     Ok(revo_actors::rooms::progress::tee(
         &state.realtime,
         user,
+        key,
         id,
         rx,
     ))

@@ -163,6 +163,25 @@ fn visible_workflow(state: &AppState, caller: &Caller, id: Uuid) -> Result<Workf
         .ok_or_else(|| ApiError::not_found("no such workflow"))
 }
 
+/// A workflow the caller may change (or run): its own. An administrator reads others'
+/// (`403 not_owner`) but never changes them: the owner's next run would execute the
+/// administrator's definition on the owner's budgets.
+fn owned_workflow(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+    what: &str,
+) -> Result<WorkflowRow, ApiError> {
+    let row = visible_workflow(state, caller, id)?;
+    if row.owner != caller.0.user_id {
+        return Err(ApiError::forbidden(
+            "not_owner",
+            format!("only the workflow's owner {what} it"),
+        ));
+    }
+    Ok(row)
+}
+
 /// Parses a body as a definition, checked whole; the canonical JSON text to store.
 fn checked(state: &AppState, body: &WorkflowDefinition) -> Result<(String, String), ApiError> {
     let v = serde_json::to_value(body)
@@ -329,6 +348,7 @@ pub async fn get(
     request_body = WorkflowDefinition,
     responses(
         (status = 200, description = "The new version", body = WorkflowView),
+        (status = 403, description = "Another user's workflow (`not_owner`)", body = ErrorBody),
         (status = 404, description = "No such workflow, or not the caller's", body = ErrorBody),
         (status = 409, description = "Archived, or changed meanwhile", body = ErrorBody),
         BodyErrors,
@@ -343,7 +363,7 @@ pub async fn update(
     id: web::Path<Uuid>,
     body: Json<WorkflowDefinition>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = visible_workflow(&state, &caller, *id)?;
+    let row = owned_workflow(&state, &caller, *id, "changes")?;
     if row.archived {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -383,6 +403,7 @@ pub async fn update(
     params(("id" = Uuid, Path)),
     responses(
         (status = 204, description = "Archived"),
+        (status = 403, description = "Another user's workflow (`not_owner`)", body = ErrorBody),
         (status = 404, description = "No such workflow, or not the caller's", body = ErrorBody),
         CallerErrors,
     )
@@ -394,7 +415,7 @@ pub async fn archive(
     caller: Caller,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = visible_workflow(&state, &caller, *id)?;
+    let row = owned_workflow(&state, &caller, *id, "archives")?;
     if row.archived {
         return Ok(HttpResponse::NoContent().finish());
     }
@@ -439,14 +460,7 @@ pub async fn execute(
     id: web::Path<Uuid>,
     body: Json<ExecuteRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let row = visible_workflow(&state, &caller, *id)?;
-    if row.owner != caller.0.user_id {
-        // Administrators read others' workflows; running one spends its owner's models.
-        return Err(ApiError::forbidden(
-            "not_owner",
-            "only the workflow's owner runs it",
-        ));
-    }
+    let row = owned_workflow(&state, &caller, *id, "runs")?;
     if row.archived {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -117,6 +117,11 @@ fn who(identity: Arc<Identity>, p: &Principal, header: String) -> Who {
         actor: p.actor(),
         admin: p.can(Permission::UsersWrite),
         workflows: p.can(Permission::WorkflowsWrite),
+        generate: p.can(Permission::Generate),
+        key: match p.via {
+            crate::identity::Via::Key { key_id } => Some(key_id),
+            crate::identity::Via::Token { .. } => None,
+        },
         still_valid: Box::new(move || {
             identity
                 .authenticate(Some(&header))

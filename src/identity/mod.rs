@@ -140,6 +140,18 @@ impl Identity {
         }
     }
 
+    /// The user directory as this edge's view folds it (for actors that judge credentials
+    /// later: budgets, workflow runs).
+    pub fn directory(&self) -> &LiveView<Directory> {
+        &self.view
+    }
+
+    /// A key and the keys above it, with this edge's own recent writes.
+    pub fn key_lineage(&self, key: Uuid) -> Vec<Uuid> {
+        self.find(|d| d.key(&key).map(|_| d.key_lineage(key)))
+            .unwrap_or_else(|| vec![key])
+    }
+
     /// Why the user directory cannot be trusted now (its view halted), if it cannot.
     pub fn problem(&self) -> Option<String> {
         self.view.halted()
@@ -364,9 +376,16 @@ impl Identity {
     ) -> Result<Login, IdentityError> {
         let began = Instant::now();
         let addr = client.as_deref();
+        // A name no user can have shares one throttle entry with every other such name, so
+        // invented names cannot fill the throttle's map (they still cost the same hashing).
+        let throttled = if revo_events::family::identity::valid_username(username) {
+            username
+        } else {
+            throttle::INVALID_NAME
+        };
         // Counted before the password is checked, so a parallel burst cannot slip past.
         self.throttle
-            .begin(username, addr, began)
+            .begin(throttled, addr, began)
             .map_err(IdentityError::LoginThrottled)?;
         let user = self.user_by_name(username);
         // Unknown names cost the same argon2 work as known ones.
@@ -377,7 +396,7 @@ impl Identity {
         let ok = match self.hasher.verify(hash, password.to_owned()).await {
             Ok(ok) => ok,
             Err(e) => {
-                self.throttle.forget(username, addr, began);
+                self.throttle.forget(throttled, addr, began);
                 return Err(e.into());
             }
         };
@@ -404,7 +423,7 @@ impl Identity {
                 .await?;
             return Err(AuthError::UserDisabled.into());
         }
-        self.throttle.succeeded(username, addr, began);
+        self.throttle.succeeded(throttled, addr, began);
         let (token, claims) = self.tokens.issue(user.user_id, &user.roles)?;
         let ev = IdentityEvent::LoginSucceeded {
             user_id: user.user_id,

@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 /// Most names and addresses tracked at once; beyond it the quietest are forgotten first.
 const MAX_TRACKED: usize = 100_000;
 
+/// The one name every attempt with a name no user can have is throttled under.
+pub const INVALID_NAME: &str = "\u{0}invalid";
+
 pub struct LoginThrottle {
     pub max_failures_per_name: usize,
     pub max_failures_per_addr: usize,
     pub window: Duration,
+    max_tracked: usize,
     failures: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
@@ -29,6 +33,7 @@ impl LoginThrottle {
             max_failures_per_name: per_name,
             max_failures_per_addr: per_addr,
             window,
+            max_tracked: MAX_TRACKED,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -97,9 +102,8 @@ impl LoginThrottle {
         addr: Option<&str>,
         now: Instant,
     ) {
-        if map.len() >= MAX_TRACKED {
-            let window = self.window;
-            map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        if map.len() >= self.max_tracked {
+            self.evict(map, now);
         }
         let keys = std::iter::once(format!("n:{name}")).chain(addr.map(|a| format!("a:{a}")));
         for k in keys {
@@ -109,6 +113,26 @@ impl LoginThrottle {
             while q.len() > self.max_failures_per_addr.max(self.max_failures_per_name) {
                 q.pop_front();
             }
+        }
+    }
+
+    /// Makes room: drops entries whose failures all aged out, then, if the map is still
+    /// full, the quietest tenth (fewest recent failures, the longest ago first), so a flood of
+    /// fresh names or addresses cannot push out the entries closest to a lockout.
+    fn evict(&self, map: &mut HashMap<String, VecDeque<Instant>>, now: Instant) {
+        let window = self.window;
+        map.retain(|_, q| q.back().is_some_and(|t| now.duration_since(*t) < window));
+        if map.len() < self.max_tracked {
+            return;
+        }
+        let mut by_noise: Vec<(usize, Instant, String)> = map
+            .iter()
+            .map(|(k, q)| (q.len(), q.back().copied().unwrap_or(now), k.clone()))
+            .collect();
+        by_noise.sort_unstable();
+        let drop = (self.max_tracked / 10).max(1);
+        for (_, _, k) in by_noise.into_iter().take(drop) {
+            map.remove(&k);
         }
     }
 
@@ -190,6 +214,25 @@ mod tests {
         t.forget("dee", Some("6.6.6.6"), b);
         let map = t.failures.lock().unwrap();
         assert!(!map.contains_key("n:dee") && !map.contains_key("a:6.6.6.6"));
+    }
+
+    #[test]
+    fn a_full_map_forgets_the_quietest_entries_first() {
+        let mut t = LoginThrottle::new(3, 100, Duration::from_secs(60));
+        t.max_tracked = 50;
+        let now = Instant::now();
+        // Two failures for `target`, then a flood of one-off names from one address.
+        t.failed("target", None, now);
+        t.failed("target", None, now);
+        for i in 0..500 {
+            t.failed(&format!("noise{i}"), None, now + Duration::from_millis(i));
+            assert!(t.failures.lock().unwrap().len() <= 50);
+        }
+        // `target` survived the flood: one more failure locks it.
+        t.failed("target", None, now + Duration::from_secs(1));
+        assert!(t
+            .check("target", None, now + Duration::from_secs(1))
+            .is_err());
     }
 
     #[test]

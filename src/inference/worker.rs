@@ -37,7 +37,12 @@ pub async fn run(config: Config, model: String) -> anyhow::Result<()> {
     let work: Arc<dyn WorkTransport> = Arc::new(
         NatsWork::connect(nats_url, "revo-worker")
             .await
-            .with_context(|| format!("connecting to NATS at {nats_url}"))?,
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    crate::config::redacted_url(nats_url)
+                )
+            })?,
     );
     let id = Uuid::now_v7().to_string();
     let settings = config.models.clone();

@@ -17,6 +17,8 @@ pub enum Wire {
     /// OpenAI's format without `usage`; the final chunk carries llama.cpp's `timings`.
     LlamaCpp,
     Anthropic,
+    /// OpenAI's format with no usage at all (a server that ignores `include_usage`).
+    NoUsage,
 }
 
 /// What the stub does with one request.
@@ -140,7 +142,7 @@ impl Drop for Stub {
 
 fn billed_for(wire: Wire) -> Billed {
     match wire {
-        Wire::OpenAi | Wire::LlamaCpp => Billed {
+        Wire::OpenAi | Wire::LlamaCpp | Wire::NoUsage => Billed {
             input: 176,
             cache_read: 1024,
             cache_write: 0,
@@ -344,11 +346,13 @@ fn whole(wire: Wire, b: Billed, req: &Value) -> Value {
                     .collect();
                 v["choices"][0]["logprobs"] = json!({"content": content});
             }
-            if wire == Wire::OpenAi {
-                v["usage"] = openai_usage(b);
-            } else {
-                v["timings"] =
-                    json!({"prompt_n": b.input, "cache_n": b.cache_read, "predicted_n": b.output});
+            match wire {
+                Wire::OpenAi => v["usage"] = openai_usage(b),
+                Wire::LlamaCpp => {
+                    v["timings"] = json!({"prompt_n": b.input, "cache_n": b.cache_read,
+                                          "predicted_n": b.output})
+                }
+                _ => {}
             }
             v
         }
@@ -434,6 +438,10 @@ async fn stream_answer(
             if req["stream_options"]["include_usage"] == true {
                 tail.push(ev("", json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "choices": [], "usage": openai_usage(b)})));
             }
+            tail.push("data: [DONE]\n\n".into());
+        }
+        Wire::NoUsage => {
+            tail.push(ev("", json!({"id": "chatcmpl-stub", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})));
             tail.push("data: [DONE]\n\n".into());
         }
         Wire::LlamaCpp => {

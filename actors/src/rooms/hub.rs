@@ -64,6 +64,9 @@ pub struct SessionEntry {
     pub outbox: Outbox,
     /// Topics the session subscribed to (`generation`, `workflow`).
     pub topics: Arc<Mutex<HashSet<String>>>,
+    /// The API key the session authenticated with: such a session hears only that key's
+    /// generations (the ledger shows a key only its own requests too).
+    pub key: Option<Uuid>,
 }
 
 enum Kind {
@@ -365,10 +368,26 @@ impl Hub {
     /// A frame for a user's sessions on every edge: `topic` empty for everyone, else only the
     /// sessions subscribed to it.
     pub async fn user_signal(&self, user: Uuid, topic: &str, frame: String) {
+        self.user_signal_from(user, None, topic, frame).await
+    }
+
+    /// A frame for `user`'s sessions subscribed to `topic`, caused by the API key `key` (if
+    /// any): sessions of other keys of the user do not get it.
+    pub async fn user_signal_from(
+        &self,
+        user: Uuid,
+        key: Option<Uuid>,
+        topic: &str,
+        frame: String,
+    ) {
         let Ok(subject) = self.inner.subjects.signal("user", &user.to_string()) else {
             return;
         };
-        let payload = format!("{topic}\n{frame}");
+        // `topic[ key]`, a newline, the frame.
+        let payload = match key {
+            Some(k) => format!("{topic} {k}\n{frame}"),
+            None => format!("{topic}\n{frame}"),
+        };
         if let Err(e) = self
             .inner
             .bus
@@ -380,12 +399,20 @@ impl Hub {
         }
     }
 
-    fn deliver_to_user(&self, user: Uuid, topic: &str, frame: Arc<str>) {
+    fn deliver_to_user(&self, user: Uuid, header: &str, frame: Arc<str>) {
+        let (topic, from) = match header.split_once(' ') {
+            Some((t, k)) => (t, Uuid::try_parse(k).ok()),
+            None => (header, None),
+        };
         let sessions: Vec<SessionEntry> = lock(&self.inner.sessions)
             .get(&user)
             .map(|m| m.values().cloned().collect())
             .unwrap_or_default();
         for s in sessions {
+            // A key's session hears only its own generations.
+            if topic == "generation" && s.key.is_some() && s.key != from {
+                continue;
+            }
             if (topic.is_empty() || lock(&s.topics).contains(topic)) && s.outbox.text(frame.clone())
             {
                 self.inner.metrics.frames_out.inc();

@@ -2,7 +2,7 @@
 //! request's updates pass through here on their way to the HTTP response, and become
 //! `generation.started`, `generation.token` (text coalesced every 50 ms) and
 //! `generation.completed` frames on `<prefix>.sig.user.<user>`, which every edge delivers to
-//! that user's subscribed sessions.
+//! that user's subscribed sessions (a session opened with an API key: only that key's).
 
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ const COALESCE: Duration = Duration::from_millis(50);
 pub fn tee(
     hub: &Hub,
     user: Uuid,
+    key: Option<Uuid>,
     id: String,
     mut rx: mpsc::Receiver<Update>,
 ) -> mpsc::Receiver<Update> {
@@ -44,17 +45,18 @@ pub fn tee(
                 } => {
                     let f = json!({"type": "generation.started", "id": id, "model": model,
                         "provider": provider, "served_locally": served_locally});
-                    hub.user_signal(user, "generation", f.to_string()).await;
+                    hub.user_signal_from(user, key, "generation", f.to_string())
+                        .await;
                 }
                 Update::Text(t) => {
                     pending.push_str(t);
                     if flushed.elapsed() >= COALESCE {
-                        flush(&hub, user, &id, &mut pending).await;
+                        flush(&hub, user, key, &id, &mut pending).await;
                         flushed = Instant::now();
                     }
                 }
                 Update::Done(r) => {
-                    flush(&hub, user, &id, &mut pending).await;
+                    flush(&hub, user, key, &id, &mut pending).await;
                     let f = match r.as_ref() {
                         Ok(a) => json!({"type": "generation.completed", "id": id,
                             "model": a.model, "served_locally": a.served_locally,
@@ -63,7 +65,8 @@ pub fn tee(
                         Err(e) => json!({"type": "generation.completed", "id": id,
                             "error": {"code": e.code, "message": e.message}}),
                     };
-                    hub.user_signal(user, "generation", f.to_string()).await;
+                    hub.user_signal_from(user, key, "generation", f.to_string())
+                        .await;
                 }
                 _ => {}
             }
@@ -75,10 +78,11 @@ pub fn tee(
     out
 }
 
-async fn flush(hub: &Hub, user: Uuid, id: &str, pending: &mut String) {
+async fn flush(hub: &Hub, user: Uuid, key: Option<Uuid>, id: &str, pending: &mut String) {
     if pending.is_empty() {
         return;
     }
     let f = json!({"type": "generation.token", "id": id, "text": std::mem::take(pending)});
-    hub.user_signal(user, "generation", f.to_string()).await;
+    hub.user_signal_from(user, key, "generation", f.to_string())
+        .await;
 }

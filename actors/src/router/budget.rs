@@ -1,7 +1,8 @@
 //! Budgets on the hot path: admission against this edge's leases, in memory.
 //!
 //! A request's worst case is held on a lease of every budget that applies to it (its user's,
-//! its key's; each of day, month, total). A lease with room admits at once; one without asks
+//! its key's and those of every key above it, so a key cannot shed its budget by minting a
+//! child; each of day, month, total). A lease with room admits at once; one without asks
 //! the log for another slice of the budget (`budget.lease_granted`, appended at the budget
 //! stream's exact version, so concurrent edges never share headroom). When the request ends,
 //! its attempts are recorded naming the leases (`holds`), and the holds settle to the exact
@@ -16,8 +17,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use revo_events::family::budget::{period_key, BudgetEvent, BUDGET_STREAM};
 use revo_events::{
-    AppendRequest, BudgetsProjection, EventFamily, EventMeta, EventStore, ExpectedVersion, Hold,
-    StoreError, Usd,
+    AppendRequest, BudgetsProjection, Directory, EventFamily, EventMeta, EventStore,
+    ExpectedVersion, Hold, StoreError, Usd,
 };
 use uuid::Uuid;
 
@@ -91,6 +92,8 @@ pub enum BudgetError {
 
 struct Inner {
     view: LiveView<BudgetsProjection>,
+    /// The users directory: which key minted which.
+    directory: LiveView<Directory>,
     store: Arc<dyn EventStore>,
     node: String,
     settings: BudgetSettings,
@@ -114,6 +117,7 @@ const GRANT_TRIES: usize = 50;
 impl Budgets {
     pub fn new(
         view: LiveView<BudgetsProjection>,
+        directory: LiveView<Directory>,
         store: Arc<dyn EventStore>,
         node: String,
         settings: BudgetSettings,
@@ -121,6 +125,7 @@ impl Budgets {
         Budgets {
             inner: Arc::new(Inner {
                 view,
+                directory,
                 store,
                 node,
                 settings,
@@ -134,9 +139,28 @@ impl Budgets {
         &self.inner.view
     }
 
-    /// Whether any budget applies to this caller (requests without one skip admission).
-    pub fn applies(&self, user: Uuid, key: Option<Uuid>) -> bool {
-        !self.inner.view.read().applying(user, key).is_empty()
+    /// The keys whose budgets a request through `key` is held to: the key and every key
+    /// above it. A key this edge's directory has not folded yet (minted a moment ago, maybe
+    /// on another edge) is waited for, so its parents are never missed.
+    pub async fn lineage(&self, key: Option<Uuid>) -> Result<Vec<Uuid>, BudgetError> {
+        let Some(k) = key else {
+            return Ok(Vec::new());
+        };
+        let known = |d: &Directory| d.key(&k).map(|_| d.key_lineage(k));
+        if let Some(l) = known(&self.inner.directory.read()) {
+            return Ok(l);
+        }
+        self.inner
+            .directory
+            .wait_until(CATCH_UP, known)
+            .await
+            .ok_or_else(|| BudgetError::Store(format!("key {k} is not in the directory yet")))
+    }
+
+    /// Whether any budget applies to this caller (requests without one skip admission);
+    /// `keys` is the request's key lineage.
+    pub fn applies(&self, user: Uuid, keys: &[Uuid]) -> bool {
+        !self.inner.view.read().applying(user, keys).is_empty()
     }
 
     fn local(&self, budget: Uuid) -> Arc<tokio::sync::Mutex<Vec<Lease>>> {
@@ -148,7 +172,7 @@ impl Budgets {
     pub async fn admit(
         &self,
         user: Uuid,
-        key: Option<Uuid>,
+        keys: &[Uuid],
         worst: Usd,
     ) -> Result<Vec<Ticket>, BudgetError> {
         if worst == Usd::ZERO {
@@ -156,7 +180,7 @@ impl Budgets {
         }
         let mut ids: Vec<Uuid> = {
             let v = self.inner.view.read();
-            v.applying(user, key).iter().map(|b| b.budget_id).collect()
+            v.applying(user, keys).iter().map(|b| b.budget_id).collect()
         };
         ids.sort();
         let mut tickets = Vec::with_capacity(ids.len());

@@ -521,10 +521,23 @@ impl Router {
             .map(|c| c.worst)
             .max()
             .unwrap_or(Usd::ZERO);
-        if worst == Usd::ZERO || !b.applies(req.user_id, req.key_id) {
+        if worst == Usd::ZERO {
             return Ok(Vec::new());
         }
-        match b.admit(req.user_id, req.key_id, worst).await {
+        let keys = match b.lineage(req.key_id).await {
+            Ok(k) => k,
+            Err(e) => {
+                return Err(Refusal::new(
+                    503,
+                    "budget_unavailable",
+                    format!("budgets cannot be checked now: {e}"),
+                ))
+            }
+        };
+        if !b.applies(req.user_id, &keys) {
+            return Ok(Vec::new());
+        }
+        match b.admit(req.user_id, &keys, worst).await {
             Ok(t) => Ok(t),
             Err(e) => {
                 candidates.retain(|c| c.worst == Usd::ZERO);

@@ -24,6 +24,8 @@ struct Attempt {
     finish_reason: Option<String>,
     usage: TokenUsage,
     usage_reported: bool,
+    /// The most this attempt could cost (what its budgets hold for it).
+    worst: Usd,
     first_ms: Option<u64>,
     duration: Duration,
     /// Tokens' log-probabilities (local models, when computed) and their confidence.
@@ -36,7 +38,16 @@ struct Attempt {
 }
 
 impl Attempt {
+    /// Something came back but its usage never did (a provider that reports none, a cut
+    /// stream): the attempt is charged its worst case, never nothing.
+    fn usage_estimated(&self) -> bool {
+        !self.usage_reported && self.worst > Usd::ZERO
+    }
+
     fn cost(&self) -> Usd {
+        if self.usage_estimated() {
+            return self.worst;
+        }
         self.entry.prices_sheet().cost(&self.usage)
     }
 
@@ -268,6 +279,7 @@ async fn attempt(
         finish_reason: None,
         usage: TokenUsage::default(),
         usage_reported: false,
+        worst: cand.worst,
         first_ms: None,
         duration: Duration::ZERO,
         logprobs: Vec::new(),
@@ -531,6 +543,7 @@ async fn record(i: &Inner, req: &RouteRequest, attempts: &[Attempt], holds: &[re
             finish_reason: a.finish_reason.clone(),
             usage: a.usage,
             usage_reported: a.usage_reported,
+            usage_estimated: a.usage_estimated(),
             prices: e.prices_sheet(),
             cost_usd: cost,
             time_to_first_token_ms: a.first_ms,
@@ -550,9 +563,20 @@ async fn record(i: &Inner, req: &RouteRequest, attempts: &[Attempt], holds: &[re
         GENERATION_STREAM,
         &req.id,
         ExpectedVersion::NoStream,
-        events,
+        events.clone(),
     );
-    if let Err(e) = i.store.append(append).await {
+    let r = match i.store.append(append).await {
+        // The id was used before (a client's reused request id): the spend is recorded all
+        // the same, after what is there, never dropped.
+        Err(revo_events::StoreError::Conflict { .. }) => {
+            tracing::warn!(id = %req.id, "a generation id was used before; recording after it");
+            let again =
+                AppendRequest::new(GENERATION_STREAM, &req.id, ExpectedVersion::Any, events);
+            i.store.append(again).await.map(|_| ())
+        }
+        r => r.map(|_| ()),
+    };
+    if let Err(e) = r {
         tracing::error!(id = %req.id, error = %e, "could not record a generation's attempts");
     }
 }

@@ -35,17 +35,32 @@ fn is_private(ip: IpAddr) -> bool {
                 || o[0] == 0
                 // Carrier-grade NAT, 100.64.0.0/10.
                 || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                // Benchmarking, 198.18.0.0/15.
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                // Reserved, 240.0.0.0/4.
+                || o[0] >= 240
         }
         IpAddr::V6(v) => {
             if let Some(m) = v.to_ipv4_mapped() {
                 return is_private(IpAddr::V4(m));
             }
             let s = v.segments();
+            // Addresses that carry an IPv4 address for a gateway to reach (NAT64 64:ff9b::/96,
+            // 6to4 2002::/16, IPv4-compatible ::a.b.c.d): where they lead is the gateway's
+            // choice, so none is treated as public.
+            let nat64 = s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0];
+            let six_to_four = s[0] == 0x2002;
+            let compatible = s[..6] == [0, 0, 0, 0, 0, 0];
+            if nat64 || six_to_four || compatible {
+                return true;
+            }
             v.is_loopback()
                 || v.is_unspecified()
                 || v.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
+                // Site-local, fec0::/10 (deprecated, still routed inside some networks).
+                || (s[0] & 0xffc0) == 0xfec0
         }
     }
 }
@@ -76,7 +91,8 @@ impl HttpPolicy {
                 Some(suffix) => host.ends_with(&format!(".{suffix}")),
                 None => host == h,
             };
-            name_ok && p.is_none_or(|p| p == port)
+            // An entry without a port allows the web's own ports only.
+            name_ok && p.map_or(port == 80 || port == 443, |p| p == port)
         })
     }
 
@@ -163,6 +179,8 @@ impl HttpPolicy {
         let addrs = self.resolve(&u).await.map_err(refused)?;
         let host = u.host_str().unwrap_or_default().to_owned();
         let client = reqwest::Client::builder()
+            // A proxy from the environment would resolve the name again, past the pinning.
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .resolve_to_addrs(&host, &addrs)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -186,7 +204,7 @@ impl HttpPolicy {
             } else {
                 "http_failed"
             };
-            (code, format!("{host}: {e}"), true)
+            (code, format!("{host}: {}", e.without_url()), true)
         })?;
         let status = resp.status();
         let ctype = resp
@@ -198,7 +216,8 @@ impl HttpPolicy {
         let mut buf = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ("http_failed", format!("{host}: {e}"), true))?;
+            let chunk =
+                chunk.map_err(|e| ("http_failed", format!("{host}: {}", e.without_url()), true))?;
             if buf.len() + chunk.len() > max_bytes {
                 return Err((
                     "too_large",
@@ -256,5 +275,30 @@ mod tests {
         assert!(is_private("::ffff:127.0.0.1".parse().unwrap()));
         assert!(is_private("fd00::1".parse().unwrap()));
         assert!(!is_private("93.184.216.34".parse().unwrap()));
+        // The review's gaps (finding 14).
+        for ip in [
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "::127.0.0.1",
+            "::10.0.0.1",
+            "fec0::1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "240.0.0.1",
+            "255.255.255.254",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!is_private("198.20.0.1".parse().unwrap()));
+        assert!(!is_private("2606:4700::1111".parse().unwrap()));
+        // A name without a port: 80 and 443 only.
+        assert!(p.check_url_template("http://api.example.com/").is_ok());
+        assert!(p.check_url_template("https://api.example.com:443/").is_ok());
+        assert!(p
+            .check_url_template("http://api.example.com:8080/")
+            .is_err());
+        assert!(p.check_url_template("https://x.example.org:6379/").is_err());
     }
 }

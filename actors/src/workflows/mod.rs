@@ -38,9 +38,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use revo_events::family::workflow::{ParentRef, RunEvent, WorkflowRow, RUN_STREAM};
 use revo_events::{
-    AppendRequest, EventFamily, EventMeta, EventStore, ExpectedVersion, ModelsProjection, NewEvent,
-    RecordedEvent, RunState, RunStatus, RunsProjection, StepStatus, StoreError, Usd,
-    WorkflowsProjection,
+    AppendRequest, Directory, EventFamily, EventMeta, EventStore, ExpectedVersion,
+    ModelsProjection, NewEvent, RecordedEvent, RunState, RunStatus, RunsProjection, StepStatus,
+    StoreError, Usd, WorkflowsProjection,
 };
 use revo_nats::{Bus, Subjects};
 use serde_json::Value;
@@ -146,6 +146,8 @@ struct Inner {
     models: LiveView<ModelsProjection>,
     runs: LiveView<RunsProjection>,
     workflows: LiveView<WorkflowsProjection>,
+    /// Users and keys: a run stops once its owner is disabled or its key revoked or expired.
+    directory: LiveView<Directory>,
     node: String,
     settings: EngineSettings,
     metrics: WorkflowMetrics,
@@ -244,6 +246,7 @@ impl Engine {
         models: LiveView<ModelsProjection>,
         runs: LiveView<RunsProjection>,
         workflows: LiveView<WorkflowsProjection>,
+        directory: LiveView<Directory>,
         node: String,
         settings: EngineSettings,
         metrics: WorkflowMetrics,
@@ -259,6 +262,7 @@ impl Engine {
                 models,
                 runs,
                 workflows,
+                directory,
                 node,
                 settings,
                 metrics,
@@ -284,6 +288,35 @@ impl Engine {
 
     pub fn node(&self) -> &str {
         &self.inner.node
+    }
+
+    /// Most bytes a template may render: an event's limit less room for the event's other
+    /// fields.
+    pub(crate) fn render_limit(&self) -> usize {
+        self.inner.settings.max_payload.saturating_sub(1024)
+    }
+
+    /// Whether an output (its JSON text) fits in the event that records it.
+    pub(crate) fn output_fits(&self, json: &str) -> bool {
+        json.len() <= self.render_limit()
+    }
+
+    /// Why a run of `user` through `key` may no longer act (`owner_disabled`, `key_revoked`,
+    /// `key_expired`), or `None` while it may. A user or key the directory does not show yet
+    /// (created a moment ago elsewhere) is not held against the run.
+    pub(crate) fn standing(&self, user: Uuid, key: Option<Uuid>) -> Option<&'static str> {
+        let d = self.inner.directory.read();
+        if d.user(&user).is_some_and(|u| u.disabled) {
+            return Some("owner_disabled");
+        }
+        let k = key.and_then(|k| d.key(&k))?;
+        if k.revoked_at.is_some() {
+            return Some("key_revoked");
+        }
+        if k.expires_at.is_some_and(|e| e <= chrono::Utc::now()) {
+            return Some("key_expired");
+        }
+        None
     }
 
     /// Parses and checks a definition against this node's HTTP allow-list.
@@ -548,6 +581,15 @@ impl Engine {
             correlation_id: Some(run),
             causation_id: None,
         };
+        if let Some(why) = self.standing(state.user_id, state.key_id) {
+            // Never resumed for a disabled owner or a dead key: ended instead.
+            let end = [RunEvent::Cancelled {
+                by: None,
+                reason: why.into(),
+            }];
+            append_run(self, run, Some(state), &end, &meta).await?;
+            return Ok(false);
+        }
         let claim = [RunEvent::Claimed {
             node: self.inner.node.clone(),
         }];
@@ -586,6 +628,7 @@ impl Engine {
                 _ = ctx.cancel.cancelled() => return Ok(()),
             }
             self.update_metrics();
+            self.wake_unstanding();
             let now = chrono::Utc::now();
             let wanted: Vec<Uuid> = {
                 let local = lock(&self.inner.local);
@@ -612,6 +655,29 @@ impl Engine {
                     tracing::warn!(run = %run, error = %e, "workflow run not claimed");
                 }
             }
+        }
+    }
+
+    /// Wakes this node's runs whose owner was disabled or whose key was revoked or expired:
+    /// each checks its standing when it plans, and ends itself (within one scan interval).
+    fn wake_unstanding(&self) {
+        let local: Vec<Uuid> = lock(&self.inner.local)
+            .iter()
+            .filter(|(_, h)| !h.is_closed())
+            .map(|(id, _)| *id)
+            .collect();
+        let stale: Vec<Uuid> = {
+            let view = self.inner.runs.read();
+            local
+                .into_iter()
+                .filter(|id| {
+                    view.get(id)
+                        .is_some_and(|r| self.standing(r.user_id, r.key_id).is_some())
+                })
+                .collect()
+        };
+        for id in stale {
+            self.wake(id);
         }
     }
 

@@ -65,11 +65,13 @@ fn scope<'a>(
     input: &'a Value,
     steps: &'a (dyn Fn(&str) -> Option<Value> + Sync),
     item: Option<(&'a Value, usize)>,
+    limit: usize,
 ) -> Scope<'a> {
     Scope {
         input,
         step: steps,
         item,
+        limit,
     }
 }
 
@@ -82,8 +84,9 @@ pub(super) fn render_input(
     v: &Value,
     input: &Value,
     steps: &(dyn Fn(&str) -> Option<Value> + Sync),
+    limit: usize,
 ) -> Result<Value, Fail> {
-    template::render_value(v, &scope(input, steps, None))
+    template::render_value(v, &scope(input, steps, None, limit))
         .map_err(|e| Fail::new("template_error", e))
 }
 
@@ -92,8 +95,9 @@ pub(super) fn map_items(
     items: &str,
     input: &Value,
     steps: &(dyn Fn(&str) -> Option<Value> + Sync),
+    limit: usize,
 ) -> Result<Vec<Value>, Fail> {
-    match template::render_value(&Value::from(items), &scope(input, steps, None)) {
+    match template::render_value(&Value::from(items), &scope(input, steps, None, limit)) {
         Ok(Value::Array(a)) if a.len() <= super::definition::MAX_MAP_ITEMS => Ok(a),
         Ok(Value::Array(a)) => Err(Fail::new(
             "too_many_items",
@@ -146,8 +150,9 @@ pub(super) fn inline(
     kind: &Kind,
     input: &Value,
     steps: &(dyn Fn(&str) -> Option<Value> + Sync),
+    limit: usize,
 ) -> Result<Value, Fail> {
-    let sc = scope(input, steps, None);
+    let sc = scope(input, steps, None, limit);
     match kind {
         Kind::Template { text } => Ok(Value::String(render(text, &sc)?)),
         Kind::Condition {
@@ -254,7 +259,7 @@ pub(super) fn worst_case(
     steps: &(dyn Fn(&str) -> Option<Value> + Sync),
     item: Option<&Value>,
 ) -> Result<Usd, Fail> {
-    let sc = scope(input, steps, item.map(|v| (v, 0)));
+    let sc = scope(input, steps, item.map(|v| (v, 0)), engine.render_limit());
     // Unrendered references count as empty: an estimate before their steps have run.
     let prompt = template::render(&g.prompt, &sc).unwrap_or_else(|_| g.prompt.clone());
     let system = g
@@ -276,10 +281,12 @@ pub(super) fn worst_case(
 }
 
 impl StepCtx {
+    /// `wf_<run>:<step>[:i<item>]:<attempt>:<n>`: step ids cannot hold `:`, so no two calls
+    /// of a run share an id (a step `x_i0` and item 0 of a map `x` once did).
     fn generation_id(&self, n: u32) -> String {
-        let item = self.item.map(|i| format!("_i{i}")).unwrap_or_default();
+        let item = self.item.map(|i| format!(":i{i}")).unwrap_or_default();
         format!(
-            "wf_{}_{}{item}_{}_{n}",
+            "wf_{}:{}{item}:{}:{n}",
             self.run.simple(),
             self.step,
             self.attempt
@@ -456,10 +463,11 @@ async fn one(
     n: u32,
 ) -> Result<Done, Fail> {
     let lookup = |id: &str| outputs.get(id).cloned();
-    let sc = scope(input, &lookup, item);
+    let limit = ctx.engine.render_limit();
+    let sc = scope(input, &lookup, item, limit);
     match kind {
         Kind::Template { .. } | Kind::Condition { .. } => Ok(Done {
-            output: inline(kind, input, &lookup)?,
+            output: inline(kind, input, &lookup, limit)?,
             cost: Usd::ZERO,
             generation: None,
         }),
@@ -617,7 +625,7 @@ mod tests {
             then: vec![],
             otherwise: vec![],
         };
-        let r = |k: Kind| inline(&k, &input, &none).unwrap();
+        let r = |k: Kind| inline(&k, &input, &none, 1 << 20).unwrap();
         assert_eq!(r(cond("{{ input.n }}", Op::Gt, json!(3))), json!(true));
         assert_eq!(
             r(cond("{{ input.s }}", Op::Equals, json!("spam"))),
@@ -631,6 +639,12 @@ mod tests {
             r(cond("{{ input.missing }}", Op::Truthy, Value::Null)),
             json!(false)
         );
-        assert!(inline(&cond("{{ input.s }}", Op::Lt, json!(1)), &input, &none).is_err());
+        assert!(inline(
+            &cond("{{ input.s }}", Op::Lt, json!(1)),
+            &input,
+            &none,
+            1 << 20
+        )
+        .is_err());
     }
 }

@@ -109,6 +109,9 @@ pub struct Scope<'a> {
     /// Step id → its output (`None`: the step was skipped or has not run).
     pub step: &'a (dyn Fn(&str) -> Option<Value> + Sync),
     pub item: Option<(&'a Value, usize)>,
+    /// Most bytes a rendering may produce (a string's text, or a value's JSON): each level
+    /// of templates could otherwise multiply its input by `MAX_REFS`.
+    pub limit: usize,
 }
 
 impl Scope<'_> {
@@ -157,37 +160,86 @@ fn text_of(v: &Value, json: bool) -> String {
     }
 }
 
-/// Renders a string: references become their values' text.
-pub fn render(s: &str, scope: &Scope) -> Result<String, String> {
-    let mut out = String::with_capacity(s.len());
+fn too_large(limit: usize) -> String {
+    format!("the rendered text is over the limit of {limit} bytes")
+}
+
+/// Bytes of a value's JSON text, counted without building it.
+fn json_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
+}
+
+/// Takes `n` bytes from what is left of the limit.
+fn spend(left: &mut usize, n: usize, limit: usize) -> Result<(), String> {
+    *left = left.checked_sub(n).ok_or_else(|| too_large(limit))?;
+    Ok(())
+}
+
+fn render_within(s: &str, scope: &Scope, left: &mut usize) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len().min(*left));
     for p in parse(s)? {
         match p {
-            Part::Text(t) => out.push_str(&t),
-            Part::Ref(r) => out.push_str(&text_of(&scope.lookup(&r)?, r.json)),
+            Part::Text(t) => {
+                spend(left, t.len(), scope.limit)?;
+                out.push_str(&t);
+            }
+            Part::Ref(r) => {
+                let t = text_of(&scope.lookup(&r)?, r.json);
+                spend(left, t.len(), scope.limit)?;
+                out.push_str(&t);
+            }
         }
     }
     Ok(out)
 }
 
+/// Renders a string: references become their values' text (at most `scope.limit` bytes).
+pub fn render(s: &str, scope: &Scope) -> Result<String, String> {
+    render_within(s, scope, &mut scope.limit.clone())
+}
+
 /// Renders every string in a value; a string that is exactly one reference becomes the
-/// referenced value.
+/// referenced value. The result's JSON is at most `scope.limit` bytes.
 pub fn render_value(v: &Value, scope: &Scope) -> Result<Value, String> {
+    render_value_within(v, scope, &mut scope.limit.clone())
+}
+
+fn render_value_within(v: &Value, scope: &Scope, left: &mut usize) -> Result<Value, String> {
     Ok(match v {
         Value::String(s) => {
             let parts = parse(s)?;
             match parts.as_slice() {
-                [Part::Ref(r)] if !r.json => scope.lookup(r)?,
-                _ => Value::String(render(s, scope)?),
+                [Part::Ref(r)] if !r.json => {
+                    let v = scope.lookup(r)?;
+                    spend(left, json_len(&v), scope.limit)?;
+                    v
+                }
+                _ => Value::String(render_within(s, scope, left)?),
             }
         }
         Value::Array(a) => Value::Array(
             a.iter()
-                .map(|x| render_value(x, scope))
+                .map(|x| render_value_within(x, scope, left))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(o) => Value::Object(
             o.iter()
-                .map(|(k, x)| Ok((k.clone(), render_value(x, scope)?)))
+                .map(|(k, x)| {
+                    spend(left, k.len(), scope.limit)?;
+                    Ok((k.clone(), render_value_within(x, scope, left)?))
+                })
                 .collect::<Result<_, String>>()?,
         ),
         other => other.clone(),
@@ -207,6 +259,7 @@ mod tests {
             input: &input,
             step: &step,
             item: Some((&json!("it"), 3)),
+            limit: 1 << 20,
         };
         assert_eq!(
             render(
@@ -231,6 +284,34 @@ mod tests {
         assert_eq!(
             refs("a {{ steps.x.output }} b {{ input.y }}").unwrap()[0].step(),
             Some("x")
+        );
+    }
+
+    #[test]
+    fn rendering_stops_at_the_limit_whatever_the_fan_out() {
+        let input = json!({"s": "x".repeat(2048)});
+        let step = |_: &str| None;
+        let scope = Scope {
+            input: &input,
+            step: &step,
+            item: None,
+            limit: 64 * 1024,
+        };
+        let fan = "{{ input.s }}".repeat(256);
+        let e = render(&fan, &scope).unwrap_err();
+        assert!(e.contains("over the limit of 65536 bytes"), "{e}");
+        // Within the limit it renders whole.
+        assert_eq!(
+            render(&"{{ input.s }}".repeat(31), &scope).unwrap().len(),
+            31 * 2048
+        );
+        // Whole values count by their JSON, in lists and objects too.
+        let many: Vec<Value> = (0..64).map(|_| json!("{{ input }}")).collect();
+        assert!(render_value(&Value::Array(many), &scope).is_err());
+        let few: Vec<Value> = (0..3).map(|_| json!("{{ input }}")).collect();
+        assert_eq!(
+            render_value(&Value::Array(few), &scope).unwrap()[2]["s"],
+            input["s"]
         );
     }
 }

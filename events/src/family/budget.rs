@@ -135,6 +135,10 @@ pub struct BudgetRow {
     pub settled: BTreeMap<String, Usd>,
     /// Leases not released (live, or expired with their edge gone).
     pub leases: BTreeMap<Uuid, LeaseRow>,
+    /// Deleted: limits nothing and is not shown, but keeps what was spent, so setting the
+    /// same budget again (the same derived id) does not forget the period's spend.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 /// How long after its expiry a lease still counts in full: the attempts its edge recorded
@@ -186,11 +190,11 @@ pub struct BudgetsProjection {
 
 impl BudgetsProjection {
     pub fn get(&self, id: &Uuid) -> Option<&BudgetRow> {
-        self.budgets.get(id)
+        self.budgets.get(id).filter(|b| !b.deleted)
     }
 
     pub fn all(&self) -> impl Iterator<Item = &BudgetRow> {
-        self.budgets.values()
+        self.budgets.values().filter(|b| !b.deleted)
     }
 
     /// The budgets of `subject` (a user's or a key's id) in `scope` (`user` or `key`).
@@ -203,11 +207,12 @@ impl BudgetsProjection {
             .filter(move |b| b.scope == scope)
     }
 
-    /// The budgets that apply to a request by `user` (through `key`, if any).
-    pub fn applying(&self, user: Uuid, key: Option<Uuid>) -> Vec<&BudgetRow> {
+    /// The budgets that apply to a request by `user` through `keys`: the request's key and
+    /// every key above it (`Directory::key_lineage`), none for a token.
+    pub fn applying(&self, user: Uuid, keys: &[Uuid]) -> Vec<&BudgetRow> {
         let mut out: Vec<&BudgetRow> = self.of("user", user).collect();
-        if let Some(k) = key {
-            out.extend(self.of("key", k));
+        for k in keys {
+            out.extend(self.of("key", *k));
         }
         out
     }
@@ -223,7 +228,7 @@ impl BudgetsProjection {
 
     fn index(&mut self) {
         self.by_subject.clear();
-        for b in self.budgets.values() {
+        for b in self.budgets.values().filter(|b| !b.deleted) {
             self.by_subject
                 .entry(b.subject_id)
                 .or_default()
@@ -281,7 +286,7 @@ impl Projection for BudgetsProjection {
                 limit_usd,
             } => {
                 dirty.insert(budget_id.to_string());
-                if !self.budgets.contains_key(&budget_id) {
+                if self.get(&budget_id).is_none() {
                     self.by_subject
                         .entry(subject_id)
                         .or_default()
@@ -297,13 +302,17 @@ impl Projection for BudgetsProjection {
                     version,
                     settled: BTreeMap::new(),
                     leases: BTreeMap::new(),
+                    deleted: false,
                 });
                 row.limit_usd = limit_usd;
                 row.version = version;
+                row.deleted = false;
             }
             BudgetEvent::Deleted { budget_id } => {
                 dirty.insert(budget_id.to_string());
-                if let Some(b) = self.budgets.remove(&budget_id) {
+                if let Some(b) = self.budgets.get_mut(&budget_id) {
+                    b.deleted = true;
+                    b.version = version;
                     if let Some(ids) = self.by_subject.get_mut(&b.subject_id) {
                         ids.retain(|id| *id != budget_id);
                         if ids.is_empty() {
@@ -419,6 +428,7 @@ mod tests {
             version: 1,
             settled: BTreeMap::from([("total".into(), Usd::parse("1").unwrap())]),
             leases: BTreeMap::new(),
+            deleted: false,
         };
         let live = lease("2", "0.5", now + chrono::Duration::seconds(30));
         let dead = lease("3", "0.25", now - chrono::Duration::seconds(60));
@@ -482,24 +492,40 @@ mod tests {
             ids.sort();
             ids
         };
-        assert_eq!(ids(p.applying(user, None)), [10, 11]);
-        assert_eq!(ids(p.applying(user, Some(key))), [10, 11, 13]);
-        assert_eq!(ids(p.applying(other, Some(key))), [12, 13]);
+        assert_eq!(ids(p.applying(user, &[])), [10, 11]);
+        assert_eq!(ids(p.applying(user, &[key])), [10, 11, 13]);
+        assert_eq!(ids(p.applying(other, &[key])), [12, 13]);
         // A key's id used as a user finds no user budget.
-        assert!(p.applying(key, None).is_empty());
+        assert!(p.applying(key, &[]).is_empty());
         assert_eq!(
             p.find("user", user, "month").map(|b| b.budget_id.as_u128()),
             Some(11)
         );
-        let gone = BudgetEvent::Deleted {
-            budget_id: Uuid::from_u128(11),
-        };
-        p.apply(&recorded(2, Uuid::from_u128(11), &gone), &mut dirty)
-            .unwrap();
-        assert_eq!(ids(p.applying(user, None)), [10]);
+        // A key minted by `key` is held to `key`'s budgets too (its lineage names both).
+        let child = Uuid::from_u128(4);
+        assert_eq!(ids(p.applying(user, &[child, key])), [10, 11, 13]);
+        let b11 = Uuid::from_u128(11);
+        p.budgets
+            .get_mut(&b11)
+            .unwrap()
+            .settled
+            .insert("2026-12".into(), Usd::parse("0.75").unwrap());
+        let gone = BudgetEvent::Deleted { budget_id: b11 };
+        p.apply(&recorded(2, b11, &gone), &mut dirty).unwrap();
+        assert_eq!(ids(p.applying(user, &[])), [10]);
+        assert!(p.get(&b11).is_none());
+        assert_eq!(p.all().count(), 3);
         // Rebuilt from saved rows, the index is the same.
         let mut q = BudgetsProjection::default();
         q.load(p.rows()).unwrap();
-        assert_eq!(ids(q.applying(user, Some(key))), [10, 13]);
+        assert_eq!(ids(q.applying(user, &[key])), [10, 13]);
+        // Set again after its deletion: the period's spend is still there.
+        q.apply(
+            &recorded(3, b11, &set(11, "user", user, "month")),
+            &mut dirty,
+        )
+        .unwrap();
+        assert_eq!(ids(q.applying(user, &[])), [10, 11]);
+        assert_eq!(q.get(&b11).unwrap().spent("2026-12").to_string(), "0.75");
     }
 }

@@ -106,6 +106,10 @@ pub enum GenerationEvent {
         usage: TokenUsage,
         /// Whether the provider reported the usage (a cut stream may not have).
         usage_reported: bool,
+        /// Output came back without its usage: `cost_usd` is the attempt's worst case (what
+        /// its budgets held), not a price times tokens.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        usage_estimated: bool,
         prices: PriceSheet,
         cost_usd: Usd,
         time_to_first_token_ms: Option<u64>,
@@ -168,6 +172,9 @@ pub struct LedgerRow {
     pub cost_usd: Usd,
     /// Whether some usage was not reported by the provider (a cut stream).
     pub unreported_usage: u64,
+    /// Attempts charged their worst case because output came back without usage.
+    #[serde(default)]
+    pub usage_estimated: u64,
 }
 
 /// The cost ledger: spend and tokens by day, user, key, model and provider, folded from
@@ -214,6 +221,9 @@ impl LedgerProjection {
         if !a.usage_reported {
             row.unreported_usage += 1;
         }
+        if a.usage_estimated {
+            row.usage_estimated += 1;
+        }
     }
 }
 
@@ -232,6 +242,7 @@ struct AttemptFold {
     outcome: Fold,
     usage: TokenUsage,
     usage_reported: bool,
+    usage_estimated: bool,
     cost: Usd,
 }
 
@@ -285,6 +296,7 @@ impl Projection for LedgerProjection {
                     ..TokenUsage::default()
                 },
                 usage_reported: true,
+                usage_estimated: false,
                 cost: Usd::ZERO,
             };
             self.fold(day, fold, dirty);
@@ -299,6 +311,7 @@ impl Projection for LedgerProjection {
             outcome,
             usage,
             usage_reported,
+            usage_estimated,
             cost_usd,
             ..
         } = GenerationEvent::decode(env).map_err(|e| ProjectionError::decode(event, e))?;
@@ -315,6 +328,7 @@ impl Projection for LedgerProjection {
             },
             usage,
             usage_reported,
+            usage_estimated,
             cost: cost_usd,
         };
         self.fold(day, fold, dirty);
@@ -376,6 +390,7 @@ mod tests {
             finish_reason: None,
             usage,
             usage_reported: true,
+            usage_estimated: false,
             prices,
             cost_usd: prices.cost(&usage),
             time_to_first_token_ms: None,

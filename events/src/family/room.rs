@@ -347,6 +347,18 @@ pub struct RoomState {
     pub client_ids: HashMap<(Uuid, String), (Uuid, i64)>,
     /// Document → (offset of its latest snapshot's `upto`, updates since).
     pub docs: HashMap<String, (i64, u64)>,
+    /// Users who were members and are not now: the role they had, and whether someone else
+    /// removed them. A public room lets them back in with that role (never as owner), or not
+    /// at all once removed, until an owner adds them again.
+    pub left: HashMap<Uuid, Left>,
+}
+
+/// A former member of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Left {
+    pub role: RoomRole,
+    /// Removed by someone else (an owner or an administrator), not by leaving.
+    pub removed: bool,
 }
 
 impl RoomState {
@@ -371,10 +383,19 @@ impl RoomState {
                 self.row = Some(RoomRow::new(*room_id, name, visibility, *owner, at));
             }
         }
+        if let RoomEvent::MemberRemoved { user_id, by } = ev {
+            if let Some(role) = self.role_of(user_id) {
+                let removed = by != user_id;
+                self.left.insert(*user_id, Left { role, removed });
+            }
+        }
         if let Some(row) = self.row.as_mut() {
             row.apply(ev, offset);
         }
         match ev {
+            RoomEvent::MemberAdded { user_id, .. } => {
+                self.left.remove(user_id);
+            }
             RoomEvent::MessagePosted {
                 message_id,
                 user_id,

@@ -451,7 +451,20 @@ impl Room {
         let role = match self.state.role_of(&sub.user) {
             Some(r) => r,
             None if public => {
-                // Joining a public room makes one a member.
+                // Joining a public room makes one a member, in the role one had before (a
+                // viewer who left comes back a viewer; an owner, a member); one whom an owner
+                // removed stays out until added again.
+                let back = match self.state.left.get(&sub.user) {
+                    Some(l) if l.removed => {
+                        return Err(RoomError::Forbidden(
+                            "removed",
+                            "you were removed from this room: ask its owner to add you again"
+                                .into(),
+                        ))
+                    }
+                    Some(l) if l.role == RoomRole::Viewer => RoomRole::Viewer,
+                    _ => RoomRole::Member,
+                };
                 let meta = EventMeta {
                     actor: Some(format!("user:{}", sub.user)),
                     ..Default::default()
@@ -462,12 +475,12 @@ impl Room {
                     }
                     Ok(Some(RoomEvent::MemberAdded {
                         user_id: sub.user,
-                        role: RoomRole::Member,
+                        role: back,
                         by: sub.user,
                     }))
                 })
                 .await?;
-                self.state.role_of(&sub.user).unwrap_or(RoomRole::Member)
+                self.state.role_of(&sub.user).unwrap_or(back)
             }
             None => {
                 return Err(RoomError::Forbidden(

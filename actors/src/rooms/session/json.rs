@@ -47,6 +47,7 @@ pub async fn run(
         SessionEntry {
             outbox: tx.clone(),
             topics: topics.clone(),
+            key: who.key,
         },
     );
     if let Err(e) = hub.session_opened(who.user, id).await {
@@ -391,6 +392,15 @@ impl Session {
                     id,
                     "invalid_frame",
                     "topics are `generation` and `workflow`",
+                )
+            }
+            ClientFrame::Subscribe { topics }
+                if !self.who.generate && topics.iter().any(|t| t == "generation") =>
+            {
+                self.refuse(
+                    id,
+                    "forbidden",
+                    "the `generation` topic carries generated text: it needs `generate`",
                 )
             }
             ClientFrame::Subscribe { topics } => {

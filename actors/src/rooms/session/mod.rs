@@ -87,6 +87,10 @@ pub struct Who {
     pub admin: bool,
     /// May decide on its own workflow runs (`workflows:write`).
     pub workflows: bool,
+    /// May follow generations (`generate`): the `generation` topic carries their text.
+    pub generate: bool,
+    /// The API key the session authenticated with, if it did with one.
+    pub key: Option<Uuid>,
     /// Whether the credential still admits the user.
     pub still_valid: Box<dyn Fn() -> bool>,
 }

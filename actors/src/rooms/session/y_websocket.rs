@@ -36,6 +36,7 @@ pub async fn run_yjs(
         SessionEntry {
             outbox: tx.clone(),
             topics: Arc::new(Mutex::new(HashSet::new())),
+            key: who.key,
         },
     );
     if let Err(e) = hub.session_opened(who.user, id).await {

@@ -26,6 +26,9 @@ mod plan;
 
 /// How often an idle actor reads its stream anyway (a lost wake-up costs at most this).
 const POLL: Duration = Duration::from_secs(3);
+/// How long the actor waits before it tries a failed append again (it reads its stream first,
+/// so a cancel stops it within this).
+const RETRY: Duration = Duration::from_millis(500);
 
 struct Outcome {
     step: String,
@@ -135,12 +138,31 @@ impl RunActor {
                     tracing::info!(run = %self.state.run_id, "workflow run claimed by another node; stopping here");
                     break;
                 }
+                Err(Stop::Store(StoreError::PayloadTooLarge { size, limit, .. })) => {
+                    // Terminal: the same events would be refused again at every retry.
+                    let fail = RunEvent::Failed {
+                        code: "output_too_large".into(),
+                        message: format!(
+                            "an event of the run is {size} bytes, over the limit of {limit}"
+                        ),
+                        step: None,
+                    };
+                    if let Err(Stop::Fenced) = self.append(vec![fail]).await {
+                        break;
+                    }
+                    continue;
+                }
                 Err(Stop::Store(e)) => {
                     tracing::warn!(run = %self.state.run_id, error = %e, "workflow run: store unavailable; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = tokio::time::sleep(RETRY) => {}
                         _ = cancel.cancelled() => break,
                     }
+                    // A cancel (or another node's claim) appended meanwhile ends the retries.
+                    if let Err(Stop::Fenced) = self.refresh().await {
+                        break;
+                    }
+                    continue;
                 }
             }
             if self.state.status.is_terminal() {
@@ -423,32 +445,25 @@ impl RunActor {
             .step(&o.step)
             .map_or(Duration::from_millis(500), |s| s.retry.backoff);
         let event = match o.result {
-            Ok(d) => {
-                let output = d.output.to_string();
-                if output.len() + 1024 > self.engine.inner.settings.max_payload {
-                    RunEvent::StepFailed {
-                        step: o.step.clone(),
-                        item: o.item,
-                        attempt: o.attempt,
-                        code: "output_too_large".into(),
-                        message: format!(
-                            "the step's output is {} bytes, over the event limit",
-                            output.len()
-                        ),
-                        cost_usd: d.cost,
-                        retry_at: None,
-                    }
-                } else {
-                    RunEvent::StepCompleted {
-                        step: o.step.clone(),
-                        item: o.item,
-                        output,
-                        cost_usd: d.cost,
-                        generation: d.generation,
-                        duration_ms: o.elapsed.as_millis() as u64,
-                    }
-                }
-            }
+            Ok(d) => match self.fitting(d.output.to_string(), "the step's output") {
+                Ok(output) => RunEvent::StepCompleted {
+                    step: o.step.clone(),
+                    item: o.item,
+                    output,
+                    cost_usd: d.cost,
+                    generation: d.generation,
+                    duration_ms: o.elapsed.as_millis() as u64,
+                },
+                Err(f) => RunEvent::StepFailed {
+                    step: o.step.clone(),
+                    item: o.item,
+                    attempt: o.attempt,
+                    code: f.code,
+                    message: f.message,
+                    cost_usd: d.cost,
+                    retry_at: None,
+                },
+            },
             Err(f) => {
                 let retry = f.retryable && o.attempt < max_attempts;
                 if retry {
@@ -469,6 +484,7 @@ impl RunActor {
                 }
             }
         };
+        let mut event = event;
         loop {
             if self.state.status.is_terminal() {
                 return Ok(());
@@ -487,6 +503,41 @@ impl RunActor {
             match self.forward(vec![event.clone()]).await {
                 Ok(true) => return Ok(()),
                 Ok(false) => continue,
+                Err(Stop::Store(StoreError::PayloadTooLarge { size, limit, .. }))
+                    if is_too_large(&event) =>
+                {
+                    // Even the failure is refused (with what it made due): the run ends here.
+                    let fail = RunEvent::Failed {
+                        code: "output_too_large".into(),
+                        message: format!(
+                            "an event of the run is {size} bytes, over the limit of {limit}"
+                        ),
+                        step: Some(o.step.clone()),
+                    };
+                    return self
+                        .append(vec![fail])
+                        .await
+                        .map(|_| ())
+                        .or_else(|s| match s {
+                            Stop::Fenced => Err(Stop::Fenced),
+                            Stop::Store(_) => Ok(()),
+                        });
+                }
+                Err(Stop::Store(StoreError::PayloadTooLarge { size, limit, .. })) => {
+                    // Never retried: the outcome (or what it made due) would be refused again.
+                    // Recorded as the attempt's terminal failure instead.
+                    event = RunEvent::StepFailed {
+                        step: o.step.clone(),
+                        item: o.item,
+                        attempt: o.attempt,
+                        code: "output_too_large".into(),
+                        message: format!(
+                            "recording the step's outcome takes an event of {size} bytes, over the limit of {limit}"
+                        ),
+                        cost_usd: event_cost(&event),
+                        retry_at: None,
+                    };
+                }
                 Err(Stop::Store(e)) => {
                     // Shutting down: the outcome is lost with the attempt, which the next
                     // owner runs again.
@@ -494,11 +545,30 @@ impl RunActor {
                         return Ok(());
                     }
                     tracing::warn!(run = %self.state.run_id, error = %e, "recording a step outcome; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(RETRY).await;
+                    // A cancel appended meanwhile ends the retries.
+                    self.refresh().await.or_else(|s| match s {
+                        Stop::Fenced => Err(Stop::Fenced),
+                        Stop::Store(_) => Ok(()),
+                    })?;
                 }
                 Err(fenced) => return Err(fenced),
             }
         }
+    }
+}
+
+fn is_too_large(e: &RunEvent) -> bool {
+    matches!(e, RunEvent::StepFailed { code, .. } if code == "output_too_large")
+}
+
+/// What an attempt's outcome event charges the run.
+fn event_cost(e: &RunEvent) -> Usd {
+    match e {
+        RunEvent::StepCompleted { cost_usd, .. } | RunEvent::StepFailed { cost_usd, .. } => {
+            *cost_usd
+        }
+        _ => Usd::ZERO,
     }
 }
 

@@ -20,6 +20,19 @@ impl RunActor {
     pub(super) async fn plan(&mut self) -> Result<(Vec<RunEvent>, Vec<Start>), Stop> {
         let now = Utc::now();
         let s = &self.state;
+        // Every round, before any attempt: a run whose owner was disabled, or whose key was
+        // revoked or expired, ends here with the reason.
+        if let Some(why) = self.engine.standing(s.user_id, s.key_id) {
+            self.tasks.abort_all();
+            self.inflight.clear();
+            return Ok((
+                vec![RunEvent::Cancelled {
+                    by: None,
+                    reason: why.into(),
+                }],
+                Vec::new(),
+            ));
+        }
         if let Some(t) = self.def.timeout {
             if now >= s.created_at + chrono::Duration::from_std(t).unwrap_or_default() {
                 self.tasks.abort_all();
@@ -60,13 +73,15 @@ impl RunActor {
             ));
         }
         if self.def.steps.iter().all(|st| settled(&self.state, &st.id)) {
-            let output = self.run_output();
-            return Ok((
-                vec![RunEvent::Completed {
-                    output: output.to_string(),
-                }],
-                Vec::new(),
-            ));
+            let end = match self.run_output() {
+                Ok(output) => RunEvent::Completed { output },
+                Err(f) => RunEvent::Failed {
+                    code: f.code,
+                    message: f.message,
+                    step: None,
+                },
+            };
+            return Ok((vec![end], Vec::new()));
         }
         let mut events = Vec::new();
         let mut starts = Vec::new();
@@ -141,12 +156,18 @@ impl RunActor {
             match &step.kind {
                 Kind::Template { .. } | Kind::Condition { .. } => {
                     let scope_steps = |id: &str| self.output_of(id);
-                    let r = steps::inline(&step.kind, &self.input, &scope_steps);
+                    let r = steps::inline(
+                        &step.kind,
+                        &self.input,
+                        &scope_steps,
+                        self.engine.render_limit(),
+                    )
+                    .and_then(|v| self.fitting(v.to_string(), "the step's output"));
                     events.push(match r {
-                        Ok(v) => RunEvent::StepCompleted {
+                        Ok(output) => RunEvent::StepCompleted {
                             step: step.id.clone(),
                             item: None,
-                            output: v.to_string(),
+                            output,
                             cost_usd: Usd::ZERO,
                             generation: None,
                             duration_ms: 0,
@@ -365,7 +386,7 @@ impl RunActor {
 
     fn map_items(&self, items: &str) -> Result<Vec<Value>, Fail> {
         let scope_steps = |id: &str| self.output_of(id);
-        steps::map_items(items, &self.input, &scope_steps)
+        steps::map_items(items, &self.input, &scope_steps, self.engine.render_limit())
     }
 
     fn plan_map(
@@ -419,13 +440,26 @@ impl RunActor {
                         .unwrap_or(Value::Null)
                 })
                 .collect();
-            events.push(RunEvent::StepCompleted {
-                step: step.id.clone(),
-                item: None,
-                output: Value::Array(outputs).to_string(),
-                cost_usd: Usd::ZERO,
-                generation: None,
-                duration_ms: 0,
+            let output = Value::Array(outputs).to_string();
+            events.push(match self.fitting(output, "the map's outputs together") {
+                Ok(output) => RunEvent::StepCompleted {
+                    step: step.id.clone(),
+                    item: None,
+                    output,
+                    cost_usd: Usd::ZERO,
+                    generation: None,
+                    duration_ms: 0,
+                },
+                // Terminal: retrying the same items gives the same outputs.
+                Err(f) => RunEvent::StepFailed {
+                    step: step.id.clone(),
+                    item: None,
+                    attempt: attempts,
+                    code: f.code,
+                    message: f.message,
+                    cost_usd: Usd::ZERO,
+                    retry_at: None,
+                },
             });
             return;
         }
@@ -515,7 +549,8 @@ impl RunActor {
             return Ok(());
         }
         let scope_steps = |id: &str| self.output_of(id);
-        let child_input = match steps::render_input(input, &self.input, &scope_steps) {
+        let limit = self.engine.render_limit();
+        let child_input = match steps::render_input(input, &self.input, &scope_steps, limit) {
             Ok(v) => v,
             Err(f) => {
                 events.push(fail(&f.code, f.message));
@@ -600,16 +635,37 @@ impl RunActor {
         Ok(())
     }
 
-    /// The definition's `output`, or every leaf step's output by id.
-    fn run_output(&self) -> Value {
+    /// The definition's `output`, or every leaf step's output by id, as JSON text that fits
+    /// in `run.completed`.
+    fn run_output(&self) -> Result<String, Fail> {
         let scope_steps = |id: &str| self.output_of(id);
-        if let Some(o) = &self.def.output {
-            return steps::render_input(o, &self.input, &scope_steps).unwrap_or(Value::Null);
+        let v = match &self.def.output {
+            Some(o) => {
+                steps::render_input(o, &self.input, &scope_steps, self.engine.render_limit())?
+            }
+            None => {
+                let mut m = serde_json::Map::new();
+                for id in self.def.leaves() {
+                    m.insert(id.to_owned(), self.output_of(id).unwrap_or(Value::Null));
+                }
+                Value::Object(m)
+            }
+        };
+        self.fitting(v.to_string(), "the run's output")
+    }
+
+    /// `json` if it fits in the event that records it; `output_too_large` if not.
+    pub(super) fn fitting(&self, json: String, what: &str) -> Result<String, Fail> {
+        if self.engine.output_fits(&json) {
+            return Ok(json);
         }
-        let mut m = serde_json::Map::new();
-        for id in self.def.leaves() {
-            m.insert(id.to_owned(), self.output_of(id).unwrap_or(Value::Null));
-        }
-        Value::Object(m)
+        Err(Fail::new(
+            "output_too_large",
+            format!(
+                "{what} is {} bytes, over the limit of {} bytes",
+                json.len(),
+                self.engine.render_limit()
+            ),
+        ))
     }
 }

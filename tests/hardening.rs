@@ -1,0 +1,698 @@
+//! The findings of the 2026-12-08 security review (issue #25), each as the review's exploit
+//! against a running cluster edge (real Postgres and NATS, a stub provider that records what
+//! it receives). The finding's number is in each test's comment; each failed before its fix.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::disallowed_methods
+)] // test code: failing loudly is the point
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::stub::{Script, Stub, Wire};
+use common::*;
+use serde_json::{json, Value};
+
+/// One cluster edge with its own database, subjects and revo.toml, and an OpenAI-wire stub
+/// priced as the review priced it ($1000 per million tokens in and out).
+struct Edge {
+    _dir: TempDir,
+    _db: TestDb,
+    _nats: TestNats,
+    served: Served,
+    api: Api,
+    stub: Stub,
+    admin: String,
+}
+
+impl Edge {
+    async fn start(extra_toml: &str, wire: Wire) -> Edge {
+        let stub = Stub::start(wire, vec![Script::Answer]).await;
+        let toml = format!(
+            r#"
+{extra_toml}
+
+[[models.catalog]]
+name = "paid"
+provider = "openai-compatible"
+model = "paid"
+base_url = "{}"
+priority = 1
+input_usd_per_mtok = "1000"
+output_usd_per_mtok = "1000"
+"#,
+            stub.base_url()
+        );
+        let dir = TempDir::new();
+        let config = dir.path().join("revo.toml");
+        std::fs::write(&config, toml).unwrap();
+        let config = config.to_str().unwrap().to_owned();
+        let db = TestDb::migrated().await;
+        let nats = TestNats::new();
+        let url = nats_url();
+        let mut env = cluster_env(&db, &nats, &url);
+        env.push(("REVO_CONFIG", config.as_str()));
+        env.push(("REVO_ADMIN_PASSWORD", ADMIN_PW));
+        let served = Served::start(&env).await;
+        let api = Api::new(&served);
+        let admin = api.login("admin", ADMIN_PW).await;
+        Edge {
+            _dir: dir,
+            _db: db,
+            _nats: nats,
+            served,
+            api,
+            stub,
+            admin,
+        }
+    }
+
+    async fn workflow(&self, token: &str, def: Value) -> String {
+        let r = self
+            .api
+            .call("POST", "/workflows", Some(token), Some(def))
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn execute(&self, token: &str, wf: &str, input: Value) -> String {
+        let r = self
+            .api
+            .call(
+                "POST",
+                &format!("/workflows/{wf}/execute"),
+                Some(token),
+                Some(json!({ "input": input })),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Polls the run until it has ended (30 s at most).
+    async fn ended(&self, token: &str, run: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self
+                .api
+                .call("GET", &format!("/runs/{run}"), Some(token), None)
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            if ["completed", "failed", "cancelled"].contains(&r.body["status"].as_str().unwrap()) {
+                return r.body;
+            }
+            assert!(Instant::now() < deadline, "run never ended: {}", r.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn alive(&mut self) {
+        assert!(
+            self.served.child.try_wait().unwrap().is_none(),
+            "the edge died"
+        );
+        let r = self.api.call("GET", "/health/live", None, None).await;
+        assert_eq!(r.status, 200);
+    }
+}
+
+fn fan(reference: &str, n: usize) -> String {
+    format!("{{{{ {reference} }}}}").repeat(n)
+}
+
+/// Finding 1: templates that multiply their input by 256 at each level fail their step with
+/// `template_error` instead of exhausting memory; outputs too large for an event fail their
+/// step or run with `output_too_large` instead of wedging it in a retry loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_that_multiply_or_outgrow_an_event_fail_instead_of_crashing_or_wedging() {
+    let mut e = Edge::start("", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+
+    // The crash: t1 is 512 KiB, t2 would be 128 MiB and t3 32 GiB.
+    let bomb = e
+        .workflow(
+            &admin,
+            json!({"name": "bomb", "steps": [
+                {"id": "t1", "type": "template", "template": fan("input.s", 256)},
+                {"id": "t2", "type": "template", "template": fan("steps.t1.output", 256)},
+                {"id": "t3", "type": "template", "template": fan("steps.t2.output", 256)},
+            ]}),
+        )
+        .await;
+    let run = e
+        .execute(&admin, &bomb, json!({"s": "x".repeat(2048)}))
+        .await;
+    let r = e.ended(&admin, &run).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "template_error", "{r}");
+    assert_eq!(r["steps"]["t1"]["status"], "completed");
+    assert_eq!(r["steps"]["t2"]["status"], "failed");
+    e.alive().await;
+
+    // One step of 256 × 8 KiB (2 MiB) was retried forever; now it fails at once.
+    let one = e
+        .workflow(
+            &admin,
+            json!({"name": "one", "steps": [
+                {"id": "big", "type": "template", "template": fan("input.s", 256)},
+            ]}),
+        )
+        .await;
+    let run = e
+        .execute(&admin, &one, json!({"s": "y".repeat(8192)}))
+        .await;
+    let r = e.ended(&admin, &run).await;
+    assert_eq!(
+        (r["status"].as_str(), r["error"]["code"].as_str()),
+        (Some("failed"), Some("template_error")),
+        "{r}"
+    );
+
+    // Two leaf steps of 640 KiB each fit alone; the run's output (both) does not.
+    let leaves = e
+        .workflow(
+            &admin,
+            json!({"name": "leaves", "steps": [
+                {"id": "a", "type": "template", "template": fan("input.s", 80)},
+                {"id": "b", "type": "template", "template": fan("input.s", 80)},
+            ]}),
+        )
+        .await;
+    let run = e
+        .execute(&admin, &leaves, json!({"s": "z".repeat(8192)}))
+        .await;
+    let r = e.ended(&admin, &run).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "output_too_large", "{r}");
+    assert_eq!(r["steps"]["a"]["status"], "completed");
+
+    // A map of 3 items × 640 KiB: each item fits, the aggregate does not.
+    let map = e
+        .workflow(
+            &admin,
+            json!({"name": "map", "steps": [
+                {"id": "m", "type": "map", "items": "{{ input.list }}", "steps": [
+                    {"id": "t", "type": "template", "template": fan("input.s", 80)},
+                ]},
+            ]}),
+        )
+        .await;
+    let run = e
+        .execute(
+            &admin,
+            &map,
+            json!({"s": "w".repeat(8192), "list": [1, 2, 3]}),
+        )
+        .await;
+    let r = e.ended(&admin, &run).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "output_too_large", "{r}");
+    e.alive().await;
+
+    // Nothing keeps retrying after the runs ended: every run above is terminal in the list.
+    let r = e.api.call("GET", "/runs", Some(&admin), None).await;
+    let runs = r.body["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4, "{}", r.body);
+    assert!(runs.iter().all(|x| x["status"] == "failed"), "{}", r.body);
+}
+
+fn paid_request() -> Value {
+    json!({"prompt": "hi", "max_tokens": 10, "model_preference": "paid", "fallback_allowed": false})
+}
+
+impl Edge {
+    async fn generate(&self, cred: &str) -> (u16, Value) {
+        let r = self
+            .api
+            .call("POST", "/ai/generate", Some(cred), Some(paid_request()))
+            .await;
+        (r.status, r.body)
+    }
+
+    async fn budget(&self, scope: &str, id: &str, period: &str, limit: &str) -> Value {
+        let r = self
+            .api
+            .call(
+                "POST",
+                "/budgets",
+                Some(&self.admin),
+                Some(json!({"scope": scope, "id": id, "period": period, "limit_usd": limit})),
+            )
+            .await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.body);
+        r.body
+    }
+
+    async fn user_id(&self, cred: &str) -> String {
+        self.api.me(cred).await.body["user"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+}
+
+/// Finding 2: a key minted by a key is held to its parent's budget (and sees it listed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_minted_by_a_key_spends_within_every_ancestors_budget() {
+    let e = Edge::start("", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+    let (parent_id, parent) = e
+        .api
+        .create_key(&admin, json!({"name": "ci", "roles": ["developer"]}))
+        .await;
+    e.budget("key", &parent_id, "day", "0.01").await;
+    let (status, body) = e.generate(&parent).await;
+    assert_eq!(status, 402, "{body}");
+
+    let (_, child) = e
+        .api
+        .create_key(&parent, json!({"name": "child", "roles": ["developer"]}))
+        .await;
+    let (_, grandchild) = e
+        .api
+        .create_key(&child, json!({"name": "grandchild"}))
+        .await;
+    for cred in [&child, &grandchild] {
+        let (status, body) = e.generate(cred).await;
+        assert_eq!(status, 402, "{body}");
+        assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    }
+    assert_eq!(e.stub.hits(), 0, "nothing reached the paid upstream");
+    let mine = e
+        .api
+        .call("GET", "/users/me/budgets", Some(&grandchild), None)
+        .await;
+    let subjects: Vec<&str> = mine.body["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["subject_id"].as_str())
+        .collect();
+    assert!(
+        subjects.contains(&parent_id.as_str()),
+        "the parent's budget is listed for the grandchild: {}",
+        mine.body
+    );
+    // The owner's token is not held to the keys' budgets.
+    let (status, body) = e.generate(&admin).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Finding 4: a priced answer that reports no usage is charged its worst case, marked
+/// `usage_estimated`, and budgets hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_without_usage_are_charged_their_worst_case() {
+    let e = Edge::start("", Wire::NoUsage).await;
+    let admin = e.admin.clone();
+    let me = e.user_id(&admin).await;
+    e.budget("user", &me, "day", "0.05").await;
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let (status, body) = e.generate(&admin).await;
+        match status {
+            200 => {
+                served.push(revo_events::Usd::parse(body["cost_usd"].as_str().unwrap()).unwrap())
+            }
+            402 => refused += 1,
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(refused > 0, "the budget never held: {served:?}");
+    assert!(!served.is_empty());
+    assert!(
+        served.iter().all(|c| *c > revo_events::Usd::ZERO),
+        "{served:?}"
+    );
+    let total = served
+        .iter()
+        .fold(revo_events::Usd::ZERO, |a, b| a.checked_add(*b).unwrap());
+    assert!(total <= revo_events::Usd::parse("0.05").unwrap(), "{total}");
+    // The ledger says which costs are estimates.
+    let n = served.len() as u64;
+    let m = eventually(10, || async {
+        let m = e
+            .api
+            .call("GET", "/ai/metrics", Some(&admin), None)
+            .await
+            .body;
+        (m["total"]["usage_estimated"].as_u64() == Some(n)).then_some(m)
+    })
+    .await;
+    assert_eq!(m["total"]["cost_usd"], total.to_string(), "{m}");
+}
+
+/// Finding 3: revoking a run's key or disabling its owner cancels the run, with the reason,
+/// before its next paid call or HTTP request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_stop_when_their_key_is_revoked_or_their_owner_disabled() {
+    let e = Edge::start("", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+    e.api
+        .create_user(&admin, "dana", "dana-password-123", &["developer"])
+        .await;
+    let dana = e.api.login("dana", "dana-password-123").await;
+    let dana_id = e.user_id(&dana).await;
+    let (key_id, key) = e.api.create_key(&dana, json!({"name": "runner"})).await;
+    let wf = e
+        .workflow(
+            &dana,
+            json!({"name": "later", "steps": [
+                {"id": "wait", "type": "sleep", "seconds": 2},
+                {"id": "ask", "type": "generate", "prompt": "hi", "model": "paid",
+                 "max_tokens": 10, "after": ["wait"]},
+            ]}),
+        )
+        .await;
+    let by_key = e.execute(&key, &wf, json!({})).await;
+    let by_token = e
+        .workflow(
+            &dana,
+            json!({"name": "held", "steps": [{"id": "ok", "type": "approval"}]}),
+        )
+        .await;
+    let held = e.execute(&dana, &by_token, json!({})).await;
+
+    let r = e
+        .api
+        .call("DELETE", &format!("/keys/{key_id}"), Some(&dana), None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = e.ended(&dana, &by_key).await;
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(r["error"]["message"], "key_revoked", "{r}");
+
+    let r = e
+        .api
+        .call(
+            "PATCH",
+            &format!("/users/{dana_id}"),
+            Some(&admin),
+            Some(json!({"disabled": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = e.ended(&admin, &held).await;
+    assert_eq!(r["status"], "cancelled", "{r}");
+    assert_eq!(r["error"]["message"], "owner_disabled", "{r}");
+
+    // Past the sleep: the paid call never went out.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(e.stub.hits(), 0);
+}
+
+/// Finding 10: a step `x_i0` and item 0 of a map `x` are two generations, both in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_ids_of_a_run_never_collide() {
+    let e = Edge::start("", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+    let wf = e
+        .workflow(
+            &admin,
+            json!({"name": "ids", "steps": [
+                {"id": "x_i0", "type": "generate", "prompt": "a", "model": "paid", "max_tokens": 10},
+                {"id": "x", "type": "map", "items": "{{ input.list }}", "steps": [
+                    {"id": "g", "type": "generate", "prompt": "b", "model": "paid", "max_tokens": 10},
+                ]},
+            ]}),
+        )
+        .await;
+    let run = e.execute(&admin, &wf, json!({"list": [1]})).await;
+    let r = e.ended(&admin, &run).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let cost = r["cost_usd"].as_str().unwrap().to_owned();
+    let m = eventually(10, || async {
+        let m = e
+            .api
+            .call("GET", "/ai/metrics", Some(&admin), None)
+            .await
+            .body;
+        (m["total"]["requests"].as_u64() == Some(2)).then_some(m)
+    })
+    .await;
+    assert_eq!(m["total"]["cost_usd"], cost.as_str(), "{m}");
+}
+
+/// Finding 15: an administrator reads another user's workflow but cannot change or archive
+/// it; a budget deleted and set again keeps the period's spend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_do_not_rewrite_others_workflows_and_budgets_remember_their_spend() {
+    let e = Edge::start("", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+    e.api
+        .create_user(&admin, "dana", "dana-password-123", &["developer"])
+        .await;
+    let dana = e.api.login("dana", "dana-password-123").await;
+    let def = json!({"name": "mine", "steps": [{"id": "t", "type": "template", "template": "hi"}]});
+    let wf = e.workflow(&dana, def.clone()).await;
+    let r = e
+        .api
+        .call("GET", &format!("/workflows/{wf}"), Some(&admin), None)
+        .await;
+    assert_eq!(r.status, 200);
+    let r = e
+        .api
+        .call("PUT", &format!("/workflows/{wf}"), Some(&admin), Some(def))
+        .await;
+    assert_eq!((r.status, r.code()), (403, "not_owner"), "{}", r.body);
+    let r = e
+        .api
+        .call("DELETE", &format!("/workflows/{wf}"), Some(&admin), None)
+        .await;
+    assert_eq!((r.status, r.code()), (403, "not_owner"), "{}", r.body);
+    let r = e
+        .api
+        .call("GET", &format!("/workflows/{wf}"), Some(&dana), None)
+        .await;
+    assert_eq!(r.body["version"], 1, "{}", r.body);
+
+    // Spend, delete the budget, set it again: what was spent today still counts.
+    let dana_id = e.user_id(&dana).await;
+    let b = e.budget("user", &dana_id, "day", "1").await;
+    let (status, body) = e.generate(&dana).await;
+    assert_eq!(status, 200, "{body}");
+    let spent = body["cost_usd"].as_str().unwrap().to_owned();
+    let budget_id = b["id"].as_str().unwrap().to_owned();
+    let r = e
+        .api
+        .call(
+            "DELETE",
+            &format!("/budgets/{budget_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let again = e.budget("user", &dana_id, "day", "1").await;
+    assert_eq!(again["id"], budget_id.as_str());
+    let shown = eventually(10, || async {
+        let r = e
+            .api
+            .call("GET", "/users/me/budgets", Some(&dana), None)
+            .await;
+        let b = r.body["budgets"][0].clone();
+        (b["spent_usd"].as_str() == Some(spent.as_str())).then_some(b)
+    })
+    .await;
+    assert_eq!(shown["limit_usd"], "1");
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket session of `user` authenticated with `cred` (in the header).
+async fn socket(e: &Edge, user: &str, cred: &str) -> Socket {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{}/ws/{user}", e.served.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {cred}").parse().unwrap());
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+async fn send(s: &mut Socket, v: Value) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    s.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The next frame of type `kind` (or `error`, which is returned as well) within `secs`.
+async fn frame(s: &mut Socket, kinds: &[&str], secs: u64) -> Option<Value> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let m = tokio::time::timeout_at(deadline, s.next())
+            .await
+            .ok()??
+            .ok()?;
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if kinds.contains(&v["type"].as_str().unwrap_or("")) {
+                return Some(v);
+            }
+        }
+    }
+}
+
+/// Finding 8: the `generation` topic needs `generate`, and a key's session hears only that
+/// key's generations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_progress_goes_only_to_who_may_read_it() {
+    let e = Edge::start("", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+    let me = e.user_id(&admin).await;
+    let (_, viewer) = e
+        .api
+        .create_key(&admin, json!({"name": "ro", "roles": ["viewer"]}))
+        .await;
+    let (_, dev) = e
+        .api
+        .create_key(&admin, json!({"name": "dev", "roles": ["developer"]}))
+        .await;
+
+    let mut v = socket(&e, &me, &viewer).await;
+    send(
+        &mut v,
+        json!({"type": "subscribe", "topics": ["generation"]}),
+    )
+    .await;
+    let f = frame(&mut v, &["subscribed", "error"], 10).await.unwrap();
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{f}"
+    );
+
+    let mut k = socket(&e, &me, &dev).await;
+    let mut t = socket(&e, &me, &admin).await;
+    for s in [&mut k, &mut t] {
+        send(s, json!({"type": "subscribe", "topics": ["generation"]})).await;
+        assert_eq!(
+            frame(s, &["subscribed"], 10).await.unwrap()["type"],
+            "subscribed"
+        );
+    }
+    // The token's generation: its sessions hear it, the key's do not.
+    let (status, body) = e.generate(&admin).await;
+    assert_eq!(status, 200, "{body}");
+    let f = frame(&mut t, &["generation.completed"], 10).await.unwrap();
+    assert_eq!(f["id"], body["id"]);
+    // The key's own: its session hears it (and nothing of the token's came before it).
+    let (status, mine) = e.generate(&dev).await;
+    assert_eq!(status, 200, "{mine}");
+    let f = frame(&mut k, &["generation.started", "generation.completed"], 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        f["id"], mine["id"],
+        "the key's session got another's generation: {f}"
+    );
+}
+
+async fn join(s: &mut Socket, room: &str) -> Value {
+    send(s, json!({"type": "room.join", "room": room})).await;
+    frame(s, &["room.joined", "error"], 10).await.unwrap()
+}
+
+/// Finding 9: in a public room a demoted user who leaves comes back with the same role, and a
+/// removed user stays out until an owner adds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_in_public_rooms_stick_across_leaving_and_rejoining() {
+    let e = Edge::start("", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+    let vid = e
+        .api
+        .create_user(&admin, "vic", "vic-password-123", &["developer"])
+        .await;
+    let rid = e
+        .api
+        .create_user(&admin, "rex", "rex-password-123", &["developer"])
+        .await;
+    let vic = e.api.login("vic", "vic-password-123").await;
+    let rex = e.api.login("rex", "rex-password-123").await;
+    let r = e
+        .api
+        .call(
+            "POST",
+            "/rooms",
+            Some(&admin),
+            Some(json!({"name": "lobby", "visibility": "public"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let room = r.body["id"].as_str().unwrap().to_owned();
+    let mut v = socket(&e, &vid, &vic).await;
+    assert_eq!(join(&mut v, &room).await["role"], "member");
+    let mut x = socket(&e, &rid, &rex).await;
+    assert_eq!(join(&mut x, &room).await["role"], "member");
+
+    // Vic is made a viewer, leaves, and joins again: still a viewer, still cannot post.
+    let r = e
+        .api
+        .call(
+            "PATCH",
+            &format!("/rooms/{room}/members/{vid}"),
+            Some(&admin),
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = e
+        .api
+        .call(
+            "DELETE",
+            &format!("/rooms/{room}/members/{vid}"),
+            Some(&vic),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let mut v = socket(&e, &vid, &vic).await;
+    let f = join(&mut v, &room).await;
+    assert_eq!(f["role"], "viewer", "{f}");
+    send(
+        &mut v,
+        json!({"type": "message.send", "room": room, "client_id": "c1", "text": "hi"}),
+    )
+    .await;
+    let f = frame(&mut v, &["message.ack", "error"], 10).await.unwrap();
+    assert_eq!(f["code"], "forbidden", "{f}");
+
+    // Rex is removed by the owner: he cannot simply join again.
+    let r = e
+        .api
+        .call(
+            "DELETE",
+            &format!("/rooms/{room}/members/{rid}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let mut x = socket(&e, &rid, &rex).await;
+    let f = join(&mut x, &room).await;
+    assert_eq!(
+        (f["type"].as_str(), f["code"].as_str()),
+        (Some("error"), Some("removed")),
+        "{f}"
+    );
+    // Until the owner adds him back.
+    let r = e
+        .api
+        .call(
+            "POST",
+            &format!("/rooms/{room}/members"),
+            Some(&admin),
+            Some(json!({"user_id": rid, "role": "member"})),
+        )
+        .await;
+    assert!(r.status == 201 || r.status == 200, "{}", r.body);
+    assert_eq!(join(&mut x, &room).await["role"], "member");
+}
