@@ -263,7 +263,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ledger,
         realtime: realtime.clone(),
         realtime_session: revo_actors::rooms::SessionSettings::default(),
+        followers: http::quota::PerUser::new(config.workflows.max_followers_per_user),
         workflows,
+        rooms_config: config.rooms.clone(),
+        connections: http::quota::PerUser::new(config.rooms.max_connections_per_user),
+        pending_upgrades: Arc::new(tokio::sync::Semaphore::new(
+            config.rooms.max_pending_upgrades,
+        )),
+        allowed_origins: config.allowed_origins.clone(),
     });
     let limits = config.http;
     let server = HttpServer::new(move || http::app(state.clone(), limits))
@@ -349,6 +356,8 @@ async fn start_realtime(
         view::<revo_events::PresenceProjection>(&store, 200, sup, "loading presence").await?;
     let mut settings = revo_actors::rooms::HubSettings::default();
     settings.room.max_payload = config.max_payload_bytes;
+    settings.room.max_doc_bytes = config.rooms.max_doc_bytes;
+    settings.room.max_docs = config.rooms.max_docs_per_room;
     let hub = revo_actors::rooms::Hub::new(
         store,
         bus,

@@ -696,3 +696,222 @@ async fn roles_in_public_rooms_stick_across_leaving_and_rejoining() {
     assert!(r.status == 201 || r.status == 200, "{}", r.body);
     assert_eq!(join(&mut x, &room).await["role"], "member");
 }
+
+/// A Yjs update inserting `n` bytes of text (from a fresh client each time).
+fn yjs_insert(n: usize) -> String {
+    use base64::Engine;
+    use yrs::{GetString, Text, Transact};
+    let doc = yrs::Doc::new();
+    let text = doc.get_or_insert_text("t");
+    let mut txn = doc.transact_mut();
+    text.insert(&mut txn, 0, &"a".repeat(n));
+    let _ = text.get_string(&txn);
+    base64::engine::general_purpose::STANDARD.encode(txn.encode_update_v1())
+}
+
+async fn doc_update(s: &mut Socket, room: &str, doc: &str, n: usize) -> Value {
+    let f = json!({"type": "doc.update", "room": room, "doc": doc, "update": yjs_insert(n)});
+    send(s, f).await;
+    frame(s, &["doc.ack", "error"], 10).await.unwrap()
+}
+
+/// Findings 5 and 7: a document stops at its size cap (`too_large`, nothing stored), a room
+/// at its number of documents, and a viewer's write is refused before any document loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_are_capped_in_size_and_number() {
+    let e = Edge::start(
+        "[rooms]\nmax_doc_bytes = 20000\nmax_docs_per_room = 2",
+        Wire::OpenAi,
+    )
+    .await;
+    let admin = e.admin.clone();
+    let me = e.user_id(&admin).await;
+    let r = e
+        .api
+        .call(
+            "POST",
+            "/rooms",
+            Some(&admin),
+            Some(json!({"name": "docs"})),
+        )
+        .await;
+    let room = r.body["id"].as_str().unwrap().to_owned();
+    let mut s = socket(&e, &me, &admin).await;
+    join(&mut s, &room).await;
+    assert_eq!(
+        doc_update(&mut s, &room, "a", 8000).await["type"],
+        "doc.ack"
+    );
+    assert_eq!(
+        doc_update(&mut s, &room, "a", 8000).await["type"],
+        "doc.ack"
+    );
+    let f = doc_update(&mut s, &room, "a", 8000).await;
+    assert_eq!(f["code"], "too_large", "{f}");
+    let state = e
+        .api
+        .call("GET", &format!("/rooms/{room}/docs/a"), Some(&admin), None)
+        .await;
+    assert_eq!(state.status, 200, "{}", state.body);
+    let offset = state.body["offset"].as_i64().unwrap();
+    // The refusal stored nothing: the room is where the second update left it.
+    let r = e
+        .api
+        .call("GET", &format!("/rooms/{room}"), Some(&admin), None)
+        .await;
+    assert_eq!(r.body["offset"].as_i64(), Some(offset), "{}", r.body);
+    // A second document fits; a third name does not.
+    assert_eq!(doc_update(&mut s, &room, "b", 10).await["type"], "doc.ack");
+    let f = doc_update(&mut s, &room, "c", 10).await;
+    assert_eq!(f["code"], "too_many_docs", "{f}");
+}
+
+/// A y-websocket awareness message carrying `state` (one client, clock 1).
+fn awareness(client: u64, state: &str) -> Vec<u8> {
+    fn varuint(out: &mut Vec<u8>, mut n: u64) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    let mut update = Vec::new();
+    varuint(&mut update, 1);
+    varuint(&mut update, client);
+    varuint(&mut update, 1);
+    varuint(&mut update, state.len() as u64);
+    update.extend_from_slice(state.as_bytes());
+    let mut msg = vec![1u8];
+    varuint(&mut msg, update.len() as u64);
+    msg.extend_from_slice(&update);
+    msg
+}
+
+/// Finding 6: y-websocket awareness obeys the 4 KiB and 30/s signal limits of JSON signals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn y_websocket_awareness_obeys_the_signal_limits() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let e = Edge::start("", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+    let me = e.user_id(&admin).await;
+    let r = e
+        .api
+        .call("POST", "/rooms", Some(&admin), Some(json!({"name": "aw"})))
+        .await;
+    let room = r.body["id"].as_str().unwrap().to_owned();
+    let mut reader = socket(&e, &me, &admin).await;
+    join(&mut reader, &room).await;
+    let url = format!(
+        "ws://127.0.0.1:{}/ws/{me}/yjs/{room}/doc?access_token={admin}",
+        e.served.port
+    );
+    let (mut y, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // Over 4 KiB: dropped.
+    let big = format!("{{\"user\":\"{}\"}}", "x".repeat(5000));
+    y.send(Message::Binary(awareness(7, &big).into()))
+        .await
+        .unwrap();
+    assert!(
+        frame(&mut reader, &["doc.awareness"], 1).await.is_none(),
+        "a 5 KB awareness state was relayed"
+    );
+    // A burst of 150 small ones: at most the burst and the rate's worth go through.
+    let t0 = Instant::now();
+    for i in 0..150u64 {
+        let state = format!("{{\"cursor\":{i}}}");
+        y.send(Message::Binary(awareness(7, &state).into()))
+            .await
+            .unwrap();
+    }
+    let sent_in = t0.elapsed().as_secs_f64();
+    let mut relayed = 0;
+    while frame(&mut reader, &["doc.awareness"], 1).await.is_some() {
+        relayed += 1;
+    }
+    assert!(relayed > 0);
+    let allowed = 60.0 + 30.0 * (sent_in + 0.5);
+    assert!(
+        (relayed as f64) <= allowed,
+        "{relayed} awareness frames relayed in {sent_in:.2}s (at most {allowed})"
+    );
+}
+
+/// Finding 11: workflows, rooms, connections and run followers per user are bounded, each
+/// with its error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_user_quotas_hold() {
+    let e = Edge::start(
+        "[workflows]\nmax_workflows_per_user = 2\nmax_followers_per_user = 1\n\n[rooms]\nmax_rooms_per_user = 1\nmax_connections_per_user = 2",
+        Wire::OpenAi,
+    )
+    .await;
+    let admin = e.admin.clone();
+    let me = e.user_id(&admin).await;
+    let def = json!({"name": "w", "steps": [{"id": "ok", "type": "approval"}]});
+    let wf = e.workflow(&admin, def.clone()).await;
+    e.workflow(&admin, def.clone()).await;
+    let r = e
+        .api
+        .call("POST", "/workflows", Some(&admin), Some(def.clone()))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (429, "too_many_workflows"),
+        "{}",
+        r.body
+    );
+
+    let r = e
+        .api
+        .call("POST", "/rooms", Some(&admin), Some(json!({"name": "one"})))
+        .await;
+    assert_eq!(r.status, 201);
+    let r = e
+        .api
+        .call("POST", "/rooms", Some(&admin), Some(json!({"name": "two"})))
+        .await;
+    assert_eq!((r.status, r.code()), (429, "too_many_rooms"), "{}", r.body);
+
+    let _a = socket(&e, &me, &admin).await;
+    let _b = socket(&e, &me, &admin).await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{}/ws/{me}", e.served.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 429),
+        other => panic!(
+            "a third connection was not refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
+    drop(_a);
+
+    let run = e.execute(&admin, &wf, json!({})).await;
+    let follow = || {
+        e.api
+            .http
+            .get(format!("{}/runs/{run}/events", e.api.base))
+            .bearer_auth(&admin)
+            .send()
+    };
+    let first = follow().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = follow().await.unwrap();
+    assert_eq!(second.status(), 429);
+    drop(first);
+    // The slot comes back once the first follower is gone.
+    let again = eventually(10, || async {
+        let r = follow().await.unwrap();
+        (r.status() == 200).then_some(r)
+    })
+    .await;
+    drop(again);
+}

@@ -14,6 +14,7 @@ pub mod health;
 pub mod json;
 pub mod keys;
 pub mod openapi;
+pub mod quota;
 pub mod rooms;
 pub mod routed;
 pub mod runs;
@@ -74,6 +75,16 @@ pub struct AppState {
     pub realtime_session: revo_actors::rooms::SessionSettings,
     /// Durable workflows: definitions, runs and their executors on this node.
     pub workflows: revo_actors::workflows::Engine,
+    /// `[rooms]`: documents, rooms and connections per user.
+    pub rooms_config: crate::config::rooms::RoomsConfig,
+    /// Run followers (`GET /runs/{id}/events`) each user holds on this edge.
+    pub followers: quota::PerUser,
+    /// WebSocket connections each user holds on this edge.
+    pub connections: quota::PerUser,
+    /// WebSocket upgrades still waiting for their `auth` frame on this edge.
+    pub pending_upgrades: Arc<tokio::sync::Semaphore>,
+    /// `[http] allowed_origins` (`None`: any).
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl AppState {

@@ -212,6 +212,7 @@ async fn shown(state: &AppState, room: Uuid, offset: i64, caller: &Uuid) -> Opti
     responses(
         (status = 201, description = "Created", body = RoomView),
         (status = 404, description = "An invited user does not exist", body = ErrorBody),
+        (status = 429, description = "The caller owns too many rooms (`too_many_rooms`)", body = ErrorBody),
         BodyErrors,
         CallerErrors,
     )
@@ -236,6 +237,23 @@ pub async fn create(
         return Err(invalid("at most 100 members at creation"));
     }
     let me = caller.0.user_id;
+    let max = state.rooms_config.max_rooms_per_user;
+    let owned = state
+        .realtime
+        .rooms_view()
+        .read()
+        .of_member(&me)
+        .filter(|r| r.owner == me && !r.archived)
+        .count();
+    if owned >= max {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_rooms",
+            format!(
+                "at most {max} rooms per owner; archive some first ([rooms] max_rooms_per_user)"
+            ),
+        ));
+    }
     let id = Uuid::now_v7();
     let meta = caller.meta(&req);
     let mut events = vec![RoomEvent::Created {

@@ -412,6 +412,7 @@ fn sse(frame: &Value) -> Bytes {
         (status = 200, description = "text/event-stream of workflow.* frames"),
         (status = 404, description = "No such run, or not the caller's", body = ErrorBody),
         (status = 422, description = "A query parameter that does not parse or is out of range", body = ErrorBody),
+        (status = 429, description = "The user follows too many runs on this server (`too_many_followers`)", body = ErrorBody),
         CallerErrors,
     )
 )]
@@ -424,6 +425,16 @@ pub async fn run_events(
     q: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let run = visible_run(&state, &caller, *id).await?;
+    let slot = state.followers.take(caller.0.user_id).ok_or_else(|| {
+        ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_followers",
+            format!(
+                "at most {} run followers per user on this server at once ([workflows] max_followers_per_user)",
+                state.followers.max()
+            ),
+        )
+    })?;
     let last_id = req
         .headers()
         .get("last-event-id")
@@ -441,16 +452,17 @@ pub async fn run_events(
         after: i64,
         buf: std::collections::VecDeque<Bytes>,
         ended: bool,
-        idle: u32,
+        /// The user's follower slot, given back when the client goes.
+        _slot: crate::http::quota::Slot,
     }
     let st = S {
+        _slot: slot,
         signal: state.workflows.watch(run_id),
         store,
         progress,
         after,
         buf: Default::default(),
         ended: false,
-        idle: 0,
     };
     let stream = futures::stream::unfold(st, move |mut s| async move {
         loop {
@@ -510,10 +522,9 @@ pub async fn run_events(
                     }
                 }
                 _ = wait => {
-                    s.idle += 1;
-                    if s.idle % 5 == 0 {
-                        s.buf.push_back(Bytes::from_static(b": keep-alive\n\n"));
-                    }
+                    // Also how a gone client is noticed (a write fails), so its follower slot
+                    // comes back within one wait.
+                    s.buf.push_back(Bytes::from_static(b": keep-alive\n\n"));
                 }
             }
         }

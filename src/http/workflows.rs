@@ -216,6 +216,7 @@ async fn shown(state: &AppState, id: Uuid, stream_version: i64) -> Option<Workfl
     request_body = WorkflowDefinition,
     responses(
         (status = 201, description = "Created", body = WorkflowView),
+        (status = 429, description = "The user has too many workflows (`too_many_workflows`)", body = ErrorBody),
         BodyErrors,
         CallerErrors,
     )
@@ -228,6 +229,21 @@ pub async fn create(
     body: Json<WorkflowDefinition>,
 ) -> Result<HttpResponse, ApiError> {
     let (name, text) = checked(&state, &body.0)?;
+    let max = state.workflows.settings().max_workflows_per_user;
+    let mine = state
+        .workflows
+        .workflows_view()
+        .read()
+        .all()
+        .filter(|w| w.owner == caller.0.user_id && !w.archived)
+        .count();
+    if mine >= max {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_workflows",
+            format!("at most {max} workflows per user; archive some first ([workflows] max_workflows_per_user)"),
+        ));
+    }
     let id = Uuid::now_v7();
     let e = WorkflowEvent::Created {
         workflow_id: id,

@@ -151,6 +151,7 @@ pub async fn connect(
 ) -> Result<HttpResponse, ApiError> {
     let path_user = path.into_inner();
     require_upgrade(&req)?;
+    origin_allowed(&state, &req)?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -162,9 +163,28 @@ pub async fn connect(
         Some(h) => Some(admit(&identity, h, path_user).map_err(http_refusal)?),
         None => None,
     };
+    let mut slot = None;
     if let Some(p) = &early {
         rate_limited(&identity, p)?;
+        slot = Some(connection_slot(&state, p.user_id)?);
     }
+    // Without a header the socket waits for its `auth` frame: only so many at once.
+    let pending = match early {
+        Some(_) => None,
+        None => Some(
+            state
+                .pending_upgrades
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| {
+                    ApiError::unavailable(
+                        "too many connections are waiting to authenticate; try again",
+                    )
+                    .with_retry_after(1)
+                })?,
+        ),
+    };
+    let connections = state.connections.clone();
     let settings = state.realtime_session.clone();
     let (response, session, mut stream) = upgrade(&req, body, &settings)?;
     let hub = state.realtime.clone();
@@ -176,6 +196,26 @@ pub async fn connect(
             _ => match first_frame_auth(&identity, path_user, &mut stream, &mut socket).await {
                 Some(ok) => ok,
                 None => return,
+            },
+        };
+        drop(pending);
+        let _slot = match slot {
+            Some(s) => s,
+            None => match connections.take(principal.user_id) {
+                Some(s) => s,
+                None => {
+                    let f = frames::error(
+                        "too_many_connections",
+                        &format!(
+                            "at most {} connections per user on this server",
+                            connections.max()
+                        ),
+                        None,
+                    );
+                    let _ = socket.text(&f).await;
+                    socket.close(close::FLOOD, "too many connections").await;
+                    return;
+                }
             },
         };
         let who = who(identity, &principal, header);
@@ -223,6 +263,7 @@ pub async fn connect_yjs(
 ) -> Result<HttpResponse, ApiError> {
     let (path_user, room, doc) = path.into_inner();
     require_upgrade(&req)?;
+    origin_allowed(&state, &req)?;
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -233,6 +274,7 @@ pub async fn connect_yjs(
     let identity = state.identity.clone();
     let principal = admit(&identity, &header, path_user).map_err(http_refusal)?;
     rate_limited(&identity, &principal)?;
+    let slot = connection_slot(&state, principal.user_id)?;
     let settings = state.realtime_session.clone();
     let (response, session, stream) = upgrade(&req, body, &settings)?;
     let hub = state.realtime.clone();
@@ -247,7 +289,10 @@ pub async fn connect_yjs(
         stream,
         ActixSocket(Some(session)),
     );
-    actix_web::rt::spawn(tracker.track_future(run));
+    actix_web::rt::spawn(tracker.track_future(async move {
+        let _slot = slot;
+        run.await
+    }));
     Ok(response)
 }
 
@@ -275,6 +320,39 @@ fn upgrade(
         .max_continuation_size(transport_max)
         .map(inbound);
     Ok((response, session, stream))
+}
+
+/// A browser's page from an origin `[http] allowed_origins` does not list may not open a
+/// socket (its `Origin` is set by the browser; programs send none).
+fn origin_allowed(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
+    let (Some(allowed), Some(origin)) = (
+        state.allowed_origins.as_ref(),
+        req.headers().get(actix_web::http::header::ORIGIN),
+    ) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("").to_ascii_lowercase();
+    if allowed.contains(&origin) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "origin_not_allowed",
+        "this page's origin may not open a connection here ([http] allowed_origins)",
+    ))
+}
+
+/// One of the user's connections on this edge, or `429 too_many_connections`.
+fn connection_slot(state: &AppState, user: Uuid) -> Result<super::quota::Slot, ApiError> {
+    state.connections.take(user).ok_or_else(|| {
+        ApiError::new(
+            actix_web::http::StatusCode::TOO_MANY_REQUESTS,
+            "too_many_connections",
+            format!(
+                "at most {} WebSocket connections per user on this server ([rooms] max_connections_per_user)",
+                state.connections.max()
+            ),
+        )
+    })
 }
 
 fn require_upgrade(req: &HttpRequest) -> Result<(), ApiError> {

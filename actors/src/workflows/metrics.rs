@@ -1,7 +1,7 @@
 //! The workflow engine's metrics.
 
 use prometheus::{
-    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 
 #[derive(Clone)]
@@ -18,8 +18,9 @@ pub struct WorkflowMetrics {
     pub takeovers: IntCounter,
     /// `sleep` timers waiting to fire.
     pub timers_pending: IntGauge,
-    /// Dollars spent by runs, per workflow.
-    pub cost: GaugeVec,
+    /// Dollars spent by the runs in this node's view (no label per workflow: their number
+    /// is the users' to choose; `GET /runs` has each run's cost exactly).
+    pub cost: Gauge,
 }
 
 impl WorkflowMetrics {
@@ -59,12 +60,9 @@ impl WorkflowMetrics {
                 "revo_workflow_timers_pending",
                 "Workflow sleep timers waiting to fire",
             )?,
-            cost: GaugeVec::new(
-                Opts::new(
-                    "revo_workflow_cost_usd",
-                    "Dollars spent by workflow runs, per workflow",
-                ),
-                &["workflow_id"],
+            cost: Gauge::new(
+                "revo_workflow_cost_usd",
+                "Dollars spent by the workflow runs this node's view holds",
             )?,
         })
     }

@@ -69,6 +69,10 @@ pub struct EngineSettings {
     pub max_payload: usize,
     /// Most unfinished runs one user may have (children not counted).
     pub max_active_runs_per_user: usize,
+    /// Most workflows (not archived) one user may have.
+    pub max_workflows_per_user: usize,
+    /// Most run followers (`GET /runs/{id}/events`) one user holds on one edge.
+    pub max_followers_per_user: usize,
 }
 
 impl Default for EngineSettings {
@@ -80,6 +84,8 @@ impl Default for EngineSettings {
             http_timeout: Duration::from_secs(30),
             max_payload: 1024 * 1024,
             max_active_runs_per_user: 1000,
+            max_workflows_per_user: 1000,
+            max_followers_per_user: 16,
         }
     }
 }
@@ -272,6 +278,10 @@ impl Engine {
                 cancel: sup.cancel_token().clone(),
             }),
         }
+    }
+
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
     }
 
     pub fn runs_view(&self) -> &LiveView<RunsProjection> {
@@ -685,11 +695,11 @@ impl Engine {
         let m = &self.inner.metrics;
         let view = self.inner.runs.read();
         let mut by_state: HashMap<&'static str, i64> = HashMap::new();
-        let mut cost: HashMap<Uuid, u128> = HashMap::new();
+        let mut cost: u128 = 0;
         let mut timers = 0;
         for r in view.all() {
             *by_state.entry(r.status.as_str()).or_default() += 1;
-            *cost.entry(r.workflow_id).or_default() += r.cost_usd.picos();
+            cost = cost.saturating_add(r.cost_usd.picos());
             timers += r
                 .steps
                 .values()
@@ -708,11 +718,7 @@ impl Engine {
                 .with_label_values(&[s.as_str()])
                 .set(by_state.get(s.as_str()).copied().unwrap_or(0));
         }
-        for (w, picos) in cost {
-            m.cost
-                .with_label_values(&[&w.to_string()])
-                .set(picos as f64 / 1e12);
-        }
+        m.cost.set(cost as f64 / 1e12);
         m.timers_pending.set(timers);
     }
 

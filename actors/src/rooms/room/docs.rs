@@ -32,7 +32,10 @@ impl Room {
         let state = d
             .transact()
             .encode_state_as_update_v1(&StateVector::default());
+        // Exact again (updates only ever added to the estimate).
+        self.doc_bytes.insert(doc.to_owned(), state.len());
         if state.len() + 1024 > self.settings.max_payload {
+            // Cannot happen under the document cap; a document stored before the cap existed.
             tracing::warn!(room = %self.id, doc, bytes = state.len(), "room: document too large to snapshot");
             return;
         }
@@ -59,12 +62,13 @@ impl Room {
         }
         let d = new_doc();
         let head = self.state.offset();
-        let mut from = self
-            .state
-            .docs
-            .get(doc)
-            .map_or(1, |(upto, _)| upto + 1)
-            .max(1);
+        let Some((upto, _)) = self.state.docs.get(doc).copied() else {
+            // Never written: nothing to read.
+            self.docs.insert(doc.to_owned(), d);
+            self.doc_bytes.insert(doc.to_owned(), 0);
+            return Ok(());
+        };
+        let mut from = (upto + 1).max(1);
         while from <= head {
             let page = self
                 .log
@@ -92,7 +96,12 @@ impl Room {
                 }
             }
         }
+        let size = d
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default())
+            .len();
         self.docs.insert(doc.to_owned(), d);
+        self.doc_bytes.insert(doc.to_owned(), size);
         Ok(())
     }
 
@@ -117,6 +126,16 @@ impl Room {
             })?,
             None => StateVector::default(),
         };
+        if !self.state.docs.contains_key(doc) && !self.docs.contains_key(doc) {
+            // A name never written: empty, without reading the room's stream or keeping it.
+            let d = new_doc();
+            let txn = d.transact();
+            return Ok(DocSync {
+                update: txn.encode_state_as_update_v1(&sv),
+                state_vector: txn.state_vector().encode_v1(),
+                offset: self.state.offset(),
+            });
+        }
         self.load_doc(doc).await?;
         let d = self
             .docs

@@ -42,8 +42,13 @@ pub struct RoomSettings {
     pub idle: Duration,
     /// A document gets a snapshot event after this many updates.
     pub snapshot_every: u64,
-    /// Largest event payload the store takes (a bigger snapshot is skipped).
+    /// Largest event payload the store takes.
     pub max_payload: usize,
+    /// Largest a document may grow (its whole state, encoded): an update past it is refused
+    /// (`too_large`). Kept under `max_payload`, so every document can be snapshotted.
+    pub max_doc_bytes: usize,
+    /// Most documents one room holds; a new name past it is refused (`too_many_docs`).
+    pub max_docs: usize,
 }
 
 impl Default for RoomSettings {
@@ -53,7 +58,17 @@ impl Default for RoomSettings {
             idle: Duration::from_secs(60),
             snapshot_every: 100,
             max_payload: 1024 * 1024,
+            max_doc_bytes: 1024 * 1024 - 16 * 1024,
+            max_docs: 100,
         }
+    }
+}
+
+impl RoomSettings {
+    /// The document cap in force: never more than a snapshot event can hold.
+    pub fn doc_cap(&self) -> usize {
+        self.max_doc_bytes
+            .min(self.max_payload.saturating_sub(16 * 1024))
     }
 }
 
@@ -185,6 +200,9 @@ pub struct Room {
     subs: HashMap<Uuid, (Subscriber, i64)>,
     ring: VecDeque<(i64, Option<Arc<str>>)>,
     docs: HashMap<String, Doc>,
+    /// Each loaded document's size: exact when loaded or snapshotted, plus the updates since
+    /// (an upper bound: deletions are not subtracted).
+    doc_bytes: HashMap<String, usize>,
 }
 
 const PAGE: usize = 1000;
@@ -208,6 +226,7 @@ impl Room {
             subs: HashMap::new(),
             ring: VecDeque::new(),
             docs: HashMap::new(),
+            doc_bytes: HashMap::new(),
         };
         room.catch_up().await?;
         Ok(room)
@@ -370,6 +389,12 @@ impl Room {
         {
             if let Some(d) = self.docs.get(doc) {
                 docs::apply_update(d, update);
+                if let Some(n) = self.doc_bytes.get_mut(doc) {
+                    *n = match decoded {
+                        RoomEvent::DocSnapshot { .. } => (*n).max(update.len()),
+                        _ => n.saturating_add(update.len()),
+                    };
+                }
             }
         }
         let frame: Option<Arc<str>> = frames::render(self.id, ev).map(Into::into);

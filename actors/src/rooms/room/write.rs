@@ -20,6 +20,18 @@ impl Room {
             return Err(RoomError::NotFound);
         }
         if let Write::DocUpdate { doc, update } = &op {
+            // The role first: a viewer or a stranger never makes the room load a document.
+            let role = if as_owner {
+                Some(RoomRole::Owner)
+            } else {
+                self.state.role_of(&user)
+            };
+            if !role.is_some_and(RoomRole::can_write) {
+                return Err(RoomError::Forbidden(
+                    "forbidden",
+                    "viewers cannot edit documents".into(),
+                ));
+            }
             // Checked before anything is stored: it must be a Yjs update.
             if Update::decode_v1(update).is_err() {
                 return Err(RoomError::Invalid(
@@ -27,7 +39,24 @@ impl Room {
                     "not a Yjs update (v1 encoding)".into(),
                 ));
             }
+            let known = self.state.docs.contains_key(doc) || self.docs.contains_key(doc);
+            if !known && self.state.docs.len() >= self.settings.max_docs {
+                return Err(RoomError::Invalid(
+                    "too_many_docs",
+                    format!("a room holds at most {} documents", self.settings.max_docs),
+                ));
+            }
             self.load_doc(doc).await?;
+            let cap = self.settings.doc_cap();
+            let size = self.doc_bytes.get(doc).copied().unwrap_or(0);
+            if size.saturating_add(update.len()) > cap {
+                return Err(RoomError::Invalid(
+                    "too_large",
+                    format!(
+                        "the document would pass its limit of {cap} bytes ({size} now); nothing was stored"
+                    ),
+                ));
+            }
         }
         let mut message_id = None;
         let mut duplicate = None;

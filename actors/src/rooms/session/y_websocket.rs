@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::super::frames::{self, MAX_NAME};
+use super::super::frames::{self, MAX_NAME, MAX_SIGNAL};
 use super::super::hub::{Hub, SessionEntry};
 use super::super::outbox::{outbox, Out, Outbox, OutboxRx};
 use super::super::room::{Command, Joined, Subscriber, Write};
@@ -139,6 +139,8 @@ async fn yjs_serve(
         Err(e) => return Close(close::FORBIDDEN, e.code()),
     }
     let mut frames = Bucket::new(settings.rate, settings.burst);
+    // Awareness is a signal, as `doc.awareness` is over JSON: the same size and rate limits.
+    let mut signals = Bucket::new(settings.signal_rate, settings.signal_burst);
     let mut strikes = 0u32;
     let mut heartbeat = tokio::time::interval(settings.heartbeat);
     heartbeat.tick().await;
@@ -195,9 +197,11 @@ async fn yjs_serve(
                 match msg {
                     Message::Sync(SyncMessage::SyncStep1(sv)) => {
                         use yrs::updates::encoder::Encode;
+                        // Through the bounded outbox like every other frame: a client that
+                        // asks for the document faster than it reads it is cut off.
                         if let Ok(sync) = open(Some(sv.encode_v1())).await {
-                            if !socket.binary(yjs::step2(sync.update)).await {
-                                return Close(close::NORMAL, "");
+                            if !tx.push(Out::Binary(yjs::step2(sync.update))) {
+                                continue;
                             }
                         }
                     }
@@ -225,6 +229,14 @@ async fn yjs_serve(
                     }
                     ref m @ Message::Awareness(_) => {
                         if let Some(update) = yjs::awareness_bytes(m) {
+                            if update.len() > MAX_SIGNAL || !signals.take() {
+                                hub.metrics().signals_dropped.inc();
+                                strikes += 1;
+                                if strikes > settings.strikes {
+                                    return Close(close::FLOOD, "too many signals refused; slow down");
+                                }
+                                continue;
+                            }
                             let frame = json!({"type": "doc.awareness", "room": room, "doc": doc,
                                 "update": frames::b64(&update), "user_id": who.user, "session_id": id});
                             hub.room_signal(room, id, frame.to_string()).await;

@@ -2,6 +2,8 @@
 //! Unknown keys in the file and unknown `REVO_*` variables are errors, so a typo never silently
 //! falls back to a default (e.g. embedded mode instead of the intended cluster).
 
+pub mod rooms;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,6 +73,8 @@ pub struct FileConfig {
     pub router: RouterFile,
     #[serde(default)]
     pub workflows: WorkflowsFile,
+    #[serde(default)]
+    pub rooms: rooms::RoomsFile,
 }
 
 /// `[workflows]` (docs/workflows.md).
@@ -89,6 +93,10 @@ pub struct WorkflowsFile {
     pub max_runs_per_node: Option<usize>,
     /// Most unfinished runs one user may have (1000).
     pub max_active_runs_per_user: Option<usize>,
+    /// Most workflows (not archived) one user may have (1000).
+    pub max_workflows_per_user: Option<usize>,
+    /// Most `GET /runs/{id}/events` followers one user holds on one edge (16).
+    pub max_followers_per_user: Option<usize>,
 }
 
 /// `[router]`: how the router talks to providers (docs/api.md, "Routing").
@@ -195,6 +203,11 @@ pub struct HttpFile {
     /// Addresses or CIDR ranges of the proxies in front of Revo: the client is the rightmost
     /// forwarded address that is not one of them.
     pub trusted_proxies: Option<Vec<String>>,
+    /// Origins whose pages may open WebSockets (`https://app.example.com`; `*` any). A
+    /// browser always sends `Origin`; an upgrade whose `Origin` is not listed is refused
+    /// (`403 origin_not_allowed`). Clients that send no `Origin` (programs) are not affected.
+    /// Default: any.
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Identity and limits of the edge, resolved.
@@ -263,6 +276,8 @@ pub struct Config {
     pub http: HttpLimits,
     /// Proxies whose forwarded addresses are believed (with `trust_forwarded`).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// `[http] allowed_origins`, lowercased; `None`: any origin.
+    pub allowed_origins: Option<Vec<String>>,
     /// Where imported models live: `<data_dir>/models`.
     pub data_dir: PathBuf,
     pub ort_dylib: Option<PathBuf>,
@@ -274,6 +289,7 @@ pub struct Config {
     /// The catalogue entry savings are priced against, if any.
     pub reference_model: Option<String>,
     pub workflows: revo_actors::workflows::EngineSettings,
+    pub rooms: rooms::RoomsConfig,
 }
 
 impl Config {
@@ -291,7 +307,6 @@ pub const DEFAULT_LIMITS: RoleLimits = RoleLimits {
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_JSON_DEPTH: usize = 32;
 
-/// `kid:secret,kid2:secret2` (REVO_JWT_KEYS).
 /// A URL as it may be printed: without a password or token in it (`nats://u:p@h` →
 /// `nats://u:***@h`; `nats://token@h` → `nats://***@h`).
 pub fn redacted_url(url: &str) -> String {
@@ -309,6 +324,7 @@ pub fn redacted_url(url: &str) -> String {
     format!("{scheme}://{shown}@{host}{path}")
 }
 
+/// `kid:secret,kid2:secret2` (REVO_JWT_KEYS).
 pub fn parse_jwt_keys(s: &str) -> anyhow::Result<Vec<JwtKey>> {
     s.split(',')
         .filter(|p| !p.trim().is_empty())
@@ -440,6 +456,16 @@ impl Config {
             .iter()
             .map(|p| parse_net(p))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let allowed_origins = file
+            .http
+            .allowed_origins
+            .take()
+            .filter(|o| !o.iter().any(|x| x == "*"))
+            .map(|o| {
+                o.into_iter()
+                    .map(|x| x.trim_end_matches('/').to_ascii_lowercase())
+                    .collect()
+            });
         let http = HttpLimits {
             max_body_bytes: file.http.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             max_json_depth: file.http.max_json_depth.unwrap_or(DEFAULT_MAX_JSON_DEPTH),
@@ -465,6 +491,7 @@ impl Config {
             auth,
             http,
             trusted_proxies,
+            allowed_origins,
             data_dir,
             ort_dylib: args.ort_dylib.clone(),
             router: router_config(&file.router)?,
@@ -478,6 +505,7 @@ impl Config {
             },
             reference_model: reference_model(&catalog, file.router.reference_model.take())?,
             workflows: workflows_config(&file.workflows, max_payload_bytes)?,
+            rooms: rooms::RoomsConfig::new(&file.rooms, max_payload_bytes)?,
             catalog,
             models: models_config(file.models)?,
         })
@@ -522,6 +550,14 @@ fn workflows_config(
         max_active_runs_per_user: f
             .max_active_runs_per_user
             .unwrap_or(d.max_active_runs_per_user)
+            .max(1),
+        max_workflows_per_user: f
+            .max_workflows_per_user
+            .unwrap_or(d.max_workflows_per_user)
+            .max(1),
+        max_followers_per_user: f
+            .max_followers_per_user
+            .unwrap_or(d.max_followers_per_user)
             .max(1),
         ..d
     })
@@ -850,13 +886,13 @@ mod tests {
 
     #[test]
     fn the_production_settings_in_deploy_are_valid() {
-        let text = include_str!("../deploy/k8s/base/revo.toml");
+        let text = include_str!("../../deploy/k8s/base/revo.toml");
         let file: FileConfig = toml::from_str(text).unwrap();
         let c = Config::merge(&args(&[]), None, file).unwrap();
         assert_eq!(c.stream_limits.replicas, 3);
         assert_eq!(c.auth.password_hash_concurrency, 2);
         // The compose stack's settings (one NATS server: one replica).
-        let text = include_str!("../deploy/compose/revo.toml");
+        let text = include_str!("../../deploy/compose/revo.toml");
         let file: FileConfig = toml::from_str(text).unwrap();
         let c = Config::merge(&args(&[]), None, file).unwrap();
         assert_eq!(c.stream_limits.replicas, 1);
