@@ -73,6 +73,11 @@ pub enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
+    /// The audit log (for the API, see docs/api.md, "Audit log").
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Spending limits per user or API key (for the API, see docs/api.md, "Budgets").
     Budgets {
         #[command(subcommand)]
@@ -154,6 +159,22 @@ pub enum UsersCommand {
         /// Read the password from standard input instead of generating one.
         #[arg(long)]
         password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Recompute the hash chain from the first record; exit 1 naming the first record that
+    /// does not fit.
+    Verify,
+    /// Write records as JSON lines with their hashes (for an outside archive).
+    Export {
+        /// First time included (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// First time excluded (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
     },
 }
 

@@ -8,7 +8,8 @@ use anyhow::bail;
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{
-    BudgetsCommand, Cli, Command, EventsCommand, ModelsCommand, ReplayCommand, UsersCommand,
+    AuditCommand, BudgetsCommand, Cli, Command, EventsCommand, ModelsCommand, ReplayCommand,
+    UsersCommand,
 };
 use crate::config::{Config, LogFormat, Mode};
 use crate::metrics::Metrics;
@@ -102,6 +103,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let r = replay::tail(Arc::clone(&s), &args, &mut out).await;
             s.close().await;
             r.map(|()| 0)
+        }
+        Command::Audit { command } => {
+            let s = node::open_store(&config, store_metrics, false).await?;
+            let mut out = std::io::stdout().lock();
+            let r = match command {
+                AuditCommand::Verify => crate::audit::verify(s.as_ref(), &mut out)
+                    .await
+                    .map(|ok| if ok { 0 } else { 1 }),
+                AuditCommand::Export { from, to } => {
+                    crate::audit::export(s.as_ref(), from, to, &mut out)
+                        .await
+                        .map(|_| 0)
+                }
+            };
+            s.close().await;
+            r
         }
         Command::Budgets { command } => {
             // Changes take the data directory (embedded mode: fails clearly while a server

@@ -4,6 +4,7 @@
 //! contract), `revo-nats` (subjects and the bus) and `revo-actors` (relay, projection runner).
 //! This crate connects them to Postgres, SQLite, NATS and HTTP.
 
+pub mod audit;
 pub mod budgets;
 pub mod cli;
 pub mod commands;

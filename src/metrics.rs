@@ -26,6 +26,8 @@ pub struct Metrics {
     pub model_workers: IntGaugeVec,
     pub model_queue_depth: IntGaugeVec,
     pub model_active: IntGaugeVec,
+    /// Audit records lost because the writer's queue was full.
+    pub audit_lost: IntCounter,
 }
 
 /// Generations answered by this edge, by local model (registry names only).
@@ -250,6 +252,10 @@ impl Metrics {
             ),
             &["model"],
         )?;
+        let audit_lost = IntCounter::new(
+            "revo_audit_lost_total",
+            "Audit records lost because the audit writer's queue was full",
+        )?;
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(model_workers.clone()),
             Box::new(model_queue_depth.clone()),
@@ -272,6 +278,7 @@ impl Metrics {
             Box::new(generation.finished.clone()),
             Box::new(generation.tokens.clone()),
             Box::new(generation.time_to_first_token.clone()),
+            Box::new(audit_lost.clone()),
         ];
         for c in collectors
             .into_iter()
@@ -282,6 +289,7 @@ impl Metrics {
             registry.register(c)?;
         }
         Ok(Metrics {
+            audit_lost,
             actor_restarts,
             model_workers,
             model_queue_depth,

@@ -110,12 +110,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     });
+    let audit = revo_actors::audit::Audit::start(
+        store.clone(),
+        bus.clone(),
+        subjects.clone(),
+        node_id.clone(),
+        &sup,
+        metrics.audit_lost.clone(),
+    );
     let identity = Arc::new(open_identity(&config, store.clone(), &node_id, &sup).await?);
     match identity
         .bootstrap_admin(config.auth.admin_password.clone())
         .await
     {
-        Ok(Some(password)) => announce_admin_password(&config, &password)?,
+        Ok(Some((admin, password))) => {
+            let mut e = revo_events::family::audit::AuditEntry {
+                at: chrono::Utc::now(),
+                actor: Default::default(),
+                action: "system.bootstrap".into(),
+                target: Some(format!("user:{admin}")),
+                outcome: "success".into(),
+                client: None,
+                user_agent: None,
+                request_id: None,
+                count: 1,
+                detail: Default::default(),
+            };
+            e.detail.insert("node".into(), node_id.clone());
+            e.detail.insert(
+                "password".into(),
+                if password.is_some() {
+                    "generated"
+                } else {
+                    "REVO_ADMIN_PASSWORD"
+                }
+                .into(),
+            );
+            audit.record(e);
+            if let Some(password) = password {
+                announce_admin_password(&config, &password)?;
+            }
+        }
         Ok(None) => {}
         Err(e) => return Err(anyhow::anyhow!("creating the first admin: {e}")),
     }
@@ -271,6 +306,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.rooms.max_pending_upgrades,
         )),
         allowed_origins: config.allowed_origins.clone(),
+        audit,
     });
     let limits = config.http;
     let server = HttpServer::new(move || http::app(state.clone(), limits))

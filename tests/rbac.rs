@@ -16,7 +16,7 @@ use common::*;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
-const ROLES: [&str; 3] = ["admin", "developer", "viewer"];
+const ROLES: [&str; 4] = ["admin", "developer", "viewer", "auditor"];
 
 /// permission → role → allowed, from the `rbac-matrix` table of docs/api.md.
 fn documented_matrix() -> BTreeMap<String, BTreeMap<String, bool>> {
@@ -107,7 +107,7 @@ async fn every_role_against_every_operation_with_tokens_and_keys() {
     // One user per role, each with a token; and from admin, one key limited to each role.
     let admin = api.login("admin", ADMIN_PW).await;
     let mut passwords = BTreeMap::from([("admin".to_owned(), ADMIN_PW.to_owned())]);
-    for role in ["developer", "viewer"] {
+    for role in ["developer", "viewer", "auditor"] {
         let pw = format!("{role}-password");
         api.create_user(&admin, &format!("{role}-user"), &pw, &[role])
             .await;

@@ -67,8 +67,16 @@ async fn embedded_serve_answers_health_and_stops_cleanly() {
                 .to_owned()
         })
         .collect();
-    // The first start also creates the `admin` user.
-    assert_eq!(types, vec!["node.started", "user.created", "node.stopped"]);
+    // The first start also creates the `admin` user, and says so in the audit log.
+    assert_eq!(
+        types,
+        vec![
+            "node.started",
+            "user.created",
+            "audit.recorded",
+            "node.stopped"
+        ]
+    );
     let (code, out, err) = output(&mut revo_cmd(
         &["replay", "verify", "nodes"],
         &[("REVO_DATA_DIR", &data)],
@@ -79,12 +87,12 @@ async fn embedded_serve_answers_health_and_stops_cleanly() {
         &[("REVO_DATA_DIR", &data)],
     ));
     assert_eq!(code, 0);
-    // The projections folded the stop before the node exited: checkpoint 3 (start, the first
-    // admin, stop).
+    // The projections folded the stop before the node exited: checkpoint 4 (start, the first
+    // admin and its audit record, stop).
     for name in ["nodes", "users"] {
         let line = out.lines().find(|l| l.starts_with(name)).unwrap();
         let position: i64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
-        assert_eq!(position, 3, "{out}");
+        assert_eq!(position, 4, "{out}");
     }
 }
 
@@ -116,10 +124,10 @@ async fn cluster_serve_survives_kill_9_between_commit_and_publish() {
     served.signal("-KILL");
     drop(served);
     let restarted = Served::start(&cluster_env(&db, &nats, &url)).await;
-    // Both runs' node.started, the first admin, every bulk event, exactly once, in per-stream
-    // order.
-    let envs = stream_envelopes(&nats, total + 3).await;
-    assert_exactly_once_in_order(&envs, total + 3);
+    // Both runs' node.started, the first admin and its audit record, every bulk event,
+    // exactly once, in per-stream order.
+    let envs = stream_envelopes(&nats, total + 4).await;
+    assert_exactly_once_in_order(&envs, total + 4);
     assert!(restarted.stop().await.success());
     store.close().await;
 }
@@ -182,12 +190,12 @@ async fn with_nats_down_appends_commit_and_the_relay_catches_up() {
     let count = eventually(30, || async {
         let mut s = js.get_stream(nats.stream()).await.ok()?;
         let n = s.info().await.ok()?.state.messages;
-        (n >= 52).then_some(n)
+        (n >= 53).then_some(n)
     })
     .await;
     assert_eq!(
-        count, 52,
-        "node.started + the first admin + 50 offline appends, no duplicates"
+        count, 53,
+        "node.started + the first admin and its audit record + 50 offline appends, no duplicates"
     );
     assert!(served.stop().await.success());
     store.close().await;

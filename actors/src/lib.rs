@@ -23,6 +23,7 @@
 //! never open database or NATS connections themselves. Every actor runs until its
 //! cancellation token fires and then drains.
 
+pub mod audit;
 pub mod group_commit;
 pub mod kit;
 pub mod model_client;

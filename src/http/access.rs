@@ -225,6 +225,17 @@ pub async fn admit(
                 }
                 Ok(p) if !p.can(perm) => {
                     http.auth_failures.with_label_values(&["forbidden"]).inc();
+                    let op = format!("{method} {}", route.as_deref().unwrap_or(""));
+                    let mut e = super::audit::entry(
+                        &state,
+                        req.request(),
+                        super::audit::actor_of(&p),
+                        "access.denied",
+                        Some(op),
+                        "denied",
+                    );
+                    e.detail.insert("permission".into(), perm.as_str().into());
+                    state.audit.record_repeatable(e);
                     Some(ApiError::forbidden(
                         "forbidden",
                         format!("this needs the `{}` permission", perm.as_str()),

@@ -57,6 +57,7 @@ pub async fn login(
             .with_label_values(&["invalid_credentials"])
             .inc();
     }
+    record_login(&state, &req, &username, &outcome);
     let login = outcome?;
     Ok(HttpResponse::Ok()
         .insert_header(("Cache-Control", "no-store"))
@@ -65,6 +66,42 @@ pub async fn login(
             token_type: "bearer".into(),
             expires_in: login.expires_in,
         }))
+}
+
+/// A sign-in's audit record: the user on success; on failure the name tried and why (folded
+/// per source and name per minute, so a flood stays bounded).
+fn record_login(
+    state: &AppState,
+    req: &HttpRequest,
+    username: &str,
+    outcome: &Result<crate::identity::Login, IdentityError>,
+) {
+    use revo_events::family::audit::AuditActor;
+    let user = state.identity.user_by_name(username);
+    let actor = AuditActor {
+        user_id: user.as_ref().map(|u| u.user_id),
+        username: Some(username.chars().take(64).collect()),
+        key_id: None,
+        roles: user
+            .as_ref()
+            .map(|u| u.roles.iter().map(|r| r.as_str().to_owned()).collect())
+            .unwrap_or_default(),
+    };
+    let target = user.as_ref().map(|u| format!("user:{}", u.user_id));
+    let reason = match outcome {
+        Ok(_) => {
+            let e = super::audit::entry(state, req, actor, "auth.login", target, "success");
+            state.audit.record(e);
+            return;
+        }
+        Err(IdentityError::InvalidCredentials) => "invalid_credentials",
+        Err(IdentityError::LoginThrottled(_)) => "throttled",
+        Err(IdentityError::Auth(crate::identity::AuthError::UserDisabled)) => "disabled",
+        Err(_) => "unavailable",
+    };
+    let mut e = super::audit::entry(state, req, actor, "auth.login", target, "failure");
+    e.detail.insert("reason".into(), reason.into());
+    state.audit.record_repeatable(e);
 }
 
 /// Revokes the presented token on every edge until it would have expired.
@@ -85,6 +122,8 @@ pub async fn logout(
 ) -> Result<HttpResponse, ApiError> {
     let meta = caller.meta(&req);
     state.identity.logout(&caller.0, meta).await?;
+    let target = format!("user:{}", caller.0.user_id);
+    super::audit::done(&state, &req, &caller.0, "auth.logout", target);
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -104,6 +143,8 @@ pub async fn logout_all(
 ) -> Result<HttpResponse, ApiError> {
     let meta = caller.meta(&req);
     state.identity.logout_all(&caller.0, meta).await?;
+    let target = format!("user:{}", caller.0.user_id);
+    super::audit::done(&state, &req, &caller.0, "auth.logout_all", target);
     Ok(HttpResponse::NoContent().finish())
 }
 

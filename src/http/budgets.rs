@@ -142,6 +142,23 @@ pub async fn set(
     } else {
         StatusCode::CREATED
     };
+    super::audit::done_with(
+        &state,
+        &req,
+        &caller.0,
+        if existed {
+            "budget.changed"
+        } else {
+            "budget.created"
+        },
+        format!("budget:{id}"),
+        &[
+            ("scope", shown.scope.clone()),
+            ("subject_id", shown.subject_id.to_string()),
+            ("period", shown.period.clone()),
+            ("limit_usd", shown.limit_usd.clone()),
+        ],
+    );
     Ok(HttpResponse::build(status).json(shown))
 }
 
@@ -234,5 +251,12 @@ pub async fn remove(
     visible(&state, |v| v.get(&id).is_none().then_some(()))
         .await
         .ok_or_else(|| ApiError::unavailable("the budget was removed but is still visible"))?;
+    super::audit::done(
+        &state,
+        &req,
+        &caller.0,
+        "budget.deleted",
+        format!("budget:{id}"),
+    );
     Ok(HttpResponse::NoContent().finish())
 }

@@ -43,6 +43,36 @@ pub async fn create(
     };
     let meta = caller.meta(&req);
     let (row, secret) = state.identity.issue_key(&caller.0, request, meta).await?;
+    super::audit::done_with(
+        &state,
+        &req,
+        &caller.0,
+        "key.created",
+        format!("key:{}", row.key_id),
+        &[
+            ("owner", row.user_id.to_string()),
+            (
+                "roles",
+                row.roles
+                    .as_ref()
+                    .map_or_else(|| "inherited".to_owned(), |r| super::audit::roles(r)),
+            ),
+            (
+                "rate_limit_per_minute",
+                row.rate_limit_per_minute
+                    .map_or_else(|| "inherited".to_owned(), |n| n.to_string()),
+            ),
+            (
+                "expires_at",
+                row.expires_at
+                    .map_or_else(|| "never".to_owned(), |t| t.to_rfc3339()),
+            ),
+            (
+                "parent_key_id",
+                row.parent_key_id.map(|k| k.to_string()).unwrap_or_default(),
+            ),
+        ],
+    );
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(NewKey {
@@ -87,9 +117,8 @@ pub async fn revoke(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let meta = caller.meta(&req);
-    state
-        .identity
-        .revoke_key(&caller.0, id.into_inner(), meta)
-        .await?;
+    let id = id.into_inner();
+    state.identity.revoke_key(&caller.0, id, meta).await?;
+    super::audit::done(&state, &req, &caller.0, "key.revoked", format!("key:{id}"));
     Ok(HttpResponse::NoContent().finish())
 }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod ai;
+pub mod audit;
 pub mod auth;
 pub mod budgets;
 pub mod chat;
@@ -85,6 +86,8 @@ pub struct AppState {
     pub pending_upgrades: Arc<tokio::sync::Semaphore>,
     /// `[http] allowed_origins` (`None`: any).
     pub allowed_origins: Option<Vec<String>>,
+    /// The audit log's writer (`audit.rs`).
+    pub audit: revo_actors::audit::Audit,
 }
 
 impl AppState {
@@ -152,7 +155,8 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(runs::approve)
         .service(runs::reject)
         .service(runs::retry)
-        .service(runs::run_events);
+        .service(runs::run_events)
+        .service(audit::list);
 }
 
 /// The generated OpenAPI document.

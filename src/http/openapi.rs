@@ -28,6 +28,7 @@ use super::AppState;
         (name = "ai", description = "The router's catalogue of local and cloud models"),
         (name = "rooms", description = "Real-time rooms: members, history by offset, documents, presence"),
         (name = "realtime", description = "The WebSocket (frames in docs/websocket.md)"),
+        (name = "audit", description = "The audit log: who did what, hash-chained"),
         (name = "health", description = "Probes and metrics"),
         (name = "docs", description = "This documentation"),
     )

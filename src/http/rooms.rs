@@ -396,6 +396,17 @@ pub async fn add_member(
         role: r,
     };
     let offset = write(&state, &req, &caller, room, op).await?;
+    super::audit::done_with(
+        &state,
+        &req,
+        &caller.0,
+        "room.member_added",
+        format!("room:{room}"),
+        &[
+            ("user_id", body.user_id.to_string()),
+            ("role", r.as_str().to_owned()),
+        ],
+    );
     let view = shown(&state, room, offset, &caller.0.user_id)
         .await
         .ok_or_else(|| ApiError::unavailable("saved but not visible yet"))?;
@@ -425,11 +436,33 @@ pub async fn set_role(
     body: Json<SetRole>,
 ) -> Result<HttpResponse, ApiError> {
     let (room, user) = path.into_inner();
+    let new_role = role(&body.0.role)?;
+    let before = state
+        .realtime
+        .rooms_view()
+        .read()
+        .get(&room)
+        .and_then(|r| r.role_of(&user));
     let op = Write::ChangeRole {
         user,
-        role: role(&body.0.role)?,
+        role: new_role,
     };
     let offset = write(&state, &req, &caller, room, op).await?;
+    super::audit::done_with(
+        &state,
+        &req,
+        &caller.0,
+        "room.role_changed",
+        format!("room:{room}"),
+        &[
+            ("user_id", user.to_string()),
+            (
+                "role_before",
+                before.map(|r| r.as_str()).unwrap_or("").to_owned(),
+            ),
+            ("role_after", new_role.as_str().to_owned()),
+        ],
+    );
     let view = shown(&state, room, offset, &caller.0.user_id)
         .await
         .ok_or_else(|| ApiError::unavailable("saved but not visible yet"))?;
@@ -457,6 +490,14 @@ pub async fn remove_member(
 ) -> Result<HttpResponse, ApiError> {
     let (room, user) = path.into_inner();
     write(&state, &req, &caller, room, Write::RemoveMember { user }).await?;
+    super::audit::done_with(
+        &state,
+        &req,
+        &caller.0,
+        "room.member_removed",
+        format!("room:{room}"),
+        &[("user_id", user.to_string())],
+    );
     Ok(HttpResponse::NoContent().finish())
 }
 

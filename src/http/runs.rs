@@ -278,11 +278,20 @@ async fn decide(
             "only the run's owner or an administrator decides",
         ));
     }
+    let action = match &cmd {
+        Command::Approve { .. } => Some("run.approved"),
+        Command::Reject { .. } => Some("run.rejected"),
+        Command::Cancel => Some("run.cancelled"),
+        Command::Retry => None,
+    };
     let s = state
         .workflows
         .command(id, caller.0.user_id, caller.meta(req), cmd)
         .await
         .map_err(engine_error)?;
+    if let Some(action) = action {
+        super::audit::done(state, req, &caller.0, action, format!("run:{id}"));
+    }
     Ok(HttpResponse::Ok().json(RunView::of(&s)))
 }
 

@@ -40,6 +40,17 @@ pub async fn create(
         .identity
         .create_user(&username, password, &roles, meta)
         .await?;
+    super::audit::done_with(
+        &state,
+        &req,
+        &caller.0,
+        "user.created",
+        format!("user:{}", user.user_id),
+        &[
+            ("username", user.username.clone()),
+            ("roles", super::audit::roles(&user.roles)),
+        ],
+    );
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/users/{}", user.user_id)))
         .json(UserView::from(&user)))
@@ -109,6 +120,9 @@ pub async fn update(
         disabled,
         password,
     } = body.0;
+    let id = id.into_inner();
+    let before = state.identity.user(&id);
+    let changed_password = password.is_some();
     let patch = UserPatch {
         roles,
         disabled,
@@ -117,7 +131,36 @@ pub async fn update(
     let meta = caller.meta(&req);
     let user = state
         .identity
-        .update_user(caller.0.user_id, id.into_inner(), patch, meta)
+        .update_user(caller.0.user_id, id, patch, meta)
         .await?;
+    let target = format!("user:{id}");
+    if let Some(before) = before {
+        use super::audit::{done, done_with, roles};
+        if before.roles != user.roles {
+            let detail = [
+                ("roles_before", roles(&before.roles)),
+                ("roles_after", roles(&user.roles)),
+            ];
+            done_with(
+                &state,
+                &req,
+                &caller.0,
+                "user.roles_changed",
+                target.clone(),
+                &detail,
+            );
+        }
+        if before.disabled != user.disabled {
+            let action = if user.disabled {
+                "user.disabled"
+            } else {
+                "user.enabled"
+            };
+            done(&state, &req, &caller.0, action, target.clone());
+        }
+    }
+    if changed_password {
+        super::audit::done(&state, &req, &caller.0, "user.password_changed", target);
+    }
     Ok(HttpResponse::Ok().json(UserView::from(&user)))
 }

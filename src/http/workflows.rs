@@ -264,6 +264,13 @@ pub async fn create(
         ))
         .await
         .map_err(store_error)?;
+    super::audit::done(
+        &state,
+        &req,
+        &caller.0,
+        "workflow.created",
+        format!("workflow:{id}"),
+    );
     let row = shown(&state, id, a.stream_version).await.ok_or_else(|| {
         ApiError::unavailable("the workflow was stored but is not shown yet").with_retry_after(1)
     })?;
@@ -406,6 +413,14 @@ pub async fn update(
         ))
         .await
         .map_err(store_error)?;
+    super::audit::done_with(
+        &state,
+        &req,
+        &caller.0,
+        "workflow.changed",
+        format!("workflow:{}", *id),
+        &[("version", (row.version + 1).to_string())],
+    );
     let row = shown(&state, *id, a.stream_version)
         .await
         .ok_or_else(|| ApiError::unavailable("stored but not shown yet").with_retry_after(1))?;
@@ -448,6 +463,13 @@ pub async fn archive(
         ))
         .await
         .map_err(store_error)?;
+    super::audit::done(
+        &state,
+        &req,
+        &caller.0,
+        "workflow.deleted",
+        format!("workflow:{}", *id),
+    );
     shown(&state, *id, a.stream_version).await;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -118,6 +118,7 @@ fn who(identity: Arc<Identity>, p: &Principal, header: String) -> Who {
         admin: p.can(Permission::UsersWrite),
         workflows: p.can(Permission::WorkflowsWrite),
         generate: p.can(Permission::Generate),
+        audit: p.can(Permission::AuditRead),
         key: match p.via {
             crate::identity::Via::Key { key_id } => Some(key_id),
             crate::identity::Via::Token { .. } => None,

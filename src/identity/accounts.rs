@@ -367,11 +367,12 @@ impl Identity {
         Ok(())
     }
 
-    /// On a fresh installation, creates `admin`. Returns the password when it generated one.
+    /// On a fresh installation, creates `admin`: `None` when users exist already (or another
+    /// edge created it first), else the new admin's id and the password if it generated one.
     pub async fn bootstrap_admin(
         &self,
         password: Option<String>,
-    ) -> Result<Option<String>, IdentityError> {
+    ) -> Result<Option<(uuid::Uuid, Option<String>)>, IdentityError> {
         if !self.users().is_empty() {
             return Ok(None);
         }
@@ -385,7 +386,7 @@ impl Identity {
             .create_user("admin", pw.clone(), &[Role::Admin], meta)
             .await
         {
-            Ok(_) => Ok(generated.then_some(pw)),
+            Ok(u) => Ok(Some((u.user_id, generated.then_some(pw)))),
             // Another edge created it first.
             Err(IdentityError::Conflict { .. }) => Ok(None),
             Err(e) => Err(e),

@@ -66,7 +66,8 @@ impl RoleLimits {
         let of = |r: &Role| match r {
             Role::Admin => self.admin,
             Role::Developer => self.developer,
-            Role::Viewer => self.viewer,
+            // A read-only role: the viewer's limit.
+            Role::Viewer | Role::Auditor => self.viewer,
         };
         if roles.iter().any(|r| of(r) == 0) {
             return 0;

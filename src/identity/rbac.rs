@@ -30,10 +30,12 @@ pub enum Permission {
     WorkflowsRead,
     /// Create, change and run workflows; cancel, approve, reject and retry one's runs.
     WorkflowsWrite,
+    /// Read the audit log (`GET /audit`, the `audit` WebSocket topic).
+    AuditRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 11] = [
+    pub const ALL: [Permission; 12] = [
         Permission::SelfRead,
         Permission::UsersRead,
         Permission::UsersWrite,
@@ -45,6 +47,7 @@ impl Permission {
         Permission::Rooms,
         Permission::WorkflowsRead,
         Permission::WorkflowsWrite,
+        Permission::AuditRead,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +63,7 @@ impl Permission {
             Permission::Rooms => "rooms",
             Permission::WorkflowsRead => "workflows:read",
             Permission::WorkflowsWrite => "workflows:write",
+            Permission::AuditRead => "audit:read",
         }
     }
 
@@ -78,6 +82,8 @@ pub fn role_allows(role: Role, perm: Permission) -> bool {
             SelfRead | KeysRead | KeysWrite | Generate | Rooms | WorkflowsRead | WorkflowsWrite
         ),
         Role::Viewer => matches!(perm, SelfRead | KeysRead | Rooms | WorkflowsRead),
+        // The audit log and one's own account (to sign out), nothing else.
+        Role::Auditor => matches!(perm, SelfRead | AuditRead),
     }
 }
 

@@ -414,6 +414,11 @@ impl Served {
 
     /// SIGTERM and wait for a clean exit.
     pub async fn stop(mut self) -> std::process::ExitStatus {
+        self.stop_ref().await
+    }
+
+    /// SIGTERM and wait for a clean exit, keeping the value (its drop then does nothing).
+    pub async fn stop_ref(&mut self) -> std::process::ExitStatus {
         self.signal("-TERM");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {

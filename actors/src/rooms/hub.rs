@@ -420,6 +420,20 @@ impl Hub {
         }
     }
 
+    /// A frame for every session on this edge subscribed to `topic` (which only sessions
+    /// allowed to read it can subscribe to).
+    fn deliver_to_all(&self, topic: &str, frame: Arc<str>) {
+        let sessions: Vec<SessionEntry> = lock(&self.inner.sessions)
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        for s in sessions {
+            if lock(&s.topics).contains(topic) && s.outbox.text(frame.clone()) {
+                self.inner.metrics.frames_out.inc();
+            }
+        }
+    }
+
     /// Starts the hub's followers under the supervisor.
     pub fn start(&self, sup: &Supervisor) {
         let hub = self.clone();
@@ -552,13 +566,26 @@ impl Hub {
             .map_err(|e| e.to_string())?;
         let rooms = self.subscribe(Kind::Signals, "room").await?;
         let users = self.subscribe(Kind::Signals, "user").await?;
+        let audit = self.subscribe(Kind::Signals, "audit").await?;
+        let audit_f = self
+            .inner
+            .subjects
+            .signals_of_kind("audit")
+            .map_err(|e| e.to_string())?;
         ctx.health.ready();
-        let mut merged = futures::stream::select(rooms, users);
+        let mut merged = futures::stream::select(futures::stream::select(rooms, users), audit);
         loop {
             tokio::select! {
                 msg = merged.next() => {
                     let Some(msg) = msg else { return Err("the bus ended the subscription".into()) };
                     let Ok(msg) = msg else { continue };
+                    if msg.subject.starts_with(&audit_f[..audit_f.len() - 1]) {
+                        // The audit log's live tail, for sessions subscribed to `audit`.
+                        if let Ok(frame) = std::str::from_utf8(&msg.payload) {
+                            self.deliver_to_all("audit", frame.into());
+                        }
+                        continue;
+                    }
                     let Some(id) = msg.subject.rsplit('.').next().and_then(|t| Uuid::try_parse(t).ok()) else { continue };
                     if msg.subject.starts_with(&room_f[..room_f.len() - 1]) {
                         if msg.payload.len() < 16 { continue }

@@ -26,16 +26,19 @@ pub enum Role {
     Admin,
     Developer,
     Viewer,
+    /// Reads the audit log and nothing else.
+    Auditor,
 }
 
 impl Role {
-    pub const ALL: [Role; 3] = [Role::Admin, Role::Developer, Role::Viewer];
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Developer, Role::Viewer, Role::Auditor];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Admin => "admin",
             Role::Developer => "developer",
             Role::Viewer => "viewer",
+            Role::Auditor => "auditor",
         }
     }
 

@@ -4,6 +4,7 @@
 //! Decoding never guesses: an event type the family does not know, a schema newer than this
 //! build, or bytes that do not fit the schema are each a distinct [`DecodeError`].
 
+pub mod audit;
 pub mod budget;
 pub mod generation;
 pub mod identity;

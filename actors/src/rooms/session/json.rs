@@ -386,13 +386,18 @@ impl Session {
             ClientFrame::Subscribe { topics } | ClientFrame::Unsubscribe { topics }
                 if topics
                     .iter()
-                    .any(|t| !matches!(t.as_str(), "generation" | "workflow")) =>
+                    .any(|t| !matches!(t.as_str(), "generation" | "workflow" | "audit")) =>
             {
                 self.refuse(
                     id,
                     "invalid_frame",
-                    "topics are `generation` and `workflow`",
+                    "topics are `generation`, `workflow` and `audit`",
                 )
+            }
+            ClientFrame::Subscribe { topics }
+                if !self.who.audit && topics.iter().any(|t| t == "audit") =>
+            {
+                self.refuse(id, "forbidden", "the `audit` topic needs `audit:read`")
             }
             ClientFrame::Subscribe { topics }
                 if !self.who.generate && topics.iter().any(|t| t == "generation") =>

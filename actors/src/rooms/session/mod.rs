@@ -91,6 +91,8 @@ pub struct Who {
     pub generate: bool,
     /// The API key the session authenticated with, if it did with one.
     pub key: Option<Uuid>,
+    /// May follow the audit log (`audit:read`).
+    pub audit: bool,
     /// Whether the credential still admits the user.
     pub still_valid: Box<dyn Fn() -> bool>,
 }
