@@ -31,7 +31,13 @@ struct Edge {
 
 impl Edge {
     async fn start(extra_toml: &str, wire: Wire) -> Edge {
+        Edge::start_with(extra_toml, wire, &[]).await
+    }
+
+    /// `extra_toml` may name the stub's port as `STUB_PORT`.
+    async fn start_with(extra_toml: &str, wire: Wire, extra_env: &[(&str, &str)]) -> Edge {
         let stub = Stub::start(wire, vec![Script::Answer]).await;
+        let extra_toml = extra_toml.replace("STUB_PORT", &stub.port.to_string());
         let toml = format!(
             r#"
 {extra_toml}
@@ -57,6 +63,7 @@ output_usd_per_mtok = "1000"
         let mut env = cluster_env(&db, &nats, &url);
         env.push(("REVO_CONFIG", config.as_str()));
         env.push(("REVO_ADMIN_PASSWORD", ADMIN_PW));
+        env.extend_from_slice(extra_env);
         let served = Served::start(&env).await;
         let api = Api::new(&served);
         let admin = api.login("admin", ADMIN_PW).await;
@@ -914,4 +921,126 @@ async fn per_user_quotas_hold() {
     })
     .await;
     drop(again);
+}
+
+/// Finding 12: `http` steps take credentials from configured secrets, resolved as the request
+/// is sent; a credential written into a definition is refused, and none reaches an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_steps_send_secrets_that_no_event_holds() {
+    const SECRET: &str = "sk-live-0123456789abcdef";
+    let e = Edge::start_with(
+        "[workflows]\nhttp_allow = [\"127.0.0.1:STUB_PORT\"]\nhttp_allow_private = [\"127.0.0.1/32\"]\n\n[workflows.secrets]\nupstream = \"HARDENING_UPSTREAM_TOKEN\"",
+        Wire::OpenAi,
+        &[("HARDENING_UPSTREAM_TOKEN", SECRET)],
+    )
+    .await;
+    let admin = e.admin.clone();
+    let url = format!("http://127.0.0.1:{}/v1/chat/completions", e.stub.port);
+    let step = |headers: Value, url: &str| {
+        json!({"name": "call", "steps": [{"id": "h", "type": "http", "method": "POST", "url": url,
+            "headers": headers, "body": {"model": "m", "messages": [{"role": "user", "content": "hi"}]}}]})
+    };
+    // Written out: refused, with the path.
+    let r = e
+        .api
+        .call(
+            "POST",
+            "/workflows",
+            Some(&admin),
+            Some(step(
+                json!({"Authorization": format!("Bearer {SECRET}")}),
+                &url,
+            )),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (422, "invalid_definition"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["error"]["problems"][0]["code"], "literal_secret",
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["error"]["problems"][0]["path"],
+        "$.steps[0].headers.Authorization"
+    );
+    let r = e
+        .api
+        .call(
+            "POST",
+            "/workflows",
+            Some(&admin),
+            Some(step(json!({}), &format!("{url}?api_key={SECRET}"))),
+        )
+        .await;
+    assert_eq!(
+        r.body["error"]["problems"][0]["code"], "literal_secret",
+        "{}",
+        r.body
+    );
+    // An unknown secret, or one read outside an http request: refused.
+    let r = e
+        .api
+        .call(
+            "POST",
+            "/workflows",
+            Some(&admin),
+            Some(step(
+                json!({"Authorization": "Bearer {{ secrets.nope }}"}),
+                &url,
+            )),
+        )
+        .await;
+    assert_eq!(
+        r.body["error"]["problems"][0]["code"], "unknown_secret",
+        "{}",
+        r.body
+    );
+    let r = e
+        .api
+        .call(
+            "POST",
+            "/workflows",
+            Some(&admin),
+            Some(json!({"name": "leak", "steps": [
+                {"id": "t", "type": "template", "template": "{{ secrets.upstream }}"}]})),
+        )
+        .await;
+    assert_eq!(
+        r.body["error"]["problems"][0]["code"], "unknown_variable",
+        "{}",
+        r.body
+    );
+
+    // Named: sent as the request goes out.
+    let wf = e
+        .workflow(
+            &admin,
+            step(
+                json!({"Authorization": "Bearer {{ secrets.upstream }}"}),
+                &url,
+            ),
+        )
+        .await;
+    let run = e.execute(&admin, &wf, json!({})).await;
+    let r = e.ended(&admin, &run).await;
+    assert_eq!(r["status"], "completed", "{r}");
+    let got = e.stub.requests.lock().unwrap().clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["_auth"], format!("Bearer {SECRET}"));
+    // No event holds it: not the run's, not any other.
+    let mut c = e._db.conn().await;
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM events WHERE position(convert_to($1, 'UTF8') in payload) > 0",
+    )
+    .bind(SECRET)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(n, 0, "the secret is in {n} stored event(s)");
+    assert!(!r.to_string().contains(SECRET));
 }

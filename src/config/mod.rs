@@ -97,6 +97,9 @@ pub struct WorkflowsFile {
     pub max_workflows_per_user: Option<usize>,
     /// Most `GET /runs/{id}/events` followers one user holds on one edge (16).
     pub max_followers_per_user: Option<usize>,
+    /// Secrets `http` steps may send (`{{ secrets.NAME }}`): name → the environment variable
+    /// holding the value, read at start. Values never enter a definition or an event.
+    pub secrets: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `[router]`: how the router talks to providers (docs/api.md, "Routing").
@@ -523,6 +526,30 @@ fn comma_list(name: &str, file: Option<&Vec<String>>) -> Vec<String> {
     }
 }
 
+/// `[workflows.secrets]`: each name's value from its environment variable.
+fn workflow_secrets(
+    f: Option<&std::collections::BTreeMap<String, String>>,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let mut out = std::collections::HashMap::new();
+    for (name, var) in f.into_iter().flatten() {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !ok {
+            bail!("[workflows.secrets] `{name}`: a name is 1-64 of a-z A-Z 0-9 _ -");
+        }
+        match std::env::var(var) {
+            Ok(v) if !v.is_empty() => {
+                out.insert(name.clone(), v);
+            }
+            _ => bail!("[workflows.secrets] {name}: the environment variable {var} is not set"),
+        }
+    }
+    Ok(out)
+}
+
 fn workflows_config(
     f: &WorkflowsFile,
     max_payload: usize,
@@ -535,7 +562,8 @@ fn workflows_config(
             f.http_allow_private.as_ref(),
         ),
     )
-    .map_err(|e| anyhow::anyhow!("[workflows] http_allow_private: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("[workflows] http_allow_private: {e}"))?
+    .with_secrets(workflow_secrets(f.secrets.as_ref())?);
     let max_runs = f.max_runs_per_node.unwrap_or(d.max_runs_here);
     if max_runs == 0 {
         bail!("[workflows] max_runs_per_node is at least 1");

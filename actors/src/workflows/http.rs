@@ -13,10 +13,42 @@ use ipnet::IpNet;
 use reqwest::Url;
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct HttpPolicy {
     hosts: Vec<String>,
     private: Vec<IpNet>,
+    /// `{{ secrets.NAME }}` → its value, from configuration (`[workflows.secrets]`): resolved
+    /// when a request is sent, never written into an event.
+    secrets: std::collections::HashMap<String, String>,
+}
+
+impl std::fmt::Debug for HttpPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&String> = self.secrets.keys().collect();
+        f.debug_struct("HttpPolicy")
+            .field("hosts", &self.hosts)
+            .field("private", &self.private)
+            .field("secrets", &names)
+            .finish()
+    }
+}
+
+/// Header names whose values are credentials: a definition must take them from a secret,
+/// never write them out (definitions are copied into every run's first event).
+pub fn is_credential_name(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "auth",
+        "token",
+        "secret",
+        "key",
+        "password",
+        "cookie",
+        "signature",
+        "session",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 /// Why a request may not go: (code, message).
@@ -76,7 +108,25 @@ impl HttpPolicy {
             })
             .collect::<Result<_, _>>()?;
         let hosts = hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect();
-        Ok(HttpPolicy { hosts, private })
+        Ok(HttpPolicy {
+            hosts,
+            private,
+            secrets: Default::default(),
+        })
+    }
+
+    /// With the secrets `{{ secrets.NAME }}` may name.
+    pub fn with_secrets(mut self, secrets: std::collections::HashMap<String, String>) -> Self {
+        self.secrets = secrets;
+        self
+    }
+
+    pub fn has_secret(&self, name: &str) -> bool {
+        self.secrets.contains_key(name)
+    }
+
+    pub fn secret(&self, name: &str) -> Option<String> {
+        self.secrets.get(name).cloned()
     }
 
     fn host_allowed(&self, host: &str, port: u16) -> bool {

@@ -72,6 +72,7 @@ fn scope<'a>(
         step: steps,
         item,
         limit,
+        secrets: None,
     }
 }
 
@@ -565,6 +566,13 @@ async fn one(
             body,
             max_bytes,
         } => {
+            // Secrets are resolved here, as the request goes out, and nowhere else.
+            let s = &ctx.engine.inner.settings;
+            let secret = |name: &str| s.http.secret(name);
+            let sc = Scope {
+                secrets: Some(&secret),
+                ..sc
+            };
             let url = render(url, &sc)?;
             let headers: Vec<(String, String)> = headers
                 .iter()
@@ -574,7 +582,6 @@ async fn one(
                 .as_ref()
                 .map(|b| template::render_value(b, &sc).map_err(|e| Fail::new("template_error", e)))
                 .transpose()?;
-            let s = &ctx.engine.inner.settings;
             let timeout = ctx.timeout.unwrap_or(s.http_timeout);
             let v = s
                 .http

@@ -112,6 +112,8 @@ pub struct Scope<'a> {
     /// Most bytes a rendering may produce (a string's text, or a value's JSON): each level
     /// of templates could otherwise multiply its input by `MAX_REFS`.
     pub limit: usize,
+    /// `secrets.NAME`, where secrets may be read (an `http` step's request, as it is sent).
+    pub secrets: Option<&'a (dyn Fn(&str) -> Option<String> + Sync)>,
 }
 
 impl Scope<'_> {
@@ -131,6 +133,13 @@ impl Scope<'_> {
             "item" => match self.item {
                 Some((v, _)) => (v.clone(), &p[1..]),
                 None => return Err("`item` exists only inside a map".into()),
+            },
+            "secrets" => match (self.secrets, p.get(1)) {
+                (Some(f), Some(name)) if p.len() == 2 => (
+                    Value::String(f(name).ok_or_else(|| format!("no secret `{name}`"))?),
+                    &p[2..],
+                ),
+                _ => return Err("secrets are read only in an `http` step's request".into()),
             },
             "index" if p.len() == 1 => match self.item {
                 Some((_, i)) => (Value::from(i), &p[1..]),
@@ -260,6 +269,7 @@ mod tests {
             step: &step,
             item: Some((&json!("it"), 3)),
             limit: 1 << 20,
+            secrets: None,
         };
         assert_eq!(
             render(
@@ -296,6 +306,7 @@ mod tests {
             step: &step,
             item: None,
             limit: 64 * 1024,
+            secrets: None,
         };
         let fan = "{{ input.s }}".repeat(256);
         let e = render(&fan, &scope).unwrap_err();

@@ -60,6 +60,25 @@ fn check_ref(
     in_map: bool,
 ) -> Option<String> {
     match r.path[0].as_str() {
+        // Only where an `http` step sends them: its url, headers and body.
+        "secrets" => {
+            let sendable =
+                [".url", ".body"].iter().any(|f| path.contains(f)) || path.contains(".headers.");
+            match r.path.get(1) {
+                _ if !sendable || r.path.len() != 2 => c.bad(
+                    path,
+                    "unknown_variable",
+                    "`{{ secrets.NAME }}` is read only in an `http` step's url, headers and body",
+                ),
+                Some(name) if !c.http.has_secret(name) => c.bad(
+                    path,
+                    "unknown_secret",
+                    format!("no secret `{name}` is configured ([workflows.secrets])"),
+                ),
+                _ => {}
+            }
+            None
+        }
         "input" => {
             if let (Some(name), Some(props)) = (
                 r.path.get(1),

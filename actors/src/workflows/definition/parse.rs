@@ -190,6 +190,22 @@ fn parse_step(c: &mut Checker, v: &Value, path: &str, inner: bool) -> Option<Ste
                 if let Err(e) = c.http.check_url_template(&url) {
                     c.bad(f.at("url"), e.0, e.1);
                 }
+                // A credential in the query string, written out, would be copied into events.
+                if let Some((_, query)) = url.split_once('?') {
+                    for pair in query.split('&') {
+                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                        if crate::workflows::http::is_credential_name(k)
+                            && !v.is_empty()
+                            && !v.contains("{{")
+                        {
+                            c.bad(
+                                f.at("url"),
+                                "literal_secret",
+                                format!("the query parameter `{k}` looks like a credential: name a secret (`{{{{ secrets.NAME }}}}`) instead"),
+                            );
+                        }
+                    }
+                }
             }
             let headers = match f.get("headers") {
                 Some(Value::Object(h)) => h
@@ -201,6 +217,17 @@ fn parse_step(c: &mut Checker, v: &Value, path: &str, inner: bool) -> Option<Ste
                                 format!("{path}.headers.{k}"),
                                 "invalid_value",
                                 format!("`{k}` is set by the client, not the step"),
+                            );
+                            None
+                        }
+                        Some(s) if crate::workflows::http::is_credential_name(k)
+                            && !s.trim().is_empty()
+                            && !s.contains("{{") =>
+                        {
+                            c.bad(
+                                format!("{path}.headers.{k}"),
+                                "literal_secret",
+                                format!("`{k}` looks like a credential: name a secret (`{{{{ secrets.NAME }}}}`, configured in [workflows.secrets]) instead of writing it into the definition, which every run copies into its events"),
                             );
                             None
                         }
