@@ -103,6 +103,9 @@ pub fn value_refs(v: &Value, out: &mut Vec<Ref>) -> Result<(), String> {
     Ok(())
 }
 
+/// A secret's value by name.
+pub type SecretLookup = dyn Fn(&str) -> Option<String> + Sync;
+
 /// What templates read.
 pub struct Scope<'a> {
     pub input: &'a Value,
@@ -113,7 +116,7 @@ pub struct Scope<'a> {
     /// of templates could otherwise multiply its input by `MAX_REFS`.
     pub limit: usize,
     /// `secrets.NAME`, where secrets may be read (an `http` step's request, as it is sent).
-    pub secrets: Option<&'a (dyn Fn(&str) -> Option<String> + Sync)>,
+    pub secrets: Option<&'a SecretLookup>,
 }
 
 impl Scope<'_> {
