@@ -104,7 +104,7 @@ pub fn value_refs(v: &Value, out: &mut Vec<Ref>) -> Result<(), String> {
 }
 
 /// A secret's value by name.
-pub type SecretLookup = dyn Fn(&str) -> Option<String> + Sync;
+pub type SecretLookup<'a> = dyn Fn(&str) -> Option<String> + Sync + 'a;
 
 /// What templates read.
 pub struct Scope<'a> {
@@ -116,7 +116,7 @@ pub struct Scope<'a> {
     /// of templates could otherwise multiply its input by `MAX_REFS`.
     pub limit: usize,
     /// `secrets.NAME`, where secrets may be read (an `http` step's request, as it is sent).
-    pub secrets: Option<&'a SecretLookup>,
+    pub secrets: Option<&'a SecretLookup<'a>>,
 }
 
 impl Scope<'_> {
