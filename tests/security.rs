@@ -145,7 +145,7 @@ async fn a_key_made_by_a_key_never_exceeds_its_parent_and_dies_with_it() {
 async fn parallel_logins_are_bounded_in_memory_and_by_the_throttle() {
     let (_dir, served, api) = embedded_with(
         "[auth]\nlogin_max_failures_per_addr = 100000\npassword_hash_concurrency = 2\n\
-         password_hash_queue = 8\n",
+         password_hash_queue = 32\n",
         &[],
     )
     .await;
@@ -191,8 +191,12 @@ async fn parallel_logins_are_bounded_in_memory_and_by_the_throttle() {
     }
     assert!(busy > 0, "nothing was refused: the bound did not hold");
     let grown = peak().saturating_sub(before);
-    // Unbounded, 300 × 19 MiB would be ~5.6 GiB; bounded, 2 running × 19 MiB.
-    assert!(grown < 256, "peak RSS grew by {grown} MiB");
+    // Unbounded, 300 × 19 MiB would be ~5.6 GiB. Bounded by slots alone it still grew by
+    // 494-627 MiB (issue #25, item 16: each hash ran on another blocking thread, whose
+    // allocator kept its 19 MiB); on two hashing threads that reuse their memory, the
+    // slots' 2 × 19 MiB were taken at start and the burst adds little.
+    eprintln!("peak RSS grew by {grown} MiB over 300 parallel failed logins");
+    assert!(grown <= 100, "peak RSS grew by {grown} MiB");
 
     // One name, 40 attempts at once: at most 5 are checked, the rest are throttled.
     let burst: Vec<_> = (0..40)
