@@ -74,6 +74,7 @@ fn setup(rt: &tokio::runtime::Runtime) -> Fixture {
                 },
                 throttle: LoginThrottle::new(5, 50, Duration::from_secs(900)),
                 hasher: std::sync::Arc::new(Hasher::with_defaults().unwrap()),
+                tickets: revo::identity::ticket::Tickets::new(&[7; 32]),
                 max_keys_per_user: 100,
             },
             "bench",

@@ -560,6 +560,13 @@ async fn open_identity(
 ) -> anyhow::Result<Identity> {
     let (keys, signer) = jwt_keys(config)?;
     let tokens = TokenKeys::new(&keys, &signer, config.auth.token_ttl)?;
+    let tickets = crate::identity::ticket::Tickets::new(
+        &keys
+            .iter()
+            .find(|k| k.kid == signer)
+            .map(|k| k.secret.clone())
+            .unwrap_or_default(),
+    );
     let view = view::<Directory>(&store, 500, sup, "loading the user directory").await?;
     let a = &config.auth;
     Ok(Identity::new(
@@ -567,6 +574,7 @@ async fn open_identity(
         view,
         IdentitySettings {
             tokens,
+            tickets,
             limits: a.limits,
             throttle: LoginThrottle::new(
                 a.login_max_failures,

@@ -1044,3 +1044,172 @@ async fn http_steps_send_secrets_that_no_event_holds() {
     assert_eq!(n, 0, "the secret is in {n} stored event(s)");
     assert!(!r.to_string().contains(SECRET));
 }
+
+/// Finding 15: retrying a run whose child run failed starts a new child (the failed one could
+/// never pass), and the parent completes once the new child does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_a_run_recovers_a_failed_child() {
+    let e = Edge::start("", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+    let child = e
+        .workflow(
+            &admin,
+            json!({"name": "child", "steps": [{"id": "ok", "type": "approval"}]}),
+        )
+        .await;
+    let parent = e
+        .workflow(
+            &admin,
+            json!({"name": "parent", "steps": [
+                {"id": "c", "type": "workflow", "workflow_id": child, "input": {}}]}),
+        )
+        .await;
+    let run = e.execute(&admin, &parent, json!({})).await;
+    let waiting_child = |e: &Edge, run: String| {
+        let admin = admin.clone();
+        let api = e.api.clone();
+        async move {
+            eventually(10, || async {
+                let r = api
+                    .call("GET", &format!("/runs/{run}"), Some(&admin), None)
+                    .await;
+                let c = r.body["steps"]["c"]["child_run"].as_str()?.to_owned();
+                let s = api
+                    .call("GET", &format!("/runs/{c}"), Some(&admin), None)
+                    .await;
+                (s.body["status"] == "waiting").then_some(c)
+            })
+            .await
+        }
+    };
+    let first = waiting_child(&e, run.clone()).await;
+    let r = e
+        .api
+        .call("POST", &format!("/runs/{first}/reject"), Some(&admin), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = e.ended(&admin, &run).await;
+    assert_eq!(r["status"], "failed", "{r}");
+    let r = e
+        .api
+        .call("POST", &format!("/runs/{run}/retry"), Some(&admin), None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let second = waiting_child(&e, run.clone()).await;
+    assert_ne!(second, first, "the retry reused the failed child");
+    let r = e
+        .api
+        .call(
+            "POST",
+            &format!("/runs/{second}/approve"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = e.ended(&admin, &run).await;
+    assert_eq!(r["status"], "completed", "{r}");
+}
+
+/// Finding 13: browsers and y-websocket clients open sockets with a one-use ticket instead of
+/// a long-lived credential in the URL; a socket opened so still ends when its credential
+/// does; pages from origins not on `[http] allowed_origins` cannot open one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_open_with_one_use_tickets_from_allowed_origins() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let e = Edge::start(
+        "[http]\nallowed_origins = [\"https://app.example.com\"]",
+        Wire::OpenAi,
+    )
+    .await;
+    let admin = e.admin.clone();
+    let me = e.user_id(&admin).await;
+    let (key_id, key) = e.api.create_key(&admin, json!({"name": "browser"})).await;
+    let ticket = |cred: String| {
+        let api = e.api.clone();
+        async move {
+            let r = api.call("POST", "/ws/tickets", Some(&cred), None).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            assert_eq!(r.body["expires_in"], 30);
+            r.body["ticket"].as_str().unwrap().to_owned()
+        }
+    };
+    let url = |t: &str| format!("ws://127.0.0.1:{}/ws/{me}?ticket={t}", e.served.port);
+    let refused = |r: Result<(Socket, _), tokio_tungstenite::tungstenite::Error>| match r {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(other) => panic!("{other}"),
+        Ok(_) => 101,
+    };
+
+    // Taken once.
+    let t = ticket(key.clone()).await;
+    let (mut s, _) = tokio_tungstenite::connect_async(url(&t)).await.unwrap();
+    assert_eq!(
+        frame(&mut s, &["welcome"], 10).await.unwrap()["type"],
+        "welcome"
+    );
+    assert_eq!(
+        refused(tokio_tungstenite::connect_async(url(&t)).await),
+        401
+    );
+    assert_eq!(
+        refused(tokio_tungstenite::connect_async(url("rwt_forged.sig")).await),
+        401
+    );
+    // The socket ends when the key it was opened with is revoked.
+    let r = e
+        .api
+        .call("DELETE", &format!("/keys/{key_id}"), Some(&admin), None)
+        .await;
+    assert_eq!(r.status, 204);
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(m) = s.next().await {
+            if let Ok(Message::Close(Some(c))) = m {
+                return u16::from(c.code);
+            }
+        }
+        0
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed, 4001);
+
+    // y-websocket with a ticket: the server's sync step 1 arrives.
+    let t = ticket(admin.clone()).await;
+    let r = e
+        .api
+        .call("POST", "/rooms", Some(&admin), Some(json!({"name": "t"})))
+        .await;
+    let room = r.body["id"].as_str().unwrap().to_owned();
+    let y = format!(
+        "ws://127.0.0.1:{}/ws/{me}/yjs/{room}/doc?ticket={t}",
+        e.served.port
+    );
+    let (mut y, _) = tokio_tungstenite::connect_async(y).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), y.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(first, Message::Binary(_)), "{first:?}");
+
+    // Origins.
+    let with_origin = |origin: &str| {
+        let mut req = format!("ws://127.0.0.1:{}/ws/{me}", e.served.port)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        req
+    };
+    assert_eq!(
+        refused(tokio_tungstenite::connect_async(with_origin("https://evil.example")).await),
+        403
+    );
+    assert_eq!(
+        refused(tokio_tungstenite::connect_async(with_origin("https://app.example.com")).await),
+        101
+    );
+}

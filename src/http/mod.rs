@@ -141,6 +141,7 @@ pub fn routes(cfg: &mut ServiceConfig) {
         .service(rooms::history)
         .service(rooms::doc)
         .service(rooms::presence)
+        .service(ws::create_ticket)
         .service(ws::connect)
         .service(ws::connect_yjs)
         .service(workflows::create)

@@ -537,6 +537,7 @@ pub async fn execute(
             idempotency_key: key,
             meta: caller.meta(&req),
             parent: None,
+            replaces: None,
         })
         .await
         .map_err(engine_error)?;

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::{get, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -83,6 +83,15 @@ fn inbound(m: Result<AggregatedMessage, ProtocolError>) -> Inbound {
     }
 }
 
+/// How a socket authenticated, for its periodic re-check.
+#[derive(Clone)]
+enum Credential {
+    /// `Authorization`, an `auth` frame, or y-websocket's `access_token`.
+    Header(String),
+    /// A ticket: the credential it named, known by its id.
+    Ticket(Uuid, crate::identity::Via),
+}
+
 /// Why a credential does not admit a WebSocket: (close code, error code, message).
 fn admit(
     identity: &Identity,
@@ -92,6 +101,26 @@ fn admit(
     let p = identity
         .authenticate(Some(header))
         .map_err(|e| (close::UNAUTHORIZED, e.code(), e.to_string()))?;
+    admit_principal(p, path_user)
+}
+
+/// A socket opened with `?ticket=` (`POST /ws/tickets`): the ticket is taken, once.
+fn admit_ticket(
+    identity: &Identity,
+    ticket: &str,
+    path_user: Uuid,
+) -> Result<(Principal, Credential), (u16, &'static str, String)> {
+    let p = identity
+        .redeem_ticket(ticket)
+        .map_err(|e| (close::UNAUTHORIZED, e.code(), e.to_string()))?;
+    let cred = Credential::Ticket(p.user_id, p.via.clone());
+    Ok((admit_principal(p, path_user)?, cred))
+}
+
+fn admit_principal(
+    p: Principal,
+    path_user: Uuid,
+) -> Result<Principal, (u16, &'static str, String)> {
     if p.user_id != path_user {
         return Err((
             close::FORBIDDEN,
@@ -109,7 +138,7 @@ fn admit(
     Ok(p)
 }
 
-fn who(identity: Arc<Identity>, p: &Principal, header: String) -> Who {
+fn who(identity: Arc<Identity>, p: &Principal, cred: Credential) -> Who {
     let user = p.user_id;
     Who {
         user,
@@ -124,9 +153,11 @@ fn who(identity: Arc<Identity>, p: &Principal, header: String) -> Who {
             crate::identity::Via::Token { .. } => None,
         },
         still_valid: Box::new(move || {
-            identity
-                .authenticate(Some(&header))
-                .is_ok_and(|q| q.user_id == user && q.can(Permission::Rooms))
+            let now = match &cred {
+                Credential::Header(h) => identity.authenticate(Some(h)),
+                Credential::Ticket(u, via) => identity.reauthenticate(*u, via),
+            };
+            now.is_ok_and(|q| q.user_id == user && q.can(Permission::Rooms))
         }),
     }
 }
@@ -134,7 +165,7 @@ fn who(identity: Arc<Identity>, p: &Principal, header: String) -> Who {
 /// Opens the real-time connection (an HTTP upgrade to WebSocket; see docs/websocket.md).
 #[utoipa::path(
     tag = "realtime",
-    params(("user_id" = Uuid, Path, description = "The caller's own user id")),
+    params(("user_id" = Uuid, Path, description = "The caller's own user id"), TicketQuery),
     responses(
         (status = 101, description = "Switching Protocols: the WebSocket (docs/websocket.md)"),
         (status = 401, description = "A bad credential in `Authorization`", body = ErrorBody),
@@ -148,6 +179,7 @@ pub async fn connect(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<Uuid>,
+    query: web::Query<TicketQuery>,
     body: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let path_user = path.into_inner();
@@ -159,13 +191,18 @@ pub async fn connect(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let identity = state.identity.clone();
-    // A credential in the header is checked before the upgrade, with the HTTP error.
-    let early = match &header {
-        Some(h) => Some(admit(&identity, h, path_user).map_err(http_refusal)?),
-        None => None,
+    // A credential in the header (or a ticket in the query) is checked before the upgrade,
+    // with the HTTP error.
+    let early = match (&header, &query.ticket) {
+        (Some(h), _) => Some((
+            admit(&identity, h, path_user).map_err(http_refusal)?,
+            Credential::Header(h.clone()),
+        )),
+        (None, Some(t)) => Some(admit_ticket(&identity, t, path_user).map_err(http_refusal)?),
+        (None, None) => None,
     };
     let mut slot = None;
-    if let Some(p) = &early {
+    if let Some((p, _)) = &early {
         rate_limited(&identity, p)?;
         slot = Some(connection_slot(&state, p.user_id)?);
     }
@@ -192,10 +229,10 @@ pub async fn connect(
     let tracker = hub.tracker().clone();
     let run = async move {
         let mut socket = ActixSocket(Some(session));
-        let (principal, header) = match (early, header) {
-            (Some(p), Some(h)) => (p, h),
-            _ => match first_frame_auth(&identity, path_user, &mut stream, &mut socket).await {
-                Some(ok) => ok,
+        let (principal, cred) = match early {
+            Some(ok) => ok,
+            None => match first_frame_auth(&identity, path_user, &mut stream, &mut socket).await {
+                Some((p, h)) => (p, Credential::Header(h)),
                 None => return,
             },
         };
@@ -219,7 +256,7 @@ pub async fn connect(
                 }
             },
         };
-        let who = who(identity, &principal, header);
+        let who = who(identity, &principal, cred);
         revo_actors::rooms::session::run(hub, who, settings, stream, socket).await;
     };
     actix_web::rt::spawn(tracker.track_future(run));
@@ -227,11 +264,56 @@ pub async fn connect(
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct TicketQuery {
+    /// A one-use ticket from `POST /ws/tickets` (30 s), for clients that cannot set headers:
+    /// no long-lived credential in the URL.
+    #[serde(default)]
+    pub ticket: Option<String>,
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 pub struct YjsQuery {
-    /// The credential, for clients that cannot set headers (y-websocket's `params`). Prefer
-    /// `Authorization` where possible: URLs end up in proxies' logs.
+    /// A one-use ticket from `POST /ws/tickets` (30 s): the way for browsers and y-websocket
+    /// clients, which cannot set headers.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// The credential itself, for clients that cannot set headers (y-websocket's `params`).
+    /// Prefer a `ticket`, or `Authorization` where possible: URLs end up in proxies' logs.
     #[serde(default)]
     pub access_token: Option<String>,
+}
+
+/// A one-use ticket for opening a WebSocket without a long-lived credential in the URL:
+/// `?ticket=` on `/ws/{user_id}` or `/ws/{user_id}/yjs/{room}/{doc}`, within 30 s, once. The
+/// socket then lives as long as the credential that asked for the ticket stays valid.
+#[utoipa::path(
+    tag = "realtime",
+    security(("bearer" = ["rooms"])),
+    responses(
+        (status = 201, description = "The ticket", body = TicketView),
+        super::openapi::CallerErrors,
+    )
+)]
+#[post("/ws/tickets")]
+pub async fn create_ticket(
+    state: web::Data<AppState>,
+    caller: super::access::Caller,
+) -> HttpResponse {
+    let ticket = state.identity.issue_ticket(&caller.0);
+    HttpResponse::Created()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(TicketView {
+            ticket,
+            expires_in: crate::identity::ticket::TICKET_TTL_SECS as u64,
+        })
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TicketView {
+    /// Pass as `?ticket=` when opening the socket.
+    pub ticket: String,
+    /// Seconds it may wait to be used.
+    pub expires_in: u64,
 }
 
 /// A y-websocket connection to one document of a room: binary y-protocols (sync and
@@ -270,17 +352,23 @@ pub async fn connect_yjs(
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
-        .or_else(|| query.access_token.as_ref().map(|t| format!("Bearer {t}")))
-        .ok_or_else(|| ApiError::from(crate::identity::AuthError::Missing))?;
+        .or_else(|| query.access_token.as_ref().map(|t| format!("Bearer {t}")));
     let identity = state.identity.clone();
-    let principal = admit(&identity, &header, path_user).map_err(http_refusal)?;
+    let (principal, cred) = match (header, &query.ticket) {
+        (Some(h), _) => (
+            admit(&identity, &h, path_user).map_err(http_refusal)?,
+            Credential::Header(h),
+        ),
+        (None, Some(t)) => admit_ticket(&identity, t, path_user).map_err(http_refusal)?,
+        (None, None) => return Err(ApiError::from(crate::identity::AuthError::Missing)),
+    };
     rate_limited(&identity, &principal)?;
     let slot = connection_slot(&state, principal.user_id)?;
     let settings = state.realtime_session.clone();
     let (response, session, stream) = upgrade(&req, body, &settings)?;
     let hub = state.realtime.clone();
     let tracker = hub.tracker().clone();
-    let who = who(identity, &principal, header);
+    let who = who(identity, &principal, cred);
     let run = revo_actors::rooms::session::run_yjs(
         hub,
         who,

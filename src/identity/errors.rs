@@ -31,6 +31,9 @@ pub enum AuthError {
     KeyRevoked,
     #[error("the API key has expired")]
     KeyExpired,
+    /// A WebSocket ticket that is malformed, forged, expired or used already.
+    #[error("{0}")]
+    Ticket(String),
     /// The user directory stopped following the log (see `/health`): `503`.
     #[error("authentication is unavailable on this server; try another or retry shortly")]
     Unavailable,
@@ -54,6 +57,7 @@ impl AuthError {
             AuthError::KeyUnknown => "key_unknown",
             AuthError::KeyRevoked => "key_revoked",
             AuthError::KeyExpired => "key_expired",
+            AuthError::Ticket(_) => "ticket_invalid",
             AuthError::Unavailable => "auth_unavailable",
             AuthError::Internal(_) => "internal",
         }

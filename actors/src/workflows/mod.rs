@@ -136,6 +136,10 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<String>,
     pub meta: EventMeta,
     pub parent: Option<ParentRef>,
+    /// For a child run: the child this one replaces (the step's earlier child, which failed
+    /// and can never pass: a retried step starts a new one). A repeat of the same start (a
+    /// takeover) derives the same id, so it finds the child it started.
+    pub replaces: Option<Uuid>,
 }
 
 #[derive(Clone)]
@@ -368,7 +372,14 @@ impl Engine {
         }
         let run_id = match (&r.idempotency_key, &r.parent) {
             (Some(k), _) => idempotent_id(r.user_id, r.workflow.workflow_id, k),
-            (None, Some(p)) => idempotent_id(p.run_id, r.workflow.workflow_id, &p.step),
+            (None, Some(p)) => match r.replaces {
+                None => idempotent_id(p.run_id, r.workflow.workflow_id, &p.step),
+                Some(prev) => idempotent_id(
+                    p.run_id,
+                    r.workflow.workflow_id,
+                    &format!("{}#{prev}", p.step),
+                ),
+            },
             (None, None) => Uuid::now_v7(),
         };
         if r.parent.is_none() {

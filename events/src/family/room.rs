@@ -241,18 +241,27 @@ impl RoomsProjection {
         }
     }
 
-    fn index(&mut self, room: &RoomRow) {
-        for (user, rooms) in self.by_member.iter_mut() {
-            if !room.members.contains_key(user) {
-                rooms.remove(&room.room_id);
+    /// Keeps `by_member` in step with one membership event: only the user it names is
+    /// touched (walking every user on each event made membership changes, and replay,
+    /// O(users)).
+    fn index(&mut self, room: Uuid, ev: &RoomEvent) {
+        match ev {
+            RoomEvent::Created { owner, .. } => {
+                self.by_member.entry(*owner).or_default().insert(room);
             }
-        }
-        self.by_member.retain(|_, r| !r.is_empty());
-        for user in room.members.keys() {
-            self.by_member
-                .entry(*user)
-                .or_default()
-                .insert(room.room_id);
+            RoomEvent::MemberAdded { user_id, .. }
+            | RoomEvent::MemberRoleChanged { user_id, .. } => {
+                self.by_member.entry(*user_id).or_default().insert(room);
+            }
+            RoomEvent::MemberRemoved { user_id, .. } => {
+                if let Some(rooms) = self.by_member.get_mut(user_id) {
+                    rooms.remove(&room);
+                    if rooms.is_empty() {
+                        self.by_member.remove(user_id);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -295,11 +304,10 @@ impl Projection for RoomsProjection {
             return Ok(());
         };
         row.apply(&ev, env.version);
-        dirty.insert(key.clone());
+        let room_id = row.room_id;
+        dirty.insert(key);
         if membership {
-            if let Some(row) = self.rooms.get(&key).cloned() {
-                self.index(&row);
-            }
+            self.index(room_id, &ev);
         }
         Ok(())
     }

@@ -571,6 +571,7 @@ impl RunActor {
                     step: step.id.clone(),
                     depth,
                 }),
+                replaces: self.state.steps.get(&step.id).and_then(|s| s.child_run),
             })
             .await;
         match r {
