@@ -556,20 +556,35 @@ pub async fn history(
         .store
         .read_stream(ROOM_STREAM, &room.to_string(), q.after + 1, limit + 1)
         .await?;
-    let more = page.len() > limit;
+    let mut more = page.len() > limit;
     let page = &page[..page.len().min(limit)];
-    let next_after = page.last().map_or(q.after, |e| e.envelope.version);
-    let events = page
-        .iter()
-        .filter_map(|e| frames::render(room, e))
-        .filter_map(|f| serde_json::from_str(&f).ok())
-        .collect();
+    // A page also stops at about 1 MiB of frames (at least one event): `more` and
+    // `next_after` say where to go on.
+    let mut next_after = q.after;
+    let mut bytes = 0;
+    let mut events = Vec::new();
+    for e in page {
+        if bytes >= HISTORY_BYTES {
+            more = true;
+            break;
+        }
+        next_after = e.envelope.version;
+        if let Some(f) = frames::render(room, e) {
+            bytes += f.len();
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&f) {
+                events.push(v);
+            }
+        }
+    }
     Ok(HttpResponse::Ok().json(EventPage {
         events,
         next_after,
         more,
     }))
 }
+
+/// Frames one history page holds at most, in bytes (at least one event).
+const HISTORY_BYTES: usize = 1024 * 1024;
 
 /// A document's whole state (members only).
 #[utoipa::path(

@@ -17,6 +17,11 @@ use super::super::outbox::{outbox, Out, Outbox, OutboxRx};
 use super::super::room::{Command, Joined, RoomError, Subscriber, Write, Written};
 use super::{close, Bucket, Close, Inbound, SessionSettings, Socket, Who};
 
+/// Events read per page when a join catches up from the store.
+const CATCH_UP_PAGE: usize = 16;
+/// Rendered frames held per page at most (at least one event).
+const CATCH_UP_BYTES: usize = 1024 * 1024;
+
 struct Session {
     hub: Hub,
     who: Who,
@@ -555,19 +560,36 @@ impl Session {
     ) -> Result<i64, String> {
         let mut at = after;
         while at < upto {
-            let page = self
-                .hub
-                .log()
-                .read_stream(ROOM_STREAM, &room.to_string(), at + 1, 1000)
-                .await
-                .map_err(|e| e.to_string())?;
-            let Some(last) = page.last() else { break };
-            at = last.envelope.version;
-            for ev in &page {
-                if let Some(f) = frames::render(room, ev) {
-                    if !socket.text(&f).await {
-                        return Err("the connection closed".into());
+            // Small pages, rendered up to a byte budget and dropped before the socket is
+            // awaited: a join that reads slowly holds at most one page's frames, not the
+            // stored events behind them.
+            let frames = {
+                let page = self
+                    .hub
+                    .log()
+                    .read_stream(ROOM_STREAM, &room.to_string(), at + 1, CATCH_UP_PAGE)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if page.is_empty() {
+                    break;
+                }
+                let mut frames = Vec::new();
+                let mut bytes = 0;
+                for ev in &page {
+                    if bytes >= CATCH_UP_BYTES {
+                        break;
                     }
+                    at = ev.envelope.version;
+                    if let Some(f) = frames::render(room, ev) {
+                        bytes += f.len();
+                        frames.push(f);
+                    }
+                }
+                frames
+            };
+            for f in frames {
+                if !socket.text(&f).await {
+                    return Err("the connection closed".into());
                 }
             }
         }
