@@ -57,6 +57,8 @@ impl Room {
 
     /// Loads a document from its latest snapshot and the updates after it.
     pub(super) async fn load_doc(&mut self, doc: &str) -> Result<(), RoomError> {
+        self.doc_used
+            .insert(doc.to_owned(), tokio::time::Instant::now());
         if self.docs.contains_key(doc) {
             return Ok(());
         }

@@ -203,6 +203,9 @@ pub struct Room {
     /// Each loaded document's size: exact when loaded or snapshotted, plus the updates since
     /// (an upper bound: deletions are not subtracted).
     doc_bytes: HashMap<String, usize>,
+    /// When each loaded document was last read or written: one unused for `idle` (and with
+    /// no y-websocket client on it) is dropped from memory; the next use loads it again.
+    doc_used: HashMap<String, tokio::time::Instant>,
 }
 
 const PAGE: usize = 1000;
@@ -227,6 +230,7 @@ impl Room {
             ring: VecDeque::new(),
             docs: HashMap::new(),
             doc_bytes: HashMap::new(),
+            doc_used: HashMap::new(),
         };
         room.catch_up().await?;
         Ok(room)
@@ -251,6 +255,7 @@ impl Room {
                 }
                 _ = tick.tick() => {
                     self.subs.retain(|_, (s, _)| !s.outbox.is_closed());
+                    self.evict_idle_docs();
                     if !self.subs.is_empty() {
                         idle_since = tokio::time::Instant::now();
                     } else if idle_since.elapsed() >= self.settings.idle {
@@ -264,6 +269,26 @@ impl Room {
         inbox.close();
         while let Ok(cmd) = inbox.try_recv() {
             self.handle(cmd).await;
+        }
+    }
+
+    fn evict_idle_docs(&mut self) {
+        let idle = self.settings.idle;
+        let open: std::collections::HashSet<&str> = self
+            .subs
+            .values()
+            .filter_map(|(s, _)| s.yjs.as_deref())
+            .collect();
+        let stale: Vec<String> = self
+            .doc_used
+            .iter()
+            .filter(|(d, t)| !open.contains(d.as_str()) && t.elapsed() >= idle)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in stale {
+            self.docs.remove(&d);
+            self.doc_bytes.remove(&d);
+            self.doc_used.remove(&d);
         }
     }
 
