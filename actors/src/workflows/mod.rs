@@ -463,6 +463,27 @@ impl Engine {
     ) -> Result<RunState, EngineError> {
         for _ in 0..5 {
             let state = self.load(run).await?.ok_or(EngineError::NotFound)?;
+            if matches!(cmd, Command::Retry) && state.status == RunStatus::Failed {
+                // A run retried must be in the live view again, where the takeover scan
+                // finds it; one that has left it (past the user's retained finished runs)
+                // is not brought back.
+                let shown = |v: &RunsProjection| v.get(&run).map(|_| ());
+                if self
+                    .inner
+                    .runs
+                    .wait_until(Duration::from_secs(2), shown)
+                    .await
+                    .is_none()
+                {
+                    return Err(EngineError::Conflict(
+                        "run_not_retained",
+                        format!(
+                            "this run finished too long ago to retry (each user keeps their {} most recent finished runs); execute its workflow again",
+                            revo_events::family::workflow::RETAINED_FINISHED_PER_USER
+                        ),
+                    ));
+                }
+            }
             let events = decide(&state, by, &cmd, &self.inner.node)?;
             let Some(state) = append_run(self, run, Some(state), &events, &meta).await? else {
                 continue;

@@ -316,11 +316,23 @@ impl Projection for WorkflowsProjection {
     }
 }
 
-/// Every run without its outputs (`workflow_runs`, keyed by run id): lists, metrics and the
-/// takeover scan read it.
+/// Finished runs each user keeps in `workflow_runs` (the newest by finish time): older ones
+/// leave the view, so what every edge holds in memory is bounded by the users' unfinished
+/// runs plus this many each. `GET /runs/{id}` reads any run from its stream.
+pub const RETAINED_FINISHED_PER_USER: usize = 1000;
+
+/// Every unfinished run, and each user's most recent finished ones, without their outputs
+/// (`workflow_runs`, keyed by run id): lists, metrics and the takeover scan read it.
 #[derive(Debug, Default, Clone)]
 pub struct RunsProjection {
     runs: BTreeMap<String, RunState>,
+    /// Per user: the finished runs kept, by (finish time, id), so which leave is decided by
+    /// the runs alone and a fold from zero keeps the same ones as a fold from saved rows.
+    finished: std::collections::HashMap<Uuid, BTreeSet<(DateTime<Utc>, String)>>,
+}
+
+fn finished_key(s: &RunState) -> DateTime<Utc> {
+    s.finished_at.unwrap_or(s.created_at)
 }
 
 impl RunsProjection {
@@ -353,11 +365,31 @@ impl Projection for RunsProjection {
             return Ok(());
         }
         let e = RunEvent::decode(env).map_err(|x| ProjectionError::decode(event, x))?;
-        let mut state = self.runs.remove(&env.stream_id);
+        let id = env.stream_id.clone();
+        let mut state = self.runs.remove(&id);
+        if let Some(s) = state.as_ref().filter(|s| s.status.is_terminal()) {
+            // Retried (or changed) after it finished: tracked again below if still finished.
+            if let Some(set) = self.finished.get_mut(&s.user_id) {
+                set.remove(&(finished_key(s), id.clone()));
+            }
+        }
         RunState::apply(&mut state, &e, event, false);
-        if let Some(s) = state {
-            self.runs.insert(env.stream_id.clone(), s);
-            dirty.insert(env.stream_id.clone());
+        let Some(s) = state else {
+            return Ok(());
+        };
+        let (user, terminal, key) = (s.user_id, s.status.is_terminal(), finished_key(&s));
+        self.runs.insert(id.clone(), s);
+        dirty.insert(id.clone());
+        if terminal {
+            let set = self.finished.entry(user).or_default();
+            set.insert((key, id));
+            while set.len() > RETAINED_FINISHED_PER_USER {
+                let Some((_, old)) = set.pop_first() else {
+                    break;
+                };
+                self.runs.remove(&old);
+                dirty.insert(old);
+            }
         }
         Ok(())
     }
@@ -374,6 +406,120 @@ impl Projection for RunsProjection {
 
     fn load(&mut self, rows: Rows) -> Result<(), ProjectionError> {
         self.runs = from_rows(rows)?;
+        self.finished.clear();
+        for (id, s) in self.runs.iter().filter(|(_, s)| s.status.is_terminal()) {
+            self.finished
+                .entry(s.user_id)
+                .or_default()
+                .insert((finished_key(s), id.clone()));
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{Envelope, EventMeta};
+    use chrono::TimeZone;
+
+    fn rec(run: Uuid, version: i64, second: i64, e: &RunEvent) -> RecordedEvent {
+        let n = e.to_new_event(EventMeta::default()).unwrap();
+        RecordedEvent {
+            position: version,
+            envelope: Envelope {
+                event_id: n.event_id,
+                stream_type: RUN_STREAM.into(),
+                stream_id: run.to_string(),
+                version,
+                event_type: n.event_type,
+                schema: n.schema,
+                occurred_at: Utc.timestamp_opt(1_800_000_000 + second, 0).unwrap(),
+                meta: n.meta,
+                payload: n.payload,
+            },
+        }
+    }
+
+    #[test]
+    fn each_user_keeps_a_bounded_number_of_finished_runs_and_every_unfinished_one() {
+        let (user, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut p = RunsProjection::default();
+        let mut dirty = BTreeSet::new();
+        let mut runs = Vec::new();
+        let n = RETAINED_FINISHED_PER_USER + 4;
+        for i in 0..n as i64 {
+            let run = Uuid::now_v7();
+            let created = RunEvent::Created {
+                run_id: run,
+                workflow_id: Uuid::nil(),
+                workflow_version: 1,
+                user_id: if i == 0 { other } else { user },
+                key_id: None,
+                definition: "{}".into(),
+                input: "{}".into(),
+                idempotency_key: None,
+                parent: None,
+                cost_limit: None,
+            };
+            p.apply(&rec(run, 1, i, &created), &mut dirty).unwrap();
+            runs.push(run);
+        }
+        // One stays unfinished; the rest finish in order.
+        for (i, run) in runs.iter().enumerate().skip(1) {
+            if i == 5 {
+                continue;
+            }
+            let done = RunEvent::Completed {
+                output: "{}".into(),
+            };
+            p.apply(&rec(*run, 2, 10_000 + i as i64, &done), &mut dirty)
+                .unwrap();
+        }
+        let mine = p.all().filter(|r| r.user_id == user).count();
+        assert_eq!(
+            mine,
+            RETAINED_FINISHED_PER_USER + 1,
+            "the bound plus the unfinished run"
+        );
+        assert!(p.get(&runs[5]).is_some(), "an unfinished run never leaves");
+        assert!(p.get(&runs[1]).is_none() && p.get(&runs[2]).is_none());
+        assert!(
+            p.get(&runs[0]).is_some(),
+            "another user's run is theirs to count"
+        );
+        // Saved and loaded, the view keeps the same runs and goes on evicting the same way.
+        let mut q = RunsProjection::default();
+        q.load(p.rows()).unwrap();
+        assert_eq!(q.rows(), p.rows());
+        p.apply(
+            &rec(
+                runs[5],
+                2,
+                20_000,
+                &RunEvent::Completed {
+                    output: "{}".into(),
+                },
+            ),
+            &mut dirty,
+        )
+        .unwrap();
+        q.apply(
+            &rec(
+                runs[5],
+                2,
+                20_000,
+                &RunEvent::Completed {
+                    output: "{}".into(),
+                },
+            ),
+            &mut dirty,
+        )
+        .unwrap();
+        assert_eq!(q.rows(), p.rows());
+        assert_eq!(
+            p.all().filter(|r| r.user_id == user).count(),
+            RETAINED_FINISHED_PER_USER
+        );
     }
 }
