@@ -257,6 +257,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .await?;
 
+    realtime.set_audit(audit.clone());
     let workflows = start_workflows(
         &config,
         store.clone(),
@@ -306,7 +307,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.rooms.max_pending_upgrades,
         )),
         allowed_origins: config.allowed_origins.clone(),
-        audit,
+        audit: audit.clone(),
     });
     let limits = config.http;
     let server = HttpServer::new(move || http::app(state.clone(), limits))

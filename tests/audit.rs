@@ -500,3 +500,79 @@ async fn auditors_read_the_audit_log_and_nothing_else_and_hear_it_live() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_decisions_over_the_websocket_are_audited_with_their_source() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let e = edge().await;
+    let api = &e.api;
+    let wf = api
+        .call(
+            "POST",
+            "/workflows",
+            Some(&e.admin),
+            Some(json!({"name": "w", "steps": [{"id": "ok", "type": "approval"}]})),
+        )
+        .await;
+    let wf = wf.body["id"].as_str().unwrap().to_owned();
+    let run = api
+        .call(
+            "POST",
+            &format!("/workflows/{wf}/execute"),
+            Some(&e.admin),
+            Some(json!({})),
+        )
+        .await;
+    let run = run.body["id"].as_str().unwrap().to_owned();
+    let me = api.me(&e.admin).await.body["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut req = format!("ws://127.0.0.1:{}/ws/{me}", e.served.port)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", e.admin).parse().unwrap(),
+    );
+    req.headers_mut()
+        .insert("user-agent", "audit-test/1".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    common::eventually(10, || async {
+        let r = api
+            .call("GET", &format!("/runs/{run}"), Some(&e.admin), None)
+            .await;
+        (r.body["status"] == "waiting").then_some(())
+    })
+    .await;
+    ws.send(Message::Text(
+        json!({"type": "workflow.approve", "run_id": run})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let f: Value = serde_json::from_str(&t).unwrap();
+            assert_ne!(f["type"], "error", "{f}");
+            if f["type"] == "workflow.decided" {
+                break;
+            }
+        }
+    }
+    let recs = e
+        .wait_for(&format!("target=run:{run}"), |r| !r.is_empty())
+        .await;
+    assert_eq!(recs[0]["action"], "run.approved");
+    assert_eq!(recs[0]["actor"]["username"], "admin");
+    assert_eq!(recs[0]["detail"]["via"], "websocket");
+    assert_eq!(recs[0]["client"], "127.0.0.1");
+    assert_eq!(recs[0]["user_agent"], "audit-test/1");
+}

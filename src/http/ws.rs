@@ -138,7 +138,12 @@ fn admit_principal(
     Ok(p)
 }
 
-fn who(identity: Arc<Identity>, p: &Principal, cred: Credential) -> Who {
+fn who(
+    identity: Arc<Identity>,
+    p: &Principal,
+    cred: Credential,
+    from: (Option<String>, Option<String>),
+) -> Who {
     let user = p.user_id;
     Who {
         user,
@@ -148,6 +153,9 @@ fn who(identity: Arc<Identity>, p: &Principal, cred: Credential) -> Who {
         workflows: p.can(Permission::WorkflowsWrite),
         generate: p.can(Permission::Generate),
         audit: p.can(Permission::AuditRead),
+        roles: p.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        client: from.0,
+        user_agent: from.1,
         key: match p.via {
             crate::identity::Via::Key { key_id } => Some(key_id),
             crate::identity::Via::Token { .. } => None,
@@ -223,6 +231,7 @@ pub async fn connect(
         ),
     };
     let connections = state.connections.clone();
+    let from = from_where(&state, &req);
     let settings = state.realtime_session.clone();
     let (response, session, mut stream) = upgrade(&req, body, &settings)?;
     let hub = state.realtime.clone();
@@ -256,7 +265,7 @@ pub async fn connect(
                 }
             },
         };
-        let who = who(identity, &principal, cred);
+        let who = who(identity, &principal, cred, from);
         revo_actors::rooms::session::run(hub, who, settings, stream, socket).await;
     };
     actix_web::rt::spawn(tracker.track_future(run));
@@ -368,7 +377,7 @@ pub async fn connect_yjs(
     let (response, session, stream) = upgrade(&req, body, &settings)?;
     let hub = state.realtime.clone();
     let tracker = hub.tracker().clone();
-    let who = who(identity, &principal, cred);
+    let who = who(identity, &principal, cred, from_where(&state, &req));
     let run = revo_actors::rooms::session::run_yjs(
         hub,
         who,
@@ -409,6 +418,16 @@ fn upgrade(
         .max_continuation_size(transport_max)
         .map(inbound);
     Ok((response, session, stream))
+}
+
+/// The client's address (as the trusted proxies resolve it) and user agent, for the audit log.
+fn from_where(state: &AppState, req: &HttpRequest) -> (Option<String>, Option<String>) {
+    let agent = req
+        .headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect());
+    (state.client_addr(req), agent)
 }
 
 /// A browser's page from an origin `[http] allowed_origins` does not list may not open a

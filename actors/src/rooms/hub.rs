@@ -99,6 +99,7 @@ struct Inner {
     started: tokio::time::Instant,
     /// The workflow engine, for sessions' `workflow.*` decisions (set once it starts).
     workflows: std::sync::OnceLock<crate::workflows::Engine>,
+    audit: std::sync::OnceLock<crate::audit::Audit>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -136,6 +137,7 @@ impl Hub {
                 seen: Mutex::new(HashMap::new()),
                 started: tokio::time::Instant::now(),
                 workflows: std::sync::OnceLock::new(),
+                audit: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -161,6 +163,15 @@ impl Hub {
 
     pub fn workflows(&self) -> Option<&crate::workflows::Engine> {
         self.inner.workflows.get()
+    }
+
+    /// The audit log's writer, for what sessions decide (run approvals over the socket).
+    pub fn set_audit(&self, audit: crate::audit::Audit) {
+        let _ = self.inner.audit.set(audit);
+    }
+
+    pub fn audit(&self) -> Option<&crate::audit::Audit> {
+        self.inner.audit.get()
     }
 
     pub fn log(&self) -> &Arc<dyn EventLog> {

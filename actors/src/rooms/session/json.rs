@@ -451,6 +451,29 @@ impl Session {
         None
     }
 
+    /// Records what this session did in the audit log.
+    fn audit(&self, action: &str, target: String) {
+        use revo_events::family::audit::{AuditActor, AuditEntry};
+        let Some(a) = self.hub.audit() else { return };
+        a.record(AuditEntry {
+            at: chrono::Utc::now(),
+            actor: AuditActor {
+                user_id: Some(self.who.user),
+                username: Some(self.who.username.clone()),
+                key_id: self.who.key,
+                roles: self.who.roles.clone(),
+            },
+            action: action.to_owned(),
+            target: Some(target),
+            outcome: "success".into(),
+            client: self.who.client.clone(),
+            user_agent: self.who.user_agent.clone(),
+            request_id: None,
+            count: 1,
+            detail: [("via".to_owned(), "websocket".to_owned())].into(),
+        });
+    }
+
     /// A decision on one of the user's runs (administrators: anyone's), as over HTTP.
     async fn decide(&mut self, run: Uuid, cmd: crate::workflows::Command, id: Option<&Value>) {
         use crate::workflows::EngineError;
@@ -480,12 +503,21 @@ impl Session {
             correlation_id: Some(run),
             causation_id: None,
         };
+        let action = match &cmd {
+            crate::workflows::Command::Approve { .. } => "run.approved",
+            crate::workflows::Command::Reject { .. } => "run.rejected",
+            crate::workflows::Command::Cancel => "run.cancelled",
+            crate::workflows::Command::Retry => "run.retried",
+        };
         match engine.command(run, self.who.user, meta, cmd).await {
-            Ok(s) => self.send(frames::with_id(
-                json!({"type": "workflow.decided", "run_id": run, "status": s.status.as_str(),
-                    "offset": s.version}),
-                id,
-            )),
+            Ok(s) => {
+                self.audit(action, format!("run:{run}"));
+                self.send(frames::with_id(
+                    json!({"type": "workflow.decided", "run_id": run, "status": s.status.as_str(),
+                        "offset": s.version}),
+                    id,
+                ))
+            }
             Err(EngineError::Conflict(code, m)) => self.refuse(id, code, &m),
             Err(EngineError::NotFound) => self.refuse(id, "run_not_found", "no such run"),
             Err(EngineError::Limited(code, m)) => self.refuse(id, code, &m),

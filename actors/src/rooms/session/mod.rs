@@ -93,6 +93,11 @@ pub struct Who {
     pub key: Option<Uuid>,
     /// May follow the audit log (`audit:read`).
     pub audit: bool,
+    /// The credential's roles in force, and where the connection came from, for the audit
+    /// log.
+    pub roles: Vec<String>,
+    pub client: Option<String>,
+    pub user_agent: Option<String>,
     /// Whether the credential still admits the user.
     pub still_valid: Box<dyn Fn() -> bool>,
 }
