@@ -118,6 +118,22 @@ pub struct LeaseRow {
     pub expires_at: DateTime<Utc>,
     /// Spent so far, from the attempt events that name it.
     pub used_usd: Usd,
+    /// When this process takes the lease for expired, on its own monotonic clock: the lease's
+    /// duration as its edge wrote it (`expires_at` less the event's time, both that edge's
+    /// clock) counted from when this process folded the grant or renewal. So edges whose
+    /// clocks disagree still agree on how long a lease lives (judging `expires_at` against
+    /// another edge's wall clock let a skew of ~25 s count a live lease as expired). Not
+    /// saved: a lease loaded from saved rows is judged by `expires_at` until it is renewed.
+    #[serde(skip)]
+    pub local_deadline: Option<std::time::Instant>,
+}
+
+/// How long a lease event says its lease lives from when it was written (0 to a day).
+fn lease_duration(expires_at: DateTime<Utc>, written: DateTime<Utc>) -> std::time::Duration {
+    (expires_at - written)
+        .to_std()
+        .unwrap_or_default()
+        .min(std::time::Duration::from_secs(86_400))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,7 +174,13 @@ impl BudgetRow {
     }
 
     fn live(l: &LeaseRow, now: DateTime<Utc>) -> bool {
-        now < l.expires_at + chrono::Duration::seconds(EXPIRY_GRACE_SECS)
+        match l.local_deadline {
+            Some(d) => {
+                std::time::Instant::now()
+                    < d + std::time::Duration::from_secs(EXPIRY_GRACE_SECS as u64)
+            }
+            None => now < l.expires_at + chrono::Duration::seconds(EXPIRY_GRACE_SECS),
+        }
     }
 
     /// Held in `period`: the unspent part of live leases.
@@ -341,6 +363,10 @@ impl Projection for BudgetsProjection {
                             amount_usd,
                             expires_at,
                             used_usd: Usd::ZERO,
+                            local_deadline: Some(
+                                std::time::Instant::now()
+                                    + lease_duration(expires_at, env.occurred_at),
+                            ),
                         },
                     );
                 }
@@ -355,6 +381,9 @@ impl Projection for BudgetsProjection {
                     b.version = version;
                     if let Some(l) = b.leases.get_mut(&lease_id) {
                         l.expires_at = l.expires_at.max(expires_at);
+                        let d =
+                            std::time::Instant::now() + lease_duration(expires_at, env.occurred_at);
+                        l.local_deadline = Some(l.local_deadline.map_or(d, |x| x.max(d)));
                     }
                 }
             }
@@ -412,6 +441,7 @@ mod tests {
             amount_usd: Usd::parse(amount).unwrap(),
             expires_at,
             used_usd: Usd::parse(used).unwrap(),
+            local_deadline: None,
         }
     }
 
@@ -527,5 +557,26 @@ mod tests {
         .unwrap();
         assert_eq!(ids(q.applying(user, &[])), [10, 11]);
         assert_eq!(q.get(&b11).unwrap().spent("2026-12").to_string(), "0.75");
+
+        // A lease granted by an edge whose clock is far behind (its `expires_at` is in this
+        // process's past) still lives its whole duration here, counted from when it was
+        // folded; loaded from saved rows, it falls back to `expires_at`.
+        let lease_id = Uuid::from_u128(99);
+        let grant = BudgetEvent::LeaseGranted {
+            budget_id: Uuid::from_u128(10),
+            lease_id,
+            node: "slow-clock".into(),
+            period: "2026-12-02".into(),
+            amount_usd: Usd::parse("0.5").unwrap(),
+            expires_at: at + chrono::Duration::seconds(30),
+        };
+        p.apply(&recorded(5, Uuid::from_u128(10), &grant), &mut dirty)
+            .unwrap();
+        let b10 = p.get(&Uuid::from_u128(10)).unwrap();
+        assert_eq!(b10.held("2026-12-02", Utc::now()).to_string(), "0.5");
+        let mut r = BudgetsProjection::default();
+        r.load(p.rows()).unwrap();
+        let b10 = r.get(&Uuid::from_u128(10)).unwrap();
+        assert_eq!(b10.held("2026-12-02", Utc::now()), Usd::ZERO);
     }
 }
