@@ -379,10 +379,62 @@ async fn a_flood_of_failed_sign_ins_is_folded_within_its_bound() {
     assert_eq!(total, 60, "{ghost:#?}");
 }
 
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Edge {
+    /// A WebSocket of the user `cred` authenticates, with `extra` headers.
+    async fn socket(&self, cred: &str, extra: &[(&'static str, &str)]) -> Socket {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let me = self.api.me(cred).await.body["user"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut req = format!("ws://127.0.0.1:{}/ws/{me}", self.served.port)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {cred}").parse().unwrap());
+        for (k, v) in extra {
+            req.headers_mut().insert(*k, v.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req).await.unwrap().0
+    }
+}
+
+async fn send(ws: &mut Socket, v: Value) {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// The first frame (within 10 s each) for which `done` holds; every frame before it is
+/// checked by `skip` first.
+async fn frame_until(
+    ws: &mut Socket,
+    done: impl Fn(&Value) -> bool,
+    skip: impl Fn(&Value),
+) -> Value {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let f: Value = serde_json::from_str(&t).unwrap();
+            if done(&f) {
+                return f;
+            }
+            skip(&f);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auditors_read_the_audit_log_and_nothing_else_and_hear_it_live() {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
     let e = edge().await;
     let api = &e.api;
     let aid = api
@@ -411,38 +463,9 @@ async fn auditors_read_the_audit_log_and_nothing_else_and_hear_it_live() {
     assert_eq!((r.status, r.code()), (403, "forbidden"));
 
     // The live tail: an administrator's WebSocket subscribed to `audit` hears a new record.
-    let me = api.me(&e.admin).await.body["user"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut req = format!("ws://127.0.0.1:{}/ws/{me}", e.served.port)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", e.admin).parse().unwrap(),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(
-        json!({"type": "subscribe", "topics": ["audit"]})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let frame = |t: &str| serde_json::from_str::<Value>(t).unwrap();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            if frame(&t)["type"] == "subscribed" {
-                break;
-            }
-        }
-    }
+    let mut ws = e.socket(&e.admin, &[]).await;
+    send(&mut ws, json!({"type": "subscribe", "topics": ["audit"]})).await;
+    frame_until(&mut ws, |f| f["type"] == "subscribed", |_| {}).await;
     let r = api
         .call(
             "PATCH",
@@ -452,59 +475,28 @@ async fn auditors_read_the_audit_log_and_nothing_else_and_hear_it_live() {
         )
         .await;
     assert_eq!(r.status, 200);
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let f = frame(&t);
-            if f["type"] == "audit.record" && f["action"] == "user.disabled" {
-                assert_eq!(f["target"], format!("user:{aid}"));
-                break;
-            }
-        }
-    }
+    let f = frame_until(
+        &mut ws,
+        |f| f["type"] == "audit.record" && f["action"] == "user.disabled",
+        |_| {},
+    )
+    .await;
+    assert_eq!(f["target"], format!("user:{aid}"));
+
     // A developer may not subscribe.
-    let dev_id = api.me(&dev).await.body["user"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut req = format!("ws://127.0.0.1:{}/ws/{dev_id}", e.served.port)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {dev}").parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    ws.send(Message::Text(
-        json!({"type": "subscribe", "topics": ["audit"]})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let f = frame(&t);
-            if f["type"] == "error" {
-                assert_eq!(f["code"], "forbidden");
-                break;
-            }
-            assert_ne!(f["type"], "subscribed");
-        }
-    }
+    let mut ws = e.socket(&dev, &[]).await;
+    send(&mut ws, json!({"type": "subscribe", "topics": ["audit"]})).await;
+    let f = frame_until(
+        &mut ws,
+        |f| f["type"] == "error",
+        |f| assert_ne!(f["type"], "subscribed"),
+    )
+    .await;
+    assert_eq!(f["code"], "forbidden");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_decisions_over_the_websocket_are_audited_with_their_source() {
-    use futures::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
     let e = edge().await;
     let api = &e.api;
     let wf = api
@@ -525,20 +517,7 @@ async fn run_decisions_over_the_websocket_are_audited_with_their_source() {
         )
         .await;
     let run = run.body["id"].as_str().unwrap().to_owned();
-    let me = api.me(&e.admin).await.body["user"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mut req = format!("ws://127.0.0.1:{}/ws/{me}", e.served.port)
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", e.admin).parse().unwrap(),
-    );
-    req.headers_mut()
-        .insert("user-agent", "audit-test/1".parse().unwrap());
-    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let mut ws = e.socket(&e.admin, &[("user-agent", "audit-test/1")]).await;
     common::eventually(10, || async {
         let r = api
             .call("GET", &format!("/runs/{run}"), Some(&e.admin), None)
@@ -546,27 +525,13 @@ async fn run_decisions_over_the_websocket_are_audited_with_their_source() {
         (r.body["status"] == "waiting").then_some(())
     })
     .await;
-    ws.send(Message::Text(
-        json!({"type": "workflow.approve", "run_id": run})
-            .to_string()
-            .into(),
-    ))
-    .await
-    .unwrap();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let f: Value = serde_json::from_str(&t).unwrap();
-            assert_ne!(f["type"], "error", "{f}");
-            if f["type"] == "workflow.decided" {
-                break;
-            }
-        }
-    }
+    send(&mut ws, json!({"type": "workflow.approve", "run_id": run})).await;
+    frame_until(
+        &mut ws,
+        |f| f["type"] == "workflow.decided",
+        |f| assert_ne!(f["type"], "error", "{f}"),
+    )
+    .await;
     let recs = e
         .wait_for(&format!("target=run:{run}"), |r| !r.is_empty())
         .await;

@@ -118,6 +118,13 @@ output_usd_per_mtok = "1000"
         }
     }
 
+    /// Creates a workflow, runs it with `input` and waits for the run to end.
+    async fn run_to_end(&self, token: &str, def: Value, input: Value) -> Value {
+        let wf = self.workflow(token, def).await;
+        let run = self.execute(token, &wf, input).await;
+        self.ended(token, &run).await
+    }
+
     async fn alive(&mut self) {
         assert!(
             self.served.child.try_wait().unwrap().is_none(),
@@ -141,20 +148,14 @@ async fn outputs_that_multiply_or_outgrow_an_event_fail_instead_of_crashing_or_w
     let admin = e.admin.clone();
 
     // The crash: t1 is 512 KiB, t2 would be 128 MiB and t3 32 GiB.
-    let bomb = e
-        .workflow(
-            &admin,
-            json!({"name": "bomb", "steps": [
-                {"id": "t1", "type": "template", "template": fan("input.s", 256)},
-                {"id": "t2", "type": "template", "template": fan("steps.t1.output", 256)},
-                {"id": "t3", "type": "template", "template": fan("steps.t2.output", 256)},
-            ]}),
-        )
+    let bomb = json!({"name": "bomb", "steps": [
+        {"id": "t1", "type": "template", "template": fan("input.s", 256)},
+        {"id": "t2", "type": "template", "template": fan("steps.t1.output", 256)},
+        {"id": "t3", "type": "template", "template": fan("steps.t2.output", 256)},
+    ]});
+    let r = e
+        .run_to_end(&admin, bomb, json!({"s": "x".repeat(2048)}))
         .await;
-    let run = e
-        .execute(&admin, &bomb, json!({"s": "x".repeat(2048)}))
-        .await;
-    let r = e.ended(&admin, &run).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "template_error", "{r}");
     assert_eq!(r["steps"]["t1"]["status"], "completed");
@@ -162,61 +163,35 @@ async fn outputs_that_multiply_or_outgrow_an_event_fail_instead_of_crashing_or_w
     e.alive().await;
 
     // One step of 256 × 8 KiB (2 MiB) was retried forever; now it fails at once.
-    let one = e
-        .workflow(
-            &admin,
-            json!({"name": "one", "steps": [
-                {"id": "big", "type": "template", "template": fan("input.s", 256)},
-            ]}),
-        )
+    let one = json!({"name": "one", "steps": [
+        {"id": "big", "type": "template", "template": fan("input.s", 256)},
+    ]});
+    let r = e
+        .run_to_end(&admin, one, json!({"s": "y".repeat(8192)}))
         .await;
-    let run = e
-        .execute(&admin, &one, json!({"s": "y".repeat(8192)}))
-        .await;
-    let r = e.ended(&admin, &run).await;
-    assert_eq!(
-        (r["status"].as_str(), r["error"]["code"].as_str()),
-        (Some("failed"), Some("template_error")),
-        "{r}"
-    );
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["error"]["code"], "template_error", "{r}");
 
     // Two leaf steps of 640 KiB each fit alone; the run's output (both) does not.
-    let leaves = e
-        .workflow(
-            &admin,
-            json!({"name": "leaves", "steps": [
-                {"id": "a", "type": "template", "template": fan("input.s", 80)},
-                {"id": "b", "type": "template", "template": fan("input.s", 80)},
-            ]}),
-        )
+    let leaves = json!({"name": "leaves", "steps": [
+        {"id": "a", "type": "template", "template": fan("input.s", 80)},
+        {"id": "b", "type": "template", "template": fan("input.s", 80)},
+    ]});
+    let r = e
+        .run_to_end(&admin, leaves, json!({"s": "z".repeat(8192)}))
         .await;
-    let run = e
-        .execute(&admin, &leaves, json!({"s": "z".repeat(8192)}))
-        .await;
-    let r = e.ended(&admin, &run).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "output_too_large", "{r}");
     assert_eq!(r["steps"]["a"]["status"], "completed");
 
     // A map of 3 items × 640 KiB: each item fits, the aggregate does not.
-    let map = e
-        .workflow(
-            &admin,
-            json!({"name": "map", "steps": [
-                {"id": "m", "type": "map", "items": "{{ input.list }}", "steps": [
-                    {"id": "t", "type": "template", "template": fan("input.s", 80)},
-                ]},
-            ]}),
-        )
-        .await;
-    let run = e
-        .execute(
-            &admin,
-            &map,
-            json!({"s": "w".repeat(8192), "list": [1, 2, 3]}),
-        )
-        .await;
-    let r = e.ended(&admin, &run).await;
+    let map = json!({"name": "map", "steps": [
+        {"id": "m", "type": "map", "items": "{{ input.list }}", "steps": [
+            {"id": "t", "type": "template", "template": fan("input.s", 80)},
+        ]},
+    ]});
+    let input = json!({"s": "w".repeat(8192), "list": [1, 2, 3]});
+    let r = e.run_to_end(&admin, map, input).await;
     assert_eq!(r["status"], "failed", "{r}");
     assert_eq!(r["error"]["code"], "output_too_large", "{r}");
     e.alive().await;

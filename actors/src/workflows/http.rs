@@ -36,19 +36,28 @@ impl std::fmt::Debug for HttpPolicy {
 /// Header names whose values are credentials: a definition must take them from a secret,
 /// never write them out (definitions are copied into every run's first event).
 pub fn is_credential_name(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    [
+    let n = name.to_ascii_lowercase().replace('_', "-");
+    let words = [
         "auth",
         "token",
         "secret",
-        "key",
         "password",
+        "passwd",
         "cookie",
         "signature",
-        "session",
-    ]
-    .iter()
-    .any(|w| n.contains(w))
+        "credential",
+    ];
+    // `key` alone is too common (`Idempotency-Key`), so only where it names a credential.
+    let keys = [
+        "api-key",
+        "apikey",
+        "access-key",
+        "private-key",
+        "secret-key",
+    ];
+    words.iter().any(|w| n.contains(w))
+        || keys.iter().any(|k| n.ends_with(k))
+        || matches!(n.as_str(), "key" | "sig" | "session" | "x-session")
 }
 
 /// Why a request may not go: (code, message).
@@ -343,6 +352,26 @@ mod tests {
         }
         assert!(!is_private("198.20.0.1".parse().unwrap()));
         assert!(!is_private("2606:4700::1111".parse().unwrap()));
+        // Credential names, and ordinary ones that only look alike.
+        for n in [
+            "Authorization",
+            "X-Api-Key",
+            "api_key",
+            "access_token",
+            "Cookie",
+            "sig",
+        ] {
+            assert!(is_credential_name(n), "{n}");
+        }
+        for n in [
+            "Idempotency-Key",
+            "Accept",
+            "Content-Type",
+            "page",
+            "keyword",
+        ] {
+            assert!(!is_credential_name(n), "{n}");
+        }
         // A name without a port: 80 and 443 only.
         assert!(p.check_url_template("http://api.example.com/").is_ok());
         assert!(p.check_url_template("https://api.example.com:443/").is_ok());
