@@ -147,8 +147,17 @@ impl RunActor {
                         ),
                         step: None,
                     };
-                    if let Err(Stop::Fenced) = self.append(vec![fail]).await {
-                        break;
+                    match self.append(vec![fail]).await {
+                        Err(Stop::Fenced) => break,
+                        Err(Stop::Store(e)) => {
+                            // The store itself is failing: wait as for any outage.
+                            tracing::warn!(run = %self.state.run_id, error = %e, "workflow run: could not record its failure; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(RETRY) => {}
+                                _ = cancel.cancelled() => break,
+                            }
+                        }
+                        Ok(_) => {}
                     }
                     continue;
                 }
@@ -444,7 +453,7 @@ impl RunActor {
             .def
             .step(&o.step)
             .map_or(Duration::from_millis(500), |s| s.retry.backoff);
-        let event = match o.result {
+        let mut event = match o.result {
             Ok(d) => match self.fitting(d.output.to_string(), "the step's output") {
                 Ok(output) => RunEvent::StepCompleted {
                     step: o.step.clone(),
@@ -484,7 +493,6 @@ impl RunActor {
                 }
             }
         };
-        let mut event = event;
         loop {
             if self.state.status.is_terminal() {
                 return Ok(());
