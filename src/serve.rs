@@ -395,6 +395,7 @@ async fn start_realtime(
     settings.room.max_payload = config.max_payload_bytes;
     settings.room.max_doc_bytes = config.rooms.max_doc_bytes;
     settings.room.max_docs = config.rooms.max_docs_per_room;
+    settings.room.max_doc_bytes_per_user = config.rooms.max_doc_bytes_per_user;
     let hub = revo_actors::rooms::Hub::new(
         store,
         bus,

@@ -1200,3 +1200,66 @@ async fn websockets_open_with_one_use_tickets_from_allowed_origins() {
         101
     );
 }
+
+/// Finding 5: what one user stores in documents, over every room, is bounded
+/// (`[rooms] max_doc_bytes_per_user`); a refused update stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_stores_a_bounded_number_of_document_bytes_over_every_room() {
+    let e = Edge::start(
+        "[rooms]\nmax_doc_bytes = 100000\nmax_doc_bytes_per_user = 20000",
+        Wire::OpenAi,
+    )
+    .await;
+    let admin = e.admin.clone();
+    let me = e.user_id(&admin).await;
+    let mut s = socket(&e, &me, &admin).await;
+    let mut rooms = Vec::new();
+    for name in ["one", "two"] {
+        let r = e
+            .api
+            .call("POST", "/rooms", Some(&admin), Some(json!({"name": name})))
+            .await;
+        let room = r.body["id"].as_str().unwrap().to_owned();
+        join(&mut s, &room).await;
+        rooms.push(room);
+    }
+    // 8 KB in each room: the edge's view of what the user stored follows each write.
+    for room in &rooms {
+        let ack = doc_update(&mut s, room, "d", 8000).await;
+        assert_eq!(ack["type"], "doc.ack", "{ack}");
+        let offset = ack["offset"].as_i64().unwrap();
+        eventually(10, || async {
+            let r = e
+                .api
+                .call("GET", &format!("/rooms/{room}"), Some(&admin), None)
+                .await;
+            (r.body["offset"].as_i64() >= Some(offset)).then_some(())
+        })
+        .await;
+    }
+    // A third 8 KB anywhere passes 20,000 bytes: refused, nothing stored.
+    let f = doc_update(&mut s, &rooms[0], "other", 8000).await;
+    assert_eq!(f["code"], "too_large", "{f}");
+    assert!(f["message"].as_str().unwrap().contains("per user"), "{f}");
+    let h = e
+        .api
+        .call(
+            "GET",
+            &format!("/rooms/{}/events?after=0", rooms[0]),
+            Some(&admin),
+            None,
+        )
+        .await;
+    let updates = h.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["type"] == "doc.update")
+        .count();
+    assert_eq!(updates, 1, "{}", h.body);
+    // Small updates still fit.
+    assert_eq!(
+        doc_update(&mut s, &rooms[1], "d", 100).await["type"],
+        "doc.ack"
+    );
+}

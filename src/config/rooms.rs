@@ -12,6 +12,8 @@ pub struct RoomsFile {
     pub max_doc_bytes: Option<usize>,
     /// Most documents in one room (100).
     pub max_docs_per_room: Option<usize>,
+    /// Most bytes of document updates one user may store, over every room (268,435,456).
+    pub max_doc_bytes_per_user: Option<u64>,
     /// Most rooms one user owns that are not archived (100).
     pub max_rooms_per_user: Option<usize>,
     /// Most WebSocket connections one user holds on one edge (32).
@@ -25,6 +27,7 @@ pub struct RoomsFile {
 pub struct RoomsConfig {
     pub max_doc_bytes: usize,
     pub max_docs_per_room: usize,
+    pub max_doc_bytes_per_user: u64,
     pub max_rooms_per_user: usize,
     pub max_connections_per_user: usize,
     pub max_pending_upgrades: usize,
@@ -47,6 +50,11 @@ impl RoomsConfig {
         Ok(RoomsConfig {
             max_doc_bytes,
             max_docs_per_room: positive("max_docs_per_room", f.max_docs_per_room, 100)?,
+            max_doc_bytes_per_user: match f.max_doc_bytes_per_user {
+                Some(0) => bail!("[rooms] max_doc_bytes_per_user is at least 1"),
+                Some(n) => n,
+                None => 256 * 1024 * 1024,
+            },
             max_rooms_per_user: positive("max_rooms_per_user", f.max_rooms_per_user, 100)?,
             max_connections_per_user: positive(
                 "max_connections_per_user",

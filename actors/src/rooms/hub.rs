@@ -223,8 +223,9 @@ impl Hub {
             self.inner.metrics.clone(),
             self.inner.cancel.clone(),
         );
+        let rooms_view = self.inner.rooms_view.clone();
         self.inner.tracker.spawn(async move {
-            match Room::load(id, log, settings, metrics).await {
+            match Room::load(id, log, settings, metrics, rooms_view).await {
                 Ok(room) => room.run(inbox, cancel).await,
                 // Queued commands see the room gone and retry or fail.
                 Err(e) => tracing::warn!(room = %id, error = %e, "room: cannot load"),

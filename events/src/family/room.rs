@@ -166,6 +166,10 @@ pub struct RoomRow {
     pub members: BTreeMap<Uuid, RoomRole>,
     /// The room's offset: its last event's version.
     pub offset: i64,
+    /// Bytes of document updates each user stored in this room (what `[rooms]
+    /// max_doc_bytes_per_user` counts, over every room).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub doc_bytes: BTreeMap<Uuid, u64>,
 }
 
 impl RoomRow {
@@ -189,6 +193,12 @@ impl RoomRow {
             RoomEvent::MemberRemoved { user_id, .. } => {
                 self.members.remove(user_id);
             }
+            RoomEvent::DocUpdated {
+                user_id, update, ..
+            } => {
+                let n = self.doc_bytes.entry(*user_id).or_default();
+                *n = n.saturating_add(update.len() as u64);
+            }
             _ => {}
         }
     }
@@ -203,6 +213,7 @@ impl RoomRow {
             archived: false,
             members: BTreeMap::from([(owner, RoomRole::Owner)]),
             offset: 0,
+            doc_bytes: BTreeMap::new(),
         }
     }
 }
@@ -213,6 +224,8 @@ pub struct RoomsProjection {
     rooms: BTreeMap<String, RoomRow>,
     /// User → the rooms they are a member of.
     by_member: HashMap<Uuid, BTreeSet<Uuid>>,
+    /// User → bytes of document updates they stored, over every room.
+    doc_bytes: HashMap<Uuid, u64>,
 }
 
 impl RoomsProjection {
@@ -231,6 +244,11 @@ impl RoomsProjection {
             .into_iter()
             .flatten()
             .filter_map(|r| self.get(r))
+    }
+
+    /// Bytes of document updates `user` has stored, in every room.
+    pub fn doc_bytes_of(&self, user: &Uuid) -> u64 {
+        self.doc_bytes.get(user).copied().unwrap_or(0)
     }
 
     /// Whether two users share a room.
@@ -305,6 +323,13 @@ impl Projection for RoomsProjection {
         };
         row.apply(&ev, env.version);
         let room_id = row.room_id;
+        if let RoomEvent::DocUpdated {
+            user_id, update, ..
+        } = &ev
+        {
+            let n = self.doc_bytes.entry(*user_id).or_default();
+            *n = n.saturating_add(update.len() as u64);
+        }
         dirty.insert(key);
         if membership {
             self.index(room_id, &ev);
@@ -325,7 +350,12 @@ impl Projection for RoomsProjection {
     fn load(&mut self, rows: Rows) -> Result<(), ProjectionError> {
         self.rooms = from_rows(rows)?;
         self.by_member.clear();
+        self.doc_bytes.clear();
         for room in self.rooms.values() {
+            for (user, n) in &room.doc_bytes {
+                let t = self.doc_bytes.entry(*user).or_default();
+                *t = t.saturating_add(*n);
+            }
             for user in room.members.keys() {
                 self.by_member
                     .entry(*user)

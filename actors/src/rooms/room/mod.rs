@@ -49,6 +49,8 @@ pub struct RoomSettings {
     pub max_doc_bytes: usize,
     /// Most documents one room holds; a new name past it is refused (`too_many_docs`).
     pub max_docs: usize,
+    /// Most bytes of document updates one user may store, over every room (`too_large`).
+    pub max_doc_bytes_per_user: u64,
 }
 
 impl Default for RoomSettings {
@@ -60,6 +62,7 @@ impl Default for RoomSettings {
             max_payload: 1024 * 1024,
             max_doc_bytes: 1024 * 1024 - 16 * 1024,
             max_docs: 100,
+            max_doc_bytes_per_user: 256 * 1024 * 1024,
         }
     }
 }
@@ -206,6 +209,8 @@ pub struct Room {
     /// When each loaded document was last read or written: one unused for `idle` (and with
     /// no y-websocket client on it) is dropped from memory; the next use loads it again.
     doc_used: HashMap<String, tokio::time::Instant>,
+    /// Every room as this edge folds them: what each user has stored in documents.
+    rooms: crate::LiveView<revo_events::RoomsProjection>,
 }
 
 const PAGE: usize = 1000;
@@ -219,8 +224,10 @@ impl Room {
         log: Arc<dyn EventLog>,
         settings: RoomSettings,
         metrics: RealtimeMetrics,
+        rooms: crate::LiveView<revo_events::RoomsProjection>,
     ) -> Result<Room, RoomError> {
         let mut room = Room {
+            rooms,
             id,
             log,
             settings,

@@ -47,6 +47,16 @@ impl Room {
                 ));
             }
             self.load_doc(doc).await?;
+            let stored = self.rooms.read().doc_bytes_of(&user);
+            let quota = self.settings.max_doc_bytes_per_user;
+            if stored.saturating_add(update.len() as u64) > quota {
+                return Err(RoomError::Invalid(
+                    "too_large",
+                    format!(
+                        "you have stored {stored} bytes of document updates; the limit per user is {quota} ([rooms] max_doc_bytes_per_user); nothing was stored"
+                    ),
+                ));
+            }
             let cap = self.settings.doc_cap();
             let size = self.doc_bytes.get(doc).copied().unwrap_or(0);
             if size.saturating_add(update.len()) > cap {
