@@ -367,6 +367,9 @@ impl Projection for RoomsProjection {
     }
 }
 
+/// Client ids (for recognising a retried `message.send`) a room keeps: the most recent.
+pub const CLIENT_IDS_KEPT: usize = 10_000;
+
 /// One message as its room remembers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageState {
@@ -383,6 +386,9 @@ pub struct RoomState {
     pub messages: HashMap<Uuid, MessageState>,
     /// (sender, client id) → (message id, offset).
     pub client_ids: HashMap<(Uuid, String), (Uuid, i64)>,
+    /// `client_ids` in the order they came, so only the most recent `CLIENT_IDS_KEPT` are
+    /// kept: a retry is recognised for that many messages of the room, not forever.
+    pub client_id_order: std::collections::VecDeque<(Uuid, String)>,
     /// Document → (offset of its latest snapshot's `upto`, updates since).
     pub docs: HashMap<String, (i64, u64)>,
     /// Users who were members and are not now: the role they had, and whether someone else
@@ -449,8 +455,19 @@ impl RoomState {
                     },
                 );
                 if let Some(c) = client_id {
-                    self.client_ids
-                        .insert((*user_id, c.clone()), (*message_id, offset));
+                    let k = (*user_id, c.clone());
+                    if self
+                        .client_ids
+                        .insert(k.clone(), (*message_id, offset))
+                        .is_none()
+                    {
+                        self.client_id_order.push_back(k);
+                    }
+                    while self.client_id_order.len() > CLIENT_IDS_KEPT {
+                        if let Some(old) = self.client_id_order.pop_front() {
+                            self.client_ids.remove(&old);
+                        }
+                    }
                 }
             }
             RoomEvent::MessageDeleted { message_id, .. } => {
