@@ -578,4 +578,34 @@ mod tests {
             Some(3)
         );
     }
+
+    #[test]
+    fn a_room_remembers_a_bounded_number_of_client_ids() {
+        let (room, owner) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut st = RoomState::default();
+        st.apply(
+            &RoomEvent::Created {
+                room_id: room,
+                name: "r".into(),
+                visibility: "private".into(),
+                owner,
+            },
+            1,
+            Utc::now(),
+        );
+        for i in 0..CLIENT_IDS_KEPT + 2 {
+            let posted = RoomEvent::MessagePosted {
+                message_id: Uuid::now_v7(),
+                user_id: owner,
+                client_id: Some(format!("c{i}")),
+                text: "hi".into(),
+            };
+            st.apply(&posted, i as i64 + 2, Utc::now());
+        }
+        assert_eq!(st.client_ids.len(), CLIENT_IDS_KEPT);
+        assert!(!st.client_ids.contains_key(&(owner, "c0".into())));
+        assert!(st
+            .client_ids
+            .contains_key(&(owner, format!("c{}", CLIENT_IDS_KEPT + 1))));
+    }
 }
