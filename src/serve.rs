@@ -396,6 +396,7 @@ async fn start_realtime(
     settings.room.max_doc_bytes = config.rooms.max_doc_bytes;
     settings.room.max_docs = config.rooms.max_docs_per_room;
     settings.room.max_doc_bytes_per_user = config.rooms.max_doc_bytes_per_user;
+    settings.room.state_snapshot_every = i64::from(config.rooms.state_snapshot_every);
     let hub = revo_actors::rooms::Hub::new(
         store,
         bus,

@@ -125,6 +125,18 @@ output_usd_per_mtok = "1000"
         self.ended(token, &run).await
     }
 
+    /// A second edge of the same cluster (database, subjects, configuration).
+    async fn another_edge(&self) -> (Served, Api) {
+        let url = nats_url();
+        let config = self._dir.path().join("revo.toml");
+        let config = config.to_str().unwrap().to_owned();
+        let mut env = cluster_env(&self._db, &self._nats, &url);
+        env.push(("REVO_CONFIG", config.as_str()));
+        let served = Served::start(&env).await;
+        let api = Api::new(&served);
+        (served, api)
+    }
+
     async fn alive(&mut self) {
         assert!(
             self.served.child.try_wait().unwrap().is_none(),
@@ -1262,4 +1274,108 @@ async fn a_user_stores_a_bounded_number_of_document_bytes_over_every_room() {
         doc_update(&mut s, &rooms[1], "d", 100).await["type"],
         "doc.ack"
     );
+}
+
+/// Finding 7, the fold: a room's actor starts from the latest snapshot of its fold, on any
+/// edge, and what it decides from (members, removed users, the messages one may edit) comes
+/// back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_actor_starts_from_its_fold_snapshot_on_another_edge() {
+    let e = Edge::start("[rooms]\nstate_snapshot_every = 10", Wire::OpenAi).await;
+    let admin = e.admin.clone();
+    let me = e.user_id(&admin).await;
+    let bob_id = e
+        .api
+        .create_user(&admin, "bob", "bob-password-123", &["developer"])
+        .await;
+    let eve_id = e
+        .api
+        .create_user(&admin, "eve", "eve-password-123", &["developer"])
+        .await;
+    let r = e
+        .api
+        .call(
+            "POST",
+            "/rooms",
+            Some(&admin),
+            Some(json!({"name": "big", "visibility": "public",
+                        "members": [{"user_id": bob_id, "role": "viewer"}, {"user_id": eve_id, "role": "member"}]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let room = r.body["id"].as_str().unwrap().to_owned();
+    let r = e
+        .api
+        .call(
+            "DELETE",
+            &format!("/rooms/{room}/members/{eve_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 204);
+    let mut s = socket(&e, &me, &admin).await;
+    join(&mut s, &room).await;
+    let mut first = None;
+    for i in 0..25 {
+        send(
+            &mut s,
+            json!({"type": "message.send", "room": room, "client_id": format!("m{i}"), "text": format!("hello {i}")}),
+        )
+        .await;
+        let ack = frame(&mut s, &["message.ack", "error"], 10).await.unwrap();
+        assert_eq!(ack["type"], "message.ack", "{ack}");
+        first.get_or_insert(ack["message_id"].as_str().unwrap().to_owned());
+    }
+    let mut c = e._db.conn().await;
+    let (snapshots,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM events WHERE stream_type = 'room' AND stream_id = $1 AND event_type = 'room.state_snapshot'",
+    )
+    .bind(&room)
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert!(snapshots >= 1, "no fold snapshot was written");
+
+    // Another edge: its room actor starts from the snapshot.
+    let (edge2, api2) = e.another_edge().await;
+    let ws2 = |user: &str, cred: &str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://127.0.0.1:{}/ws/{user}", edge2.port)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {cred}").parse().unwrap());
+        req
+    };
+    let (mut o, _) = tokio_tungstenite::connect_async(ws2(&me, &admin))
+        .await
+        .unwrap();
+    assert_eq!(join(&mut o, &room).await["role"], "owner");
+    // The oldest message is still in the edit window.
+    send(
+        &mut o,
+        json!({"type": "message.edit", "room": room, "message_id": first.unwrap(), "text": "edited"}),
+    )
+    .await;
+    let f = frame(&mut o, &["message.ack", "error"], 10).await.unwrap();
+    assert_eq!(f["type"], "message.ack", "{f}");
+    // A retried send is still recognised.
+    send(
+        &mut o,
+        json!({"type": "message.send", "room": room, "client_id": "m3", "text": "hello 3"}),
+    )
+    .await;
+    let f = frame(&mut o, &["message.ack", "error"], 10).await.unwrap();
+    assert_eq!(f["duplicate"], true, "{f}");
+    let eve = api2.login("eve", "eve-password-123").await;
+    let (mut v, _) = tokio_tungstenite::connect_async(ws2(&eve_id, &eve))
+        .await
+        .unwrap();
+    assert_eq!(join(&mut v, &room).await["code"], "removed");
+    let bob = api2.login("bob", "bob-password-123").await;
+    let (mut b, _) = tokio_tungstenite::connect_async(ws2(&bob_id, &bob))
+        .await
+        .unwrap();
+    assert_eq!(join(&mut b, &room).await["role"], "viewer");
 }

@@ -20,6 +20,9 @@ pub struct RoomsFile {
     pub max_connections_per_user: Option<usize>,
     /// Most WebSocket upgrades waiting for their `auth` frame on one edge (256).
     pub max_pending_upgrades: Option<usize>,
+    /// Events between two snapshots of a room's fold (2000): a room actor starting on any edge
+    /// folds at most about this many.
+    pub state_snapshot_every: Option<u32>,
 }
 
 /// `[rooms]`, checked.
@@ -31,6 +34,7 @@ pub struct RoomsConfig {
     pub max_rooms_per_user: usize,
     pub max_connections_per_user: usize,
     pub max_pending_upgrades: usize,
+    pub state_snapshot_every: u32,
 }
 
 impl RoomsConfig {
@@ -62,6 +66,11 @@ impl RoomsConfig {
                 32,
             )?,
             max_pending_upgrades: positive("max_pending_upgrades", f.max_pending_upgrades, 256)?,
+            state_snapshot_every: match f.state_snapshot_every {
+                Some(n) if n < 10 => bail!("[rooms] state_snapshot_every is at least 10"),
+                Some(n) => n,
+                None => 2000,
+            },
         })
     }
 }

@@ -298,7 +298,7 @@ pub fn render(room: Uuid, ev: &RecordedEvent) -> Option<String> {
             "type": "doc.update", "room": room, "offset": offset, "doc": doc,
             "user_id": user_id, "update": b64(&update), "at": at
         }),
-        RoomEvent::DocSnapshot { .. } => return None,
+        RoomEvent::DocSnapshot { .. } | RoomEvent::StateSnapshot { .. } => return None,
     };
     Some(v.to_string())
 }

@@ -118,6 +118,26 @@ pub enum RoomEvent {
         #[serde(with = "serde_bytes")]
         state: Vec<u8>,
     },
+    /// The room actor's whole fold as of offset `upto`: a room actor starting on any edge
+    /// loads the latest one (the `rooms` view points at it) and folds only what came after,
+    /// instead of the room's whole history.
+    #[serde(rename = "room.state_snapshot")]
+    StateSnapshot { upto: i64, fold: RoomFold },
+}
+
+/// What a `room.state_snapshot` holds: the room actor's fold, each part bounded (messages and
+/// client ids by their windows, documents by `[rooms] max_docs_per_room`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomFold {
+    pub row: RoomRow,
+    /// (message id, author, offset, deleted), oldest first.
+    pub messages: Vec<(Uuid, Uuid, i64, bool)>,
+    /// (sender, client id, message id, offset), oldest first.
+    pub client_ids: Vec<(Uuid, String, Uuid, i64)>,
+    /// (document, its latest snapshot's `upto`, updates since).
+    pub docs: Vec<(String, i64, u64)>,
+    /// (user, role, removed by someone else).
+    pub left: Vec<(Uuid, RoomRole, bool)>,
 }
 
 impl EventFamily for RoomEvent {
@@ -133,6 +153,7 @@ impl EventFamily for RoomEvent {
             RoomEvent::MessageDeleted { .. } => "room.message_deleted",
             RoomEvent::DocUpdated { .. } => "room.doc_updated",
             RoomEvent::DocSnapshot { .. } => "room.doc_snapshot",
+            RoomEvent::StateSnapshot { .. } => "room.state_snapshot",
         }
     }
 
@@ -147,7 +168,8 @@ impl EventFamily for RoomEvent {
             | "room.message_edited"
             | "room.message_deleted"
             | "room.doc_updated"
-            | "room.doc_snapshot" => Some(1),
+            | "room.doc_snapshot"
+            | "room.state_snapshot" => Some(1),
             _ => None,
         }
     }
@@ -170,6 +192,9 @@ pub struct RoomRow {
     /// max_doc_bytes_per_user` counts, over every room).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub doc_bytes: BTreeMap<Uuid, u64>,
+    /// The offset of the room's latest `room.state_snapshot`, where its actor starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_snapshot: Option<i64>,
 }
 
 impl RoomRow {
@@ -199,6 +224,7 @@ impl RoomRow {
                 let n = self.doc_bytes.entry(*user_id).or_default();
                 *n = n.saturating_add(update.len() as u64);
             }
+            RoomEvent::StateSnapshot { .. } => self.state_snapshot = Some(offset),
             _ => {}
         }
     }
@@ -214,6 +240,7 @@ impl RoomRow {
             members: BTreeMap::from([(owner, RoomRole::Owner)]),
             offset: 0,
             doc_bytes: BTreeMap::new(),
+            state_snapshot: None,
         }
     }
 }
@@ -368,7 +395,10 @@ impl Projection for RoomsProjection {
 }
 
 /// Client ids (for recognising a retried `message.send`) a room keeps: the most recent.
-pub const CLIENT_IDS_KEPT: usize = 10_000;
+pub const CLIENT_IDS_KEPT: usize = 2_000;
+/// Messages a room remembers the author of, the most recent: older ones can no longer be
+/// edited or deleted.
+pub const MESSAGES_KEPT: usize = 5_000;
 
 /// One message as its room remembers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -389,6 +419,9 @@ pub struct RoomState {
     /// `client_ids` in the order they came, so only the most recent `CLIENT_IDS_KEPT` are
     /// kept: a retry is recognised for that many messages of the room, not forever.
     pub client_id_order: std::collections::VecDeque<(Uuid, String)>,
+    /// `messages` in the order they were posted: only the most recent `MESSAGES_KEPT` stay
+    /// (the room's edit window), so the fold, and its snapshot, stay bounded.
+    pub message_order: std::collections::VecDeque<Uuid>,
     /// Document → (offset of its latest snapshot's `upto`, updates since).
     pub docs: HashMap<String, (i64, u64)>,
     /// Users who were members and are not now: the role they had, and whether someone else
@@ -406,6 +439,79 @@ pub struct Left {
 }
 
 impl RoomState {
+    /// The fold as a `room.state_snapshot` holds it (`None` before the room exists).
+    pub fn to_fold(&self) -> Option<RoomFold> {
+        let row = self.row.clone()?;
+        let messages = self
+            .message_order
+            .iter()
+            .filter_map(|id| {
+                self.messages
+                    .get(id)
+                    .map(|m| (*id, m.author, m.offset, m.deleted))
+            })
+            .collect();
+        let client_ids = self
+            .client_id_order
+            .iter()
+            .filter_map(|k| {
+                self.client_ids
+                    .get(k)
+                    .map(|(m, o)| (k.0, k.1.clone(), *m, *o))
+            })
+            .collect();
+        let mut docs: Vec<(String, i64, u64)> = self
+            .docs
+            .iter()
+            .map(|(d, (upto, n))| (d.clone(), *upto, *n))
+            .collect();
+        docs.sort();
+        let mut left: Vec<(Uuid, RoomRole, bool)> = self
+            .left
+            .iter()
+            .map(|(u, l)| (*u, l.role, l.removed))
+            .collect();
+        left.sort_by_key(|x| x.0);
+        Some(RoomFold {
+            row,
+            messages,
+            client_ids,
+            docs,
+            left,
+        })
+    }
+
+    /// The fold a `room.state_snapshot` holds, to go on from.
+    pub fn from_fold(f: RoomFold) -> RoomState {
+        let mut s = RoomState {
+            row: Some(f.row),
+            ..RoomState::default()
+        };
+        for (id, author, offset, deleted) in f.messages {
+            s.messages.insert(
+                id,
+                MessageState {
+                    author,
+                    offset,
+                    deleted,
+                },
+            );
+            s.message_order.push_back(id);
+        }
+        for (user, client, message, offset) in f.client_ids {
+            s.client_ids
+                .insert((user, client.clone()), (message, offset));
+            s.client_id_order.push_back((user, client));
+        }
+        for (doc, upto, n) in f.docs {
+            s.docs.insert(doc, (upto, n));
+        }
+        for (user, role, removed) in f.left {
+            s.left.insert(user, Left { role, removed });
+        }
+        s
+    }
+
     pub fn offset(&self) -> i64 {
         self.row.as_ref().map_or(0, |r| r.offset)
     }
@@ -446,14 +552,25 @@ impl RoomState {
                 client_id,
                 ..
             } => {
-                self.messages.insert(
-                    *message_id,
-                    MessageState {
-                        author: *user_id,
-                        offset,
-                        deleted: false,
-                    },
-                );
+                let fresh = self
+                    .messages
+                    .insert(
+                        *message_id,
+                        MessageState {
+                            author: *user_id,
+                            offset,
+                            deleted: false,
+                        },
+                    )
+                    .is_none();
+                if fresh {
+                    self.message_order.push_back(*message_id);
+                }
+                while self.message_order.len() > MESSAGES_KEPT {
+                    if let Some(old) = self.message_order.pop_front() {
+                        self.messages.remove(&old);
+                    }
+                }
                 if let Some(c) = client_id {
                     let k = (*user_id, c.clone());
                     if self
@@ -607,5 +724,83 @@ mod tests {
         assert!(st
             .client_ids
             .contains_key(&(owner, format!("c{}", CLIENT_IDS_KEPT + 1))));
+    }
+
+    #[test]
+    fn a_fold_snapshot_restores_what_the_room_decides_from() {
+        let (room, owner, bob, eve) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let mut st = RoomState::default();
+        let mut n = 0;
+        let mut apply = |st: &mut RoomState, ev: RoomEvent| {
+            n += 1;
+            st.apply(&ev, n, Utc::now());
+        };
+        apply(
+            &mut st,
+            RoomEvent::Created {
+                room_id: room,
+                name: "r".into(),
+                visibility: "public".into(),
+                owner,
+            },
+        );
+        for (u, role) in [(bob, RoomRole::Viewer), (eve, RoomRole::Member)] {
+            apply(
+                &mut st,
+                RoomEvent::MemberAdded {
+                    user_id: u,
+                    role,
+                    by: owner,
+                },
+            );
+        }
+        apply(
+            &mut st,
+            RoomEvent::MemberRemoved {
+                user_id: eve,
+                by: owner,
+            },
+        );
+        for i in 0..MESSAGES_KEPT + 3 {
+            apply(
+                &mut st,
+                RoomEvent::MessagePosted {
+                    message_id: Uuid::now_v7(),
+                    user_id: owner,
+                    client_id: Some(format!("c{i}")),
+                    text: "hi".into(),
+                },
+            );
+        }
+        apply(
+            &mut st,
+            RoomEvent::DocUpdated {
+                doc: "d".into(),
+                user_id: owner,
+                update: vec![0, 0],
+            },
+        );
+        // Bounded: the edit window and the client ids.
+        assert_eq!(st.messages.len(), MESSAGES_KEPT);
+        assert_eq!(st.client_ids.len(), CLIENT_IDS_KEPT);
+        let fold = st.to_fold().unwrap();
+        let back = RoomState::from_fold(fold.clone());
+        assert_eq!(back.row, st.row);
+        assert_eq!(back.messages, st.messages);
+        assert_eq!(back.message_order, st.message_order);
+        assert_eq!(back.client_ids, st.client_ids);
+        assert_eq!(back.client_id_order, st.client_id_order);
+        assert_eq!(back.docs, st.docs);
+        assert_eq!(back.left, st.left);
+        assert!(back.left.get(&eve).is_some_and(|l| l.removed));
+        // And it travels as an event.
+        let ev = RoomEvent::StateSnapshot { upto: n, fold };
+        let rec = rec(room, n + 1, &ev);
+        assert_eq!(RoomEvent::decode(&rec.envelope).unwrap(), ev);
     }
 }

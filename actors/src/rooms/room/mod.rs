@@ -51,6 +51,9 @@ pub struct RoomSettings {
     pub max_docs: usize,
     /// Most bytes of document updates one user may store, over every room (`too_large`).
     pub max_doc_bytes_per_user: u64,
+    /// A `room.state_snapshot` of the room's fold after this many events since the last, so
+    /// an actor starting anywhere folds at most about this many.
+    pub state_snapshot_every: i64,
 }
 
 impl Default for RoomSettings {
@@ -63,6 +66,7 @@ impl Default for RoomSettings {
             max_doc_bytes: 1024 * 1024 - 16 * 1024,
             max_docs: 100,
             max_doc_bytes_per_user: 256 * 1024 * 1024,
+            state_snapshot_every: 2000,
         }
     }
 }
@@ -209,8 +213,11 @@ pub struct Room {
     /// When each loaded document was last read or written: one unused for `idle` (and with
     /// no y-websocket client on it) is dropped from memory; the next use loads it again.
     doc_used: HashMap<String, tokio::time::Instant>,
-    /// Every room as this edge folds them: what each user has stored in documents.
+    /// Every room as this edge folds them: what each user has stored in documents, and
+    /// where the room's latest fold snapshot is.
     rooms: crate::LiveView<revo_events::RoomsProjection>,
+    /// The offset at which this actor last tried a fold snapshot.
+    state_snapshot_tried: i64,
 }
 
 const PAGE: usize = 1000;
@@ -228,6 +235,7 @@ impl Room {
     ) -> Result<Room, RoomError> {
         let mut room = Room {
             rooms,
+            state_snapshot_tried: 0,
             id,
             log,
             settings,
@@ -239,8 +247,71 @@ impl Room {
             doc_bytes: HashMap::new(),
             doc_used: HashMap::new(),
         };
+        room.start_from_snapshot().await;
         room.catch_up().await?;
         Ok(room)
+    }
+
+    /// Starts from the room's latest `room.state_snapshot`, if the `rooms` view names one
+    /// (anything wrong with it: from the beginning, as without one).
+    async fn start_from_snapshot(&mut self) {
+        let at = self
+            .rooms
+            .read()
+            .get(&self.id)
+            .and_then(|r| r.state_snapshot);
+        let Some(at) = at else { return };
+        let page = match self
+            .log
+            .read_stream(ROOM_STREAM, &self.id.to_string(), at, 1)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(room = %self.id, error = %e, "room: snapshot not read; folding from the start");
+                return;
+            }
+        };
+        let Some(rec) = page.first().filter(|r| r.envelope.version == at) else {
+            return;
+        };
+        if let Ok(RoomEvent::StateSnapshot { upto, fold }) = RoomEvent::decode(&rec.envelope) {
+            if fold.row.offset == upto {
+                self.state = RoomState::from_fold(fold);
+            }
+        }
+    }
+
+    /// Appends a snapshot of the fold once `state_snapshot_every` events have come since the
+    /// last one. Skipped (and tried again later) if it would not fit in an event.
+    pub(super) async fn maybe_snapshot_state(&mut self) {
+        let Some(row) = self.state.row.as_ref() else {
+            return;
+        };
+        let last = row
+            .state_snapshot
+            .unwrap_or(0)
+            .max(self.state_snapshot_tried);
+        if row.offset - last < self.settings.state_snapshot_every {
+            return;
+        }
+        self.state_snapshot_tried = row.offset;
+        let Some(fold) = self.state.to_fold() else {
+            return;
+        };
+        let ev = RoomEvent::StateSnapshot {
+            upto: row.offset,
+            fold,
+        };
+        let meta = EventMeta {
+            actor: Some("system".into()),
+            ..Default::default()
+        };
+        // Losing a race to another write is fine: the next write tries again.
+        let mut once = Some(ev);
+        if let Err(e) = self.decide(meta, true, |_| Ok(once.take())).await {
+            tracing::warn!(room = %self.id, error = %e, "room: fold snapshot not written");
+        }
     }
 
     pub async fn run(

@@ -127,7 +127,10 @@ impl Room {
                         let msg = st.messages.get(m).filter(|x| !x.deleted).ok_or_else(|| {
                             RoomError::Invalid(
                                 "message_not_found",
-                                format!("no message {m} in this room"),
+                                format!(
+                                    "no message {m} among this room's {} most recent",
+                                    revo_events::family::room::MESSAGES_KEPT
+                                ),
                             )
                         })?;
                         if msg.author != user {
@@ -147,7 +150,10 @@ impl Room {
                         let msg = st.messages.get(m).filter(|x| !x.deleted).ok_or_else(|| {
                             RoomError::Invalid(
                                 "message_not_found",
-                                format!("no message {m} in this room"),
+                                format!(
+                                    "no message {m} among this room's {} most recent",
+                                    revo_events::family::room::MESSAGES_KEPT
+                                ),
                             )
                         })?;
                         if msg.author != user && !owner {
@@ -248,6 +254,7 @@ impl Room {
         if let Write::DocUpdate { doc, .. } = &op {
             self.maybe_snapshot(doc, offset).await;
         }
+        self.maybe_snapshot_state().await;
         Ok(Written {
             offset,
             message_id,
