@@ -177,17 +177,37 @@ pub fn room_error(e: RoomError) -> ApiError {
 
 /// A room the caller may see: a member, a public room, or `users:read`. Others are "not
 /// found", so private rooms' existence does not leak.
-fn visible(state: &AppState, caller: &Caller, id: Uuid) -> Result<RoomRow, ApiError> {
-    let view = state.realtime.rooms_view().read();
-    let row = view
-        .get(&id)
-        .filter(|r| {
-            r.role_of(&caller.0.user_id).is_some()
-                || r.is_public()
-                || caller.0.can(Permission::UsersRead)
-        })
-        .cloned();
-    row.ok_or_else(|| ApiError::not_found("no such room"))
+async fn visible(state: &AppState, caller: &Caller, id: Uuid) -> Result<RoomRow, ApiError> {
+    let may_see = |r: &RoomRow| {
+        r.role_of(&caller.0.user_id).is_some()
+            || r.is_public()
+            || caller.0.can(Permission::UsersRead)
+    };
+    let row = state.realtime.rooms_view().read().get(&id).cloned();
+    let row = match row {
+        Some(r) => Some(r),
+        // Not in this edge's view: created a moment ago on another edge, or not at all. The
+        // store says which (one indexed read), so a real room is waited for and an unknown
+        // id answers at once.
+        None => {
+            let exists = !state
+                .store
+                .read_stream(ROOM_STREAM, &id.to_string(), 1, 1)
+                .await?
+                .is_empty();
+            if exists {
+                state
+                    .realtime
+                    .rooms_view()
+                    .wait_until(std::time::Duration::from_secs(2), |v| v.get(&id).cloned())
+                    .await
+            } else {
+                None
+            }
+        }
+    };
+    row.filter(|r| may_see(r))
+        .ok_or_else(|| ApiError::not_found("no such room"))
 }
 
 /// Waits (up to 5 s) until this edge's rooms view has folded `offset` of `room`.
@@ -331,7 +351,7 @@ pub async fn get(
     caller: Caller,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let r = visible(&state, &caller, path.into_inner())?;
+    let r = visible(&state, &caller, path.into_inner()).await?;
     Ok(HttpResponse::Ok().json(RoomView::of(&r, &caller.0.user_id)))
 }
 
@@ -343,7 +363,7 @@ async fn write(
     room: Uuid,
     op: Write,
 ) -> Result<i64, ApiError> {
-    visible(state, caller, room)?;
+    visible(state, caller, room).await?;
     let (user, as_owner, meta) = (
         caller.0.user_id,
         caller.0.can(Permission::UsersWrite),
@@ -544,7 +564,7 @@ pub async fn history(
     q: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let room = path.into_inner();
-    visible(&state, &caller, room)?;
+    visible(&state, &caller, room).await?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(invalid("`limit` is 1-1000"));
@@ -608,7 +628,7 @@ pub async fn doc(
     if doc.is_empty() || doc.len() > frames::MAX_NAME {
         return Err(invalid("a document name is 1-128 bytes"));
     }
-    visible(&state, &caller, room)?;
+    visible(&state, &caller, room).await?;
     let user = caller.0.user_id;
     let sync = state
         .realtime
@@ -644,7 +664,7 @@ pub async fn presence(
     caller: Caller,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
-    let r = visible(&state, &caller, path.into_inner())?;
+    let r = visible(&state, &caller, path.into_inner()).await?;
     let p = state.realtime.presence_view().read();
     let members = r
         .members
