@@ -614,6 +614,9 @@ pub fn cluster_env<'a>(
         ("REVO_JWT_KEYS", TEST_JWT_KEYS),
         // Tests run several edges at once against one Postgres (100 connections by default).
         ("REVO_DATABASE_MAX_CONNECTIONS", "8"),
+        // A generated first password would go to ./revo-data/admin-password, which clusters of
+        // tests running at once (each on its own database) would race to write.
+        ("REVO_ADMIN_PASSWORD", ADMIN_PW),
     ]
 }
 
