@@ -62,7 +62,7 @@ async fn generation_progress_goes_only_to_who_may_read_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_user_quotas_hold() {
     let e = Edge::start(
-        "[workflows]\nmax_workflows_per_user = 2\nmax_followers_per_user = 1\n\n[rooms]\nmax_rooms_per_user = 1\nmax_connections_per_user = 2",
+        "[workflows]\nmax_workflows_per_user = 2\nmax_followers_per_user = 1\n\n[rooms]\nmax_rooms_per_user = 1\nmax_connections_per_user = 2\nmax_pending_upgrades = 2",
         Wire::OpenAi,
     )
     .await;
@@ -109,6 +109,17 @@ async fn per_user_quotas_hold() {
         ),
     }
     drop(_a);
+    // Sockets waiting for their `auth` frame are bounded per edge (an anonymous flood).
+    let anonymous = || format!("ws://127.0.0.1:{}/ws/{me}", e.served.port);
+    let _w1 = tokio_tungstenite::connect_async(anonymous()).await.unwrap();
+    let _w2 = tokio_tungstenite::connect_async(anonymous()).await.unwrap();
+    match tokio_tungstenite::connect_async(anonymous()).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!(
+            "a third pending upgrade was not refused: {:?}",
+            other.map(|_| ())
+        ),
+    }
 
     let run = e.execute(&admin, &wf, json!({})).await;
     let follow = || {
@@ -178,6 +189,14 @@ async fn websockets_open_with_one_use_tickets_from_allowed_origins() {
         refused(tokio_tungstenite::connect_async(url("rwt_forged.sig")).await),
         401
     );
+    // Another user's path: refused, whatever the ticket.
+    let other = e
+        .api
+        .create_user(&admin, "other", "other-password-1", &["developer"])
+        .await;
+    let t = ticket(admin.clone()).await;
+    let theirs = format!("ws://127.0.0.1:{}/ws/{other}?ticket={t}", e.served.port);
+    assert_eq!(refused(tokio_tungstenite::connect_async(theirs).await), 403);
     // The socket ends when the key it was opened with is revoked.
     let r = e
         .api

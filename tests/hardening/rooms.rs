@@ -2,6 +2,26 @@
 
 use super::*;
 
+/// The `doc.update` events a room's stored history holds (read from the store).
+async fn stored_doc_updates(e: &Edge, room: &str) -> usize {
+    let h = e
+        .api
+        .call(
+            "GET",
+            &format!("/rooms/{room}/events?after=0&limit=1000"),
+            Some(&e.admin),
+            None,
+        )
+        .await;
+    assert_eq!(h.body["more"], false, "{}", h.body);
+    h.body["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["type"] == "doc.update")
+        .count()
+}
+
 /// Finding 9: in a public room a demoted user who leaves comes back with the same role, and a
 /// removed user stays out until an owner adds them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,23 +158,7 @@ async fn documents_are_capped_in_size_and_number() {
     assert_eq!(state.status, 200, "{}", state.body);
     // The refusal stored nothing: the room's stored history (read from the store) holds the
     // two accepted updates and nothing after them.
-    let h = e
-        .api
-        .call(
-            "GET",
-            &format!("/rooms/{room}/events?after=0&limit=1000"),
-            Some(&admin),
-            None,
-        )
-        .await;
-    let updates = h.body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["type"] == "doc.update")
-        .count();
-    assert_eq!(updates, 2, "{}", h.body);
-    assert_eq!(h.body["more"], false);
+    assert_eq!(stored_doc_updates(&e, &room).await, 2);
     // A second document fits; a third name does not.
     assert_eq!(doc_update(&mut s, &room, "b", 10).await["type"], "doc.ack");
     let f = doc_update(&mut s, &room, "c", 10).await;
@@ -251,22 +255,7 @@ async fn a_user_stores_a_bounded_number_of_document_bytes_over_every_room() {
     let f = doc_update(&mut s, &rooms[0], "other", 8000).await;
     assert_eq!(f["code"], "too_large", "{f}");
     assert!(f["message"].as_str().unwrap().contains("per user"), "{f}");
-    let h = e
-        .api
-        .call(
-            "GET",
-            &format!("/rooms/{}/events?after=0", rooms[0]),
-            Some(&admin),
-            None,
-        )
-        .await;
-    let updates = h.body["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["type"] == "doc.update")
-        .count();
-    assert_eq!(updates, 1, "{}", h.body);
+    assert_eq!(stored_doc_updates(&e, &rooms[0]).await, 1);
     // Small updates still fit.
     assert_eq!(
         doc_update(&mut s, &rooms[1], "d", 100).await["type"],

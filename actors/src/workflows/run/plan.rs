@@ -172,15 +172,7 @@ impl RunActor {
                             generation: None,
                             duration_ms: 0,
                         },
-                        Err(f) => RunEvent::StepFailed {
-                            step: step.id.clone(),
-                            item: None,
-                            attempt,
-                            code: f.code,
-                            message: f.message,
-                            cost_usd: Usd::ZERO,
-                            retry_at: None,
-                        },
+                        Err(f) => failed(step, None, attempt, f),
                     });
                 }
                 Kind::Sleep { seconds } => {
@@ -327,15 +319,7 @@ impl RunActor {
             let worst = match self.worst_case(step, value.as_ref()) {
                 Ok(w) => w,
                 Err(f) => {
-                    events.push(RunEvent::StepFailed {
-                        step: step.id.clone(),
-                        item,
-                        attempt,
-                        code: f.code,
-                        message: f.message,
-                        cost_usd: Usd::ZERO,
-                        retry_at: None,
-                    });
+                    events.push(failed(step, item, attempt, f));
                     return;
                 }
             };
@@ -410,15 +394,7 @@ impl RunActor {
                 l
             }
             Err(f) => {
-                events.push(RunEvent::StepFailed {
-                    step: step.id.clone(),
-                    item: None,
-                    attempt: attempts,
-                    code: f.code,
-                    message: f.message,
-                    cost_usd: Usd::ZERO,
-                    retry_at: None,
-                });
+                events.push(failed(step, None, attempts, f));
                 return;
             }
         };
@@ -451,15 +427,7 @@ impl RunActor {
                     duration_ms: 0,
                 },
                 // Terminal: retrying the same items gives the same outputs.
-                Err(f) => RunEvent::StepFailed {
-                    step: step.id.clone(),
-                    item: None,
-                    attempt: attempts,
-                    code: f.code,
-                    message: f.message,
-                    cost_usd: Usd::ZERO,
-                    retry_at: None,
-                },
+                Err(f) => failed(step, None, attempts, f),
             });
             return;
         }
@@ -668,5 +636,18 @@ impl RunActor {
                 self.engine.render_limit()
             ),
         ))
+    }
+}
+
+/// A step (or item) attempt that failed for good, with nothing spent: no retry.
+fn failed(step: &Step, item: Option<u32>, attempt: u32, f: Fail) -> RunEvent {
+    RunEvent::StepFailed {
+        step: step.id.clone(),
+        item,
+        attempt,
+        code: f.code,
+        message: f.message,
+        cost_usd: Usd::ZERO,
+        retry_at: None,
     }
 }
