@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::principal::Via;
+use super::principal::{Principal, Via};
+use super::{issued_at, tighter, AuthError};
 
 /// How long a ticket may wait to be used.
 pub const TICKET_TTL_SECS: i64 = 30;
@@ -133,6 +134,99 @@ impl Tickets {
             _ => return Err(TicketError::Invalid),
         };
         Ok((p.u, via))
+    }
+}
+
+impl super::Identity {
+    /// A one-use WebSocket ticket for the credential `p` authenticated with (30 s).
+    pub fn issue_ticket(&self, p: &Principal) -> String {
+        self.tickets.issue(p.user_id, &p.via)
+    }
+
+    /// Takes a ticket once and checks the credential it names as it stands now.
+    pub fn redeem_ticket(&self, ticket: &str) -> Result<Principal, AuthError> {
+        if self.view.halted().is_some() {
+            return Err(AuthError::Unavailable);
+        }
+        let (user, via) = self
+            .tickets
+            .redeem(ticket)
+            .map_err(|e| AuthError::Ticket(e.to_string()))?;
+        self.reauthenticate(user, &via)
+    }
+
+    /// The principal of a credential known by its id (a token's `jti`, a key's id) rather
+    /// than its secret, checked as `authenticate` checks it: not expired, revoked or
+    /// disabled, with the roles in force now. WebSockets opened with a ticket re-check
+    /// their credential with this.
+    pub fn reauthenticate(&self, user_id: Uuid, via: &Via) -> Result<Principal, AuthError> {
+        match via {
+            Via::Token { jti, expires_at } => {
+                if *expires_at <= Utc::now().timestamp() {
+                    return Err(AuthError::TokenExpired);
+                }
+                if self.is_revoked(jti) {
+                    return Err(AuthError::TokenRevoked);
+                }
+                let user = self.enabled_user(&user_id)?;
+                if user
+                    .tokens_valid_after
+                    .is_some_and(|t| issued_at(jti, 0) < t)
+                {
+                    return Err(AuthError::TokenRevoked);
+                }
+                let limit = self.limits.for_roles(&user.roles);
+                Ok(Principal {
+                    user_id,
+                    username: user.username,
+                    roles: user.roles,
+                    ceiling: None,
+                    via: via.clone(),
+                    rate_limit: limit,
+                    user_rate_limit: limit,
+                })
+            }
+            Via::Key { key_id } => {
+                let key = self
+                    .find(|d| {
+                        d.key(key_id).map(|k| {
+                            (
+                                k.user_id,
+                                k.roles.clone(),
+                                k.revoked_at.is_some(),
+                                k.expires_at,
+                                k.rate_limit_per_minute,
+                            )
+                        })
+                    })
+                    .ok_or(AuthError::KeyUnknown)?;
+                let (owner, roles, revoked, expires_at, rate) = key;
+                if owner != user_id {
+                    return Err(AuthError::KeyUnknown);
+                }
+                if revoked {
+                    return Err(AuthError::KeyRevoked);
+                }
+                if expires_at.is_some_and(|e| e <= Utc::now()) {
+                    return Err(AuthError::KeyExpired);
+                }
+                let user = self.enabled_user(&user_id)?;
+                let owner_limit = self.limits.for_roles(&user.roles);
+                let (roles, ceiling) = match roles {
+                    Some(own) => (own, Some(user.roles)),
+                    None => (user.roles, None),
+                };
+                Ok(Principal {
+                    user_id,
+                    username: user.username,
+                    roles,
+                    ceiling,
+                    via: via.clone(),
+                    rate_limit: rate.map_or(owner_limit, |own| tighter(own, owner_limit)),
+                    user_rate_limit: owner_limit,
+                })
+            }
+        }
     }
 }
 

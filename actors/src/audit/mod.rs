@@ -25,7 +25,7 @@ use revo_events::{AppendRequest, EventFamily, EventMeta, EventStore, ExpectedVer
 use revo_nats::{Bus, Subjects};
 use tokio::sync::mpsc;
 
-use crate::kit::{Context, Supervisor};
+use crate::kit::{lock, Context, Supervisor};
 
 /// Entries waiting to be written; past this, new ones are counted as lost and logged.
 const QUEUE: usize = 16_384;
@@ -55,10 +55,6 @@ struct Folded {
     repeats: u64,
     last: DateTime<Utc>,
     sample: AuditEntry,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Audit {

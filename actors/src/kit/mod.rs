@@ -23,3 +23,9 @@ pub use backoff::Backoff;
 pub use health::{Health, HealthBoard, Status};
 pub use mailbox::{mailbox, Handle, Inbox, SendError};
 pub use supervisor::{Context, Supervisor};
+
+/// Locks a mutex whose holder may have panicked: the data is still the last thing written
+/// under it, which every user of these locks can carry on from.
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

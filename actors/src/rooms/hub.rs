@@ -30,7 +30,7 @@ use uuid::Uuid;
 use super::outbox::Outbox;
 use super::room::{Command, Room, RoomError, RoomSettings};
 use super::RealtimeMetrics;
-use crate::kit::{mailbox, Context, Handle, SendError, Supervisor};
+use crate::kit::{lock, mailbox, Context, Handle, SendError, Supervisor};
 use crate::LiveView;
 
 #[derive(Clone)]
@@ -100,10 +100,6 @@ struct Inner {
     /// The workflow engine, for sessions' `workflow.*` decisions (set once it starts).
     workflows: std::sync::OnceLock<crate::workflows::Engine>,
     audit: std::sync::OnceLock<crate::audit::Audit>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Hub {

@@ -24,6 +24,7 @@ pub mod http;
 mod metrics;
 mod run;
 pub mod schema;
+mod standing;
 mod steps;
 pub mod template;
 
@@ -49,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
-use crate::kit::{mailbox, Context, Handle, Supervisor};
+use crate::kit::{lock, mailbox, Context, Handle, Supervisor};
 use crate::rooms::Hub;
 use crate::router::Router;
 use crate::LiveView;
@@ -166,10 +167,6 @@ struct Inner {
     watchers: Mutex<HashMap<Uuid, tokio::sync::watch::Sender<i64>>>,
     tracker: TaskTracker,
     cancel: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A recorded envelope for events this process just appended at `first_version` onwards.
@@ -313,24 +310,6 @@ impl Engine {
     /// Whether an output (its JSON text) fits in the event that records it.
     pub(crate) fn output_fits(&self, json: &str) -> bool {
         json.len() <= self.render_limit()
-    }
-
-    /// Why a run of `user` through `key` may no longer act (`owner_disabled`, `key_revoked`,
-    /// `key_expired`), or `None` while it may. A user or key the directory does not show yet
-    /// (created a moment ago elsewhere) is not held against the run.
-    pub(crate) fn standing(&self, user: Uuid, key: Option<Uuid>) -> Option<&'static str> {
-        let d = self.inner.directory.read();
-        if d.user(&user).is_some_and(|u| u.disabled) {
-            return Some("owner_disabled");
-        }
-        let k = key.and_then(|k| d.key(&k))?;
-        if k.revoked_at.is_some() {
-            return Some("key_revoked");
-        }
-        if k.expires_at.is_some_and(|e| e <= chrono::Utc::now()) {
-            return Some("key_expired");
-        }
-        None
     }
 
     /// Parses and checks a definition against this node's HTTP allow-list.
@@ -697,29 +676,6 @@ impl Engine {
                     tracing::warn!(run = %run, error = %e, "workflow run not claimed");
                 }
             }
-        }
-    }
-
-    /// Wakes this node's runs whose owner was disabled or whose key was revoked or expired:
-    /// each checks its standing when it plans, and ends itself (within one scan interval).
-    fn wake_unstanding(&self) {
-        let local: Vec<Uuid> = lock(&self.inner.local)
-            .iter()
-            .filter(|(_, h)| !h.is_closed())
-            .map(|(id, _)| *id)
-            .collect();
-        let stale: Vec<Uuid> = {
-            let view = self.inner.runs.read();
-            local
-                .into_iter()
-                .filter(|id| {
-                    view.get(id)
-                        .is_some_and(|r| self.standing(r.user_id, r.key_id).is_some())
-                })
-                .collect()
-        };
-        for id in stale {
-            self.wake(id);
         }
     }
 
